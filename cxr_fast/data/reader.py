@@ -1,0 +1,85 @@
+"""The one image reader every stage uses: any NIH PNG in, 8-bit grayscale out.
+
+About 500 of the real ChestX-ray14 PNGs are RGBA and a few are 16-bit; both are converted here
+(RGBA by ITU-R 601 luminance, 16-bit by scaling the full range to 8 bits) so that ``verify``,
+``prepare`` and every loader see the same pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cxr_fast.errors import CxrError
+
+# Pillow's 16-bit grayscale modes.
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class ImageError(CxrError):
+    """An image that cannot be used: missing, truncated or undecodable. Names the file."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}", exit_code=1)
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the reader found and what it did: the counts ``verify`` reports."""
+
+    mode: str
+    width: int
+    height: int
+    converted_rgba: bool
+    scaled_16bit: bool
+
+
+def to_gray8(img: Image.Image) -> tuple[np.ndarray, bool, bool]:
+    """Convert a decoded Pillow image to a HxW uint8 array; say whether RGBA or 16-bit was handled."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT:
+        arr = np.asarray(img, dtype=np.uint32 if mode == "I" else np.uint16)
+        if mode == "I":
+            arr = np.clip(arr, 0, 65535)
+        # Full 16-bit range onto 0..255 with rounding: 65535 -> 255, 0 -> 0.
+        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), False, True
+    if mode in ("RGBA", "LA", "P", "PA"):
+        gray = img.convert("RGBA").convert("L") if mode != "LA" else img.convert("L")
+        return np.asarray(gray, dtype=np.uint8), True, False
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8), False, False
+    if mode == "1":
+        return np.asarray(img.convert("L"), dtype=np.uint8), False, False
+    return np.asarray(img.convert("L"), dtype=np.uint8), False, False
+
+
+def read_gray_with_info(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    """Decode ``path`` fully (a truncated file fails here, not later) into uint8 gray plus what was done."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(p, "missing")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            mode = img.mode
+            arr, rgba, sixteen = to_gray8(img)
+    except UnidentifiedImageError:
+        raise ImageError(p, "not a readable image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower() or isinstance(exc, (SyntaxError, ValueError)):
+            reason = f"truncated or corrupt ({reason})"
+        raise ImageError(p, reason) from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise ImageError(p, f"unexpected decoded shape {arr.shape}")
+    return arr, ImageInfo(mode, arr.shape[1], arr.shape[0], rgba, sixteen)
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Decode one image to a HxW uint8 array (RGBA to luminance, 16-bit scaled to 8-bit)."""
+    return read_gray_with_info(path)[0]

@@ -1,0 +1,136 @@
+"""One training step, shared by ``train`` and the throughput benchmark so both measure the same thing.
+
+The step owns the pieces that decide speed: device placement, channels-last memory format, the autocast
+dtype, and a gradient scaler only where fp16 needs one (bf16 has fp32's exponent range, so it does not).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cxr_fast.errors import CxrError
+
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU; a named GPU that is absent is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CxrError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CxrError(f"device {name!r} requested but no CUDA GPU is available here")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on a GPU that has it (Ampere and later), fp16 on older GPUs, fp32 on the CPU.
+
+    fp32 on the CPU because CPU bf16 autocast is usually slower than fp32 without AMX; bf16 can still
+    be asked for explicitly and runs.
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if bf16_supported(device) else "fp16"
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise CxrError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (None = no autocast, plain fp32)."""
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return None
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 5e-4, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD with momentum (fastai 0.7's default, the paper's) or Adam (``momentum`` is its beta1)."""
+    if lr <= 0:
+        raise CxrError(f"learning rate must be positive, got {lr}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999))
+    raise CxrError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+class TrainStep:
+    """Forward under autocast, weighted BCE, backward (scaled for fp16 on CUDA), step, zero_grad.
+
+    Calling it returns the detached loss tensor; it does not synchronise, so a caller timing many
+    steps pays one sync at the end rather than one per step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        pos_weight: float,
+        precision: str,
+        device: torch.device | str,
+        channels_last: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = autocast_dtype(self.precision, self.device)
+        self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.model.train()
+        self.optimizer = optimizer
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(pos_weight)], device=self.device))
+        use_scaler = self.precision == "fp16" and self.device.type == "cuda"
+        self.scaler: torch.amp.GradScaler | None = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context for this step's precision (disabled for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if images.dim() == 4:
+            images = images.contiguous(memory_format=self.memory_format)
+        return images
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images = self.prepare(images)
+        labels = labels.to(self.device, non_blocking=True).float().view(-1)
+        with self.autocast():
+            logits = self.model(images)
+        loss = self.loss_fn(logits.float().view(-1), labels)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (float32, N) for a batch, under the same autocast as training.
+
+        The caller puts the model in eval mode first (batch-norm statistics), and back to train after.
+        """
+        images = self.prepare(images)
+        with self.autocast():
+            logits = self.model(images)
+        return torch.sigmoid(logits.float().view(-1))

@@ -1,0 +1,33 @@
+"""Shared fixtures: data the project makes itself, small enough for a 2-core CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's cache: the built-in phantom and stores go to a per-session folder."""
+    monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path_factory.getbasetemp() / "cxr-fast-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 phantom images at 256 px (seed 0) in the NIH layout; made once per test session."""
+    from cxr_fast.data.phantom import make_phantom
+
+    return make_phantom(tmp_path_factory.mktemp("tiny_phantom") / "data", n=64, size=256, seed=0,
+                        workers=min(2, os.cpu_count() or 1), quiet=True)
+
+
+@pytest.fixture(scope="session")
+def real_metadata() -> Path:
+    """The real ChestX-ray14 metadata, as bundled with the package."""
+    from cxr_fast.paths import BUNDLED_METADATA
+
+    return BUNDLED_METADATA

@@ -355,7 +355,7 @@ def run_training(
         "peak_memory_mb": max((r["peak_memory_mb"] for r in log), default=None),
         "pos_weight": pos_weight, "n_train": len(train_ids), "precision": resolved.precision,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "loader": loader_name, "channels_last": cfg.channels_last, "batch_size": cfg.batch_size,
+        "loader": loader_name, "channels_last": cfg.channels_last, "batch_size": cfg.batch_size, "out": str(out),
     }
     write_json(metrics_path, metrics)
     return metrics

@@ -1,0 +1,181 @@
+"""Measure the largest batch that trains: double until out-of-memory, then bisect.
+
+The search is written against an injectable ``try_batch(bs) -> bool`` so its logic is tested on the
+CPU against a fake allocator limit; :func:`cuda_try_batch` is the real probe for a GPU. Every OOM is
+caught, the step's tensors are dropped and the CUDA cache emptied before the next try, so one failed
+size never poisons the next measurement.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from typing import Callable
+
+from cxr_fast.errors import CxrError
+
+
+@dataclass
+class SearchResult:
+    """``max_ok`` is the largest batch that ran (0: not even 1); ``first_fail`` the smallest that did not
+    (None: never failed up to ``cap``, so ``max_ok`` is a lower bound, ``capped`` is True)."""
+
+    max_ok: int
+    first_fail: int | None
+    capped: bool
+    tries: list[tuple[int, bool]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"max_ok": self.max_ok, "first_fail": self.first_fail, "capped": self.capped,
+                "tries": [list(t) for t in self.tries]}
+
+
+def find_max_batch(try_batch: Callable[[int], bool], start: int = 1, cap: int | None = None) -> SearchResult:
+    """Exact largest ``bs`` with ``try_batch(bs)`` True, assuming success is monotone in ``bs``.
+
+    Doubles from ``start`` (a good guess, e.g. the prediction, saves tries) until a failure or ``cap``,
+    then bisects between the last success and the first failure. If ``start`` itself fails, bisects
+    down towards 1; returns ``max_ok=0`` when even a batch of 1 fails.
+    """
+    if start < 1:
+        raise CxrError(f"batch search must start at 1 or more, got {start}")
+    if cap is not None and cap < 1:
+        raise CxrError(f"batch search cap must be 1 or more, got {cap}")
+    if cap is not None:
+        start = min(start, cap)
+    tries: list[tuple[int, bool]] = []
+
+    def attempt(bs: int) -> bool:
+        ok = bool(try_batch(bs))
+        tries.append((bs, ok))
+        return ok
+
+    lo, hi = 0, None  # invariant: lo succeeded (0 = trivially), hi failed
+    bs = start
+    while True:
+        if attempt(bs):
+            lo = bs
+            if cap is not None and bs >= cap:
+                return SearchResult(max_ok=lo, first_fail=None, capped=True, tries=tries)
+            bs = bs * 2 if cap is None else min(bs * 2, cap)
+        else:
+            hi = bs
+            break
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if attempt(mid):
+            lo = mid
+        else:
+            hi = mid
+    return SearchResult(max_ok=lo, first_fail=hi, capped=False, tries=tries)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a CUDA (or any backend's) out-of-memory error, whatever torch version raised it."""
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def guarded(run: Callable[[int], None], cleanup: Callable[[], None]) -> Callable[[int], bool]:
+    """Turn ``run(bs)`` (raises on OOM) into ``try_batch(bs) -> bool``; ``cleanup`` runs after every try.
+
+    Any error that is not an OOM propagates: a shape bug must not pass for a memory limit.
+    """
+
+    def try_batch(bs: int) -> bool:
+        try:
+            run(bs)
+            return True
+        except Exception as exc:  # noqa: BLE001 - filtered by is_oom just below
+            if not is_oom(exc):
+                raise
+            return False
+        finally:
+            cleanup()
+
+    return try_batch
+
+
+def cuda_cleanup(device=None) -> None:
+    """Release everything a failed step left: Python references, then the allocator's cached blocks."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def cuda_try_batch(arch: str, res: int, precision: str = "auto", channels_last: bool = True,
+                   optimizer: str = "sgd", device: str = "cuda", steps: int = 2,
+                   peaks: dict[int, int] | None = None) -> Callable[[int], bool]:
+    """A real probe: a fresh model and optimizer, ``steps`` training steps at batch ``bs`` on the GPU.
+
+    Two steps by default, because the optimizer state is only allocated in the first ``step()``.
+    ``peaks`` (optional) collects ``max_memory_allocated`` per successful batch size.
+    """
+    import torch
+
+    from cxr_fast.models import build_model
+    from cxr_fast.step import TrainStep, make_optimizer
+
+    dev = torch.device(device)
+
+    def run(bs: int) -> None:
+        model = build_model(arch, pretrained=False)
+        trainer = TrainStep(model, make_optimizer(model, optimizer), pos_weight=1.0, precision=precision,
+                            device=dev, channels_last=channels_last)
+        torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            images = torch.rand(bs, 1, res, res, device=dev)
+            labels = (torch.rand(bs, device=dev) > 0.5).float()
+            for _ in range(steps):
+                trainer(images, labels)
+            torch.cuda.synchronize(dev)
+            if peaks is not None:
+                peaks[bs] = int(torch.cuda.max_memory_allocated(dev))
+        finally:
+            # Drop every reference the step holds (grads, optimizer state, autocast cache) before cleanup.
+            trainer.optimizer.state.clear()
+            del trainer, model
+
+    return guarded(run, lambda: cuda_cleanup(dev))
+
+
+def measure_max_batch(arch: str, res: int, precision: str = "auto", channels_last: bool = True,
+                      optimizer: str = "sgd", device: str = "cuda", start: int = 8, cap: int | None = 1024,
+                      memory_fraction: float | None = None) -> dict:
+    """Measured max batch on the GPU, optionally under ``torch.cuda.set_per_process_memory_fraction``.
+
+    A fraction emulates a smaller card (say 11 GiB on an 80 GiB H100) and keeps the search fast; the
+    allocator cap in bytes is returned so the prediction can be compared on the same budget.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CxrError("measuring the batch-size limit needs a CUDA GPU; use `cxr-fast memory` to predict it")
+    dev = torch.device(device)
+    total = torch.cuda.get_device_properties(dev).total_memory
+    if memory_fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(memory_fraction, dev)
+    try:
+        peaks: dict[int, int] = {}
+        probe = cuda_try_batch(arch, res, precision, channels_last, optimizer, device, peaks=peaks)
+        result = find_max_batch(probe, start=start, cap=cap)
+    finally:
+        if memory_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(1.0, dev)
+        cuda_cleanup(dev)
+    out = result.to_dict()
+    out.update(
+        arch=arch, res=res, precision=precision, channels_last=channels_last, optimizer=optimizer,
+        total_memory_bytes=int(total),
+        memory_fraction=memory_fraction,
+        allocator_cap_bytes=int(total * memory_fraction) if memory_fraction is not None else None,
+        peak_allocated_at_max=peaks.get(result.max_ok),
+    )
+    return out

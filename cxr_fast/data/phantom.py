@@ -215,10 +215,13 @@ def _draw_finding(canvas: np.ndarray, rng: np.random.Generator, spec: PhantomSpe
 
 def render(spec: PhantomSpec, index: int, labels: tuple[str, ...]) -> np.ndarray:
     """One phantom radiograph, uint8 HxW, depending only on (seed, index, labels)."""
-    rng = np.random.default_rng([spec.seed, index])
+    # Separate streams for anatomy, each finding and the exposure/noise, so adding a finding changes
+    # only the finding's own pixels (the tests measure lesion sizes this way).
+    rng = np.random.default_rng([spec.seed, index, 0])
     canvas, anatomy = _draw_chest(rng, spec.size, "Emphysema" in labels, "Cardiomegaly" in labels)
     for label in labels:
-        _draw_finding(canvas, rng, spec, anatomy, label)
+        _draw_finding(canvas, np.random.default_rng([spec.seed, index, 1 + FINDINGS.index(label)]), spec, anatomy, label)
+    rng = np.random.default_rng([spec.seed, index, 99])
     # Exposure differences between radiographs, then quantum noise.
     canvas = canvas * rng.uniform(0.85, 1.15) + rng.uniform(-10, 10)
     canvas += rng.normal(0.0, 3.0, canvas.shape).astype(np.float32)

@@ -195,6 +195,66 @@ class _Progress:
             self.bar.console.print(text)
 
 
+@dataclass
+class RunParts:
+    """Everything a run trains with, built the same way for ``train`` and ``lr-find``."""
+
+    dataset: Any
+    sub: Any  # cxr_fast.data.sampling.Subsample
+    model: Any
+    optimizer: Any
+    step: Any  # cxr_fast.step.TrainStep
+    train_loader: Any
+    val_loader: Any
+    loader_name: str
+    pos_weight: float
+
+
+def build_parts(cfg: TrainConfig, device: Any, precision: str, quiet: bool = False, need_val: bool = True) -> RunParts:
+    """Dataset -> label subsample -> model, optimizer, step and loaders, seeded from ``cfg.seed``.
+
+    ``need_val``: check now that validation holds both classes, so a doomed run fails before training.
+    """
+    import torch
+
+    from cxr_fast.data.sampling import subsample
+    from cxr_fast.data.source import resolve_dataset
+    from cxr_fast.loaders import build_loader
+    from cxr_fast.loaders.base import LoaderSpec
+    from cxr_fast.metrics import _check
+    from cxr_fast.models import build_model
+    from cxr_fast.step import TrainStep, make_optimizer
+
+    dataset = resolve_dataset(cfg.data, quiet=quiet)
+    sub = subsample(dataset.metadata, cfg.label, size=cfg.subsample_size, seed=cfg.seed,
+                    val_fraction=cfg.val_fraction, split=cfg.split,  # type: ignore[arg-type]
+                    official_split=dataset.official_split)
+    train_ids, train_targets = sub.part("train")
+    val_ids, val_targets = sub.part("val")
+    if need_val:
+        _check(val_targets, np.zeros(len(val_targets)))  # one class in validation: an error now, not NaN later
+    if train_targets.sum() == 0:
+        raise CxrError(f"the training part has no {sub.label} images; use a larger subsample or another split")
+    pos_weight = sub.train_pos_weight
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = build_model(cfg.arch, cfg.weights, pretrained=cfg.pretrained)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum)
+    step = TrainStep(model, optimizer, pos_weight, precision, device, cfg.channels_last)
+
+    def spec(ids: np.ndarray, targets: np.ndarray, train: bool) -> LoaderSpec:
+        return LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=cfg.res, batch_size=cfg.batch_size,
+                          train=train, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
+                          augment=cfg.augment and train, store=Path(cfg.store) if cfg.store else None,
+                          num_workers=cfg.num_workers)
+
+    train_loader = build_loader(cfg.loader, spec(train_ids, train_targets, True))
+    val_loader = build_loader(cfg.loader, spec(val_ids, val_targets, False)) if need_val else None
+    loader_name = type(train_loader).__module__.rsplit(".", 1)[-1]
+    return RunParts(dataset, sub, model, optimizer, step, train_loader, val_loader, loader_name, pos_weight)
+
+
 def run_training(
     cfg: TrainConfig,
     progress: bool = True,
@@ -210,13 +270,8 @@ def run_training(
     """
     import torch
 
-    from cxr_fast.data.sampling import subsample
-    from cxr_fast.data.source import resolve_dataset
-    from cxr_fast.loaders import build_loader
-    from cxr_fast.loaders.base import LoaderSpec
-    from cxr_fast.metrics import _check, accuracy, delong_auc_variance
-    from cxr_fast.models import build_model
-    from cxr_fast.step import TrainStep, make_optimizer, resolve_device, resolve_precision
+    from cxr_fast.metrics import accuracy, delong_auc_variance
+    from cxr_fast.step import resolve_device, resolve_precision
 
     validate(cfg)
     started = time.perf_counter()
@@ -246,32 +301,10 @@ def run_training(
         for name in (LOG_NAME, METRICS_NAME, PREDICTIONS_NAME, CHECKPOINT_NAME):
             (out / name).unlink(missing_ok=True)
 
-    dataset = resolve_dataset(cfg.data, quiet=not progress)
-    sub = subsample(dataset.metadata, cfg.label, size=cfg.subsample_size, seed=cfg.seed,
-                    val_fraction=cfg.val_fraction, split=cfg.split,  # type: ignore[arg-type]
-                    official_split=dataset.official_split)
-    train_ids, train_targets = sub.part("train")
-    val_ids, val_targets = sub.part("val")
-    _check(val_targets, np.zeros(len(val_targets)))  # one-class validation fails now, not after training
-    if train_targets.sum() == 0:
-        raise CxrError(f"the training part has no {sub.label} images; use a larger subsample or another split")
-    pos_weight = sub.train_pos_weight
-
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    model = build_model(cfg.arch, cfg.weights, pretrained=cfg.pretrained)
-    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum)
-    step = TrainStep(model, optimizer, pos_weight, resolved.precision, device, cfg.channels_last)
-
-    def spec(ids: np.ndarray, targets: np.ndarray, train: bool) -> LoaderSpec:
-        return LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=cfg.res, batch_size=cfg.batch_size,
-                          train=train, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
-                          augment=cfg.augment and train, store=Path(cfg.store) if cfg.store else None,
-                          num_workers=cfg.num_workers)
-
-    train_loader = build_loader(cfg.loader, spec(train_ids, train_targets, True))
-    val_loader = build_loader(cfg.loader, spec(val_ids, val_targets, False))
-    loader_name = type(train_loader).__module__.rsplit(".", 1)[-1]
+    parts = build_parts(cfg, device, resolved.precision, quiet=not progress)
+    sub, step, model, optimizer = parts.sub, parts.step, parts.model, parts.optimizer
+    train_loader, val_loader, loader_name = parts.train_loader, parts.val_loader, parts.loader_name
+    train_ids, (val_ids, val_targets), pos_weight = sub.part("train")[0], sub.part("val"), parts.pos_weight
 
     first_epoch, wall_before, train_time, train_images = 0, 0.0, 0.0, 0
     if checkpoint is not None:

@@ -1,0 +1,149 @@
+"""Smith's learning-rate range test, the way the paper chose its fixed 5e-4.
+
+The learning rate grows exponentially from ``start_lr`` to ``end_lr`` over at most ``num_iter`` training
+steps; the loss is smoothed with an exponential moving average (bias-corrected) and the sweep stops once
+the smoothed loss exceeds ``diverge`` times its best value. The suggestion is fastai 0.7's rule of
+thumb, an order of magnitude below the learning rate of the lowest smoothed loss; the steepest-descent
+point is recorded too. The model and optimizer are restored afterwards, so a caller can train next.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from cxr_fast.errors import CxrError
+from cxr_fast.io import atomic_path, write_json
+
+
+def _batches(loader: Any) -> Iterable[tuple[Any, Any]]:
+    """Cycle over a loader, a new epoch (shuffle) each pass, until the caller stops."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise CxrError("the training loader yielded no batches")
+        epoch += 1
+
+
+def lr_range_test(step: Any, loader: Any, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
+                  beta: float = 0.98, diverge: float = 4.0, progress: Any = None) -> dict[str, Any]:
+    """Sweep the learning rate of ``step.optimizer`` and record (lr, loss, smoothed loss) per step."""
+    if not 0 < start_lr < end_lr:
+        raise CxrError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    if num_iter < 2:
+        raise CxrError(f"num_iter must be at least 2, got {num_iter}")
+    saved_model = copy.deepcopy(step.model.state_dict())
+    saved_opt = copy.deepcopy(step.optimizer.state_dict())
+    ratio = end_lr / start_lr
+    lrs, losses, smoothed = [], [], []
+    avg, best, stopped = 0.0, math.inf, False
+    try:
+        for i, (images, labels) in enumerate(_batches(loader)):
+            if i >= num_iter:
+                break
+            lr = start_lr * ratio ** (i / (num_iter - 1))
+            for group in step.optimizer.param_groups:
+                group["lr"] = lr
+            loss = float(step(images, labels))
+            if not math.isfinite(loss):
+                stopped = True
+                break
+            avg = beta * avg + (1 - beta) * loss
+            value = avg / (1 - beta ** (i + 1))
+            lrs.append(lr)
+            losses.append(loss)
+            smoothed.append(value)
+            if progress is not None:
+                progress(i + 1, lr, value)
+            best = min(best, value)
+            if i > 0 and value > diverge * best:
+                stopped = True
+                break
+    finally:
+        step.model.load_state_dict(saved_model)
+        step.optimizer.load_state_dict(saved_opt)
+    if len(lrs) < 2:
+        raise CxrError("the range test diverged at once; lower --start-lr")
+    return {"lrs": lrs, "losses": losses, "smoothed": smoothed, "stopped_on_divergence": stopped,
+            **suggest(lrs, smoothed), "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter,
+            "beta": beta, "diverge": diverge}
+
+
+def suggest(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
+    """``lr_min_loss`` (lowest smoothed loss), ``lr_steepest`` (fastest fall before it) and the suggestion."""
+    lr = np.asarray(lrs, dtype=np.float64)
+    sm = np.asarray(smoothed, dtype=np.float64)
+    i_min = int(np.argmin(sm))
+    if i_min >= 2:
+        slope = np.gradient(sm[: i_min + 1], np.log10(lr[: i_min + 1]))
+        i_steep = int(np.argmin(slope))
+    else:
+        i_steep = i_min
+    return {"lr_min_loss": float(lr[i_min]), "lr_steepest": float(lr[i_steep]),
+            "suggested_lr": float(lr[i_min] / 10.0)}
+
+
+def plot(result: dict[str, Any], path: str | Path, title: str = "") -> None:
+    """Loss against learning rate (log axis), raw and smoothed, with the suggestion marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result["lrs"], result["losses"], color="0.75", lw=1, label="loss")
+    ax.plot(result["lrs"], result["smoothed"], color="C0", lw=2, label="smoothed loss")
+    ax.axvline(result["suggested_lr"], color="C3", ls="--", label=f"suggested {result['suggested_lr']:.1e}")
+    ax.axvline(result["lr_min_loss"], color="C2", ls=":", label=f"lowest loss {result['lr_min_loss']:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (weighted BCE)")
+    low, high = min(result["smoothed"]), result["smoothed"][0]
+    ax.set_ylim(low - 0.1 * abs(high - low + 1e-9), max(high, low) + 0.5 * abs(high - low + 1e-9))
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run_lr_find(cfg: Any, out: str | Path | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,
+                num_iter: int = 100, progress: bool = True) -> dict[str, Any]:
+    """Build the run ``cfg`` describes (data, model, loader), sweep, write ``lr_find.json`` and ``.png``."""
+    from cxr_fast.step import resolve_device, resolve_precision
+    from cxr_fast.train import build_parts
+
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    folder = Path(out) if out else Path("runs") / f"lr-find-{cfg.label}-{cfg.arch}-{cfg.res}"
+    parts = build_parts(cfg, device, precision, quiet=not progress, need_val=False)
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn("lr-find"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("lr {task.fields[lr]:.1e}  loss {task.fields[loss]:.4f}")) as bar:
+            task = bar.add_task("", total=num_iter, lr=start_lr, loss=float("nan"))
+            result = lr_range_test(parts.step, parts.train_loader, start_lr, end_lr, num_iter,
+                                   progress=lambda i, lr, loss: bar.update(task, completed=i, lr=lr, loss=loss))
+    else:
+        result = lr_range_test(parts.step, parts.train_loader, start_lr, end_lr, num_iter)
+    result.update(label=parts.sub.label, res=cfg.res, arch=cfg.arch, batch_size=cfg.batch_size,
+                  optimizer=cfg.optimizer, precision=precision, loader=parts.loader_name,
+                  pos_weight=parts.pos_weight, config=dataclasses.asdict(cfg))
+    write_json(folder / "lr_find.json", result)
+    plot(result, folder / "lr_find.png", title=f"{parts.sub.label} {cfg.arch} {cfg.res}px, batch {cfg.batch_size}")
+    result["out"] = str(folder)
+    return result

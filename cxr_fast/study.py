@@ -1,0 +1,438 @@
+"""The study: a grid of label x resolution x architecture training runs, resumable at any moment.
+
+A study folder holds ``study.yaml`` (the resolved config), ``results.jsonl`` (one row per finished run,
+keyed by a stable cell id) and ``runs/<cell id>/`` (each run's own folder, written by ``cxr_fast.train``).
+Rows are appended with fsync only after a run has finished, so a kill loses at most the run in flight;
+its run folder resumes from its last epoch checkpoint on the next ``cxr-fast study``. Every resolution
+of a label uses the same subsample and validation images (same seed), so the report can compare
+resolutions with the paired DeLong test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from cxr_fast.config import load_yaml
+from cxr_fast.errors import CxrError
+from cxr_fast.io import append_jsonl, read_jsonl, write_text
+
+STUDY_CONFIG = "study.yaml"
+RESULTS = "results.jsonl"
+RUNS = "runs"
+LOCK = ".study.lock"
+
+# Set by the grid, never by the `train:` block.
+GRID_FIELDS = ("label", "res", "arch", "epochs", "out")
+# Settings that change speed, not results: excluded from a cell's fingerprint, so a study started on
+# one machine can be finished on another (or with another loader) without being refused.
+SPEED_ONLY = ("out", "device", "loader", "compile", "channels_last")
+# Metrics copied from a run into its result row.
+METRIC_KEYS = ("auc", "auc_sd", "accuracy", "n_pos", "n_neg", "n_val", "wall_s", "train_images_per_s",
+               "pos_weight", "precision", "device", "loader")
+
+RunFn = Callable[[Any], dict]
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class GridSpec:
+    """One named grid: every label x resolution x architecture, trained for ``epochs``."""
+
+    name: str
+    labels: list[str]
+    resolutions: list[int]
+    archs: list[str] = field(default_factory=lambda: ["resnet34"])
+    epochs: int = 3
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the study's `train:` block
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    grids: list[GridSpec]
+    train: dict[str, Any] = field(default_factory=dict)  # settings every run shares (TrainConfig fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "train": dict(self.train),
+                "grids": [dataclasses.asdict(g) for g in self.grids]}
+
+
+def _train_fields() -> set[str]:
+    from cxr_fast.train import TrainConfig
+
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def parse_study(data: dict[str, Any], source: str = "study config",
+                train_fields: set[str] | None = None) -> StudyConfig:
+    """Validate a study mapping (from YAML); every problem is one line naming ``source`` and the key."""
+    allowed = {"name", "train", "grids"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise CxrError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    fields_ = train_fields if train_fields is not None else _train_fields()
+    train = _check_train(data.get("train") or {}, f"{source}: train", fields_)
+    grids_raw = data.get("grids")
+    if not isinstance(grids_raw, list) or not grids_raw:
+        raise CxrError(f"{source}: 'grids' must be a non-empty list of grids (name, labels, resolutions, ...)")
+    grids: list[GridSpec] = []
+    for i, g in enumerate(grids_raw):
+        grids.append(_parse_grid(g, f"{source}: grids[{i}]", fields_))
+    names = [g.name for g in grids]
+    if len(set(names)) != len(names):
+        raise CxrError(f"{source}: grid names must be unique, got {names}")
+    return StudyConfig(name=str(data.get("name") or "study"), grids=grids, train=train)
+
+
+def _check_train(train: Any, where: str, fields_: set[str]) -> dict[str, Any]:
+    if not isinstance(train, dict):
+        raise CxrError(f"{where}: expected a mapping of training settings")
+    bad = sorted(set(train) & set(GRID_FIELDS))
+    if bad:
+        raise CxrError(f"{where}: {', '.join(bad)} are set by the grids, not the train block")
+    unknown = sorted(set(train) - fields_)
+    if unknown:
+        raise CxrError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: "
+                       f"{', '.join(sorted(fields_ - set(GRID_FIELDS)))}")
+    return dict(train)
+
+
+def _parse_grid(g: Any, where: str, fields_: set[str]) -> GridSpec:
+    from cxr_fast.data.nih import canonical_label
+
+    if not isinstance(g, dict):
+        raise CxrError(f"{where}: expected a mapping with name, labels, resolutions, archs, epochs")
+    allowed = {f.name for f in dataclasses.fields(GridSpec)}
+    unknown = sorted(set(g) - allowed)
+    if unknown:
+        raise CxrError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    for key in ("name", "labels", "resolutions"):
+        if key not in g:
+            raise CxrError(f"{where}: missing '{key}'")
+    labels, resolutions = _as_list(g["labels"], where, "labels"), _as_list(g["resolutions"], where, "resolutions")
+    archs = _as_list(g.get("archs", ["resnet34"]), where, "archs")
+    labels = [canonical_label(str(x)) for x in labels]
+    try:
+        resolutions = [int(r) for r in resolutions]
+        epochs = int(g.get("epochs", 3))
+    except (TypeError, ValueError):
+        raise CxrError(f"{where}: resolutions and epochs must be whole numbers") from None
+    if any(r < 16 for r in resolutions):
+        raise CxrError(f"{where}: resolutions must be at least 16 px, got {resolutions}")
+    if epochs < 1:
+        raise CxrError(f"{where}: epochs must be at least 1, got {epochs}")
+    known_archs = ("resnet34", "densenet121")
+    bad = [a for a in archs if a not in known_archs]
+    if bad:
+        raise CxrError(f"{where}: unknown architecture(s) {bad}; choose from {', '.join(known_archs)}")
+    for key, values in (("labels", labels), ("resolutions", resolutions), ("archs", archs)):
+        if len(set(values)) != len(values):
+            raise CxrError(f"{where}: {key} repeat a value: {values}")
+    train = _check_train(g.get("train") or {}, f"{where}.train", fields_)
+    return GridSpec(str(g["name"]), labels, resolutions, [str(a) for a in archs], epochs, train)
+
+
+def _as_list(value: Any, where: str, key: str) -> list[Any]:
+    if isinstance(value, (str, int)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise CxrError(f"{where}: '{key}' must be a non-empty list")
+    return value
+
+
+def load_study(path: str | Path, train_fields: set[str] | None = None) -> StudyConfig:
+    return parse_study(load_yaml(path), str(path), train_fields)
+
+
+def apply_overrides(cfg: StudyConfig, epochs: int | None = None, **train: Any) -> StudyConfig:
+    """CLI flags beat the config: ``epochs`` replaces every grid's epochs, the rest the shared train block.
+
+    A flag also beats a grid's own ``train:`` override of the same setting, since the user asked for it.
+    """
+    given = {k: v for k, v in train.items() if v is not None}
+    grids = [dataclasses.replace(g, epochs=epochs if epochs is not None else g.epochs,
+                                 train={k: v for k, v in g.train.items() if k not in given})
+             for g in cfg.grids]
+    return StudyConfig(cfg.name, grids, {**cfg.train, **given})
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells
+
+
+@dataclass
+class Cell:
+    """One training run of the grid."""
+
+    label: str
+    res: int
+    arch: str
+    epochs: int
+    settings: dict[str, Any]  # the resolved train block for this cell (no grid fields)
+    grids: list[str]
+
+    @property
+    def cell_id(self) -> str:
+        """Stable across reruns and config reorderings; also the run folder below ``runs/``."""
+        return f"{self.label}/{self.arch}-e{self.epochs}/r{self.res}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the result, so a rerun with other settings is refused."""
+        keep = {k: v for k, v in sorted(self.settings.items()) if k not in SPEED_ONLY}
+        keep.update(label=self.label, res=self.res, arch=self.arch, epochs=self.epochs)
+        blob = json.dumps(keep, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def describe(self) -> str:
+        return f"{self.label} {self.res}px {self.arch} {self.epochs}ep"
+
+
+def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
+    """Every cell of the selected grids, in label-major order (a label's resolutions run together).
+
+    A cell named by two grids with the same settings runs once; with different settings it is an error,
+    because both would claim the same run folder.
+    """
+    names = [g.name for g in cfg.grids]
+    if only:
+        missing = [o for o in only if o not in names]
+        if missing:
+            raise CxrError(f"--only {', '.join(missing)}: no such grid; the config has {', '.join(names)}")
+    cells: dict[str, Cell] = {}
+    for g in cfg.grids:
+        if only and g.name not in only:
+            continue
+        settings = {**cfg.train, **g.train}
+        for label in g.labels:
+            for arch in g.archs:
+                for res in g.resolutions:
+                    cell = Cell(label, res, arch, g.epochs, dict(settings), [g.name])
+                    prior = cells.get(cell.cell_id)
+                    if prior is None:
+                        cells[cell.cell_id] = cell
+                    elif prior.fingerprint != cell.fingerprint:
+                        raise CxrError(f"grids {prior.grids[0]} and {g.name} both define {cell.cell_id} "
+                                       "with different train settings; give one of them other epochs")
+                    elif g.name not in prior.grids:
+                        prior.grids.append(g.name)
+    return list(cells.values())
+
+
+def train_config(cell: Cell, study_dir: Path) -> Any:
+    """The ``cxr_fast.train.TrainConfig`` of a cell, its run folder inside the study folder."""
+    from cxr_fast.config import from_dict
+    from cxr_fast.train import TrainConfig
+
+    data = {**cell.settings, "label": cell.label, "res": cell.res, "arch": cell.arch, "epochs": cell.epochs,
+            "out": str(study_dir / RUNS / cell.cell_id)}
+    return from_dict(TrainConfig, data, f"cell {cell.cell_id}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Results store
+
+
+class ResultsStore:
+    """``results.jsonl``: one JSON row per finished run, appended with fsync, first row per cell wins.
+
+    A kill during an append can leave a torn last line; opening the store cuts it off, so the next
+    append starts on a fresh line and the half-written row is simply redone.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def repair(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [r for r in read_jsonl(self.path) if isinstance(r, dict) and "cell_id" in r]
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.rows():
+            out.setdefault(row["cell_id"], row)
+        return out
+
+    def append(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.path, row)
+
+
+def result_row(cell: Cell, metrics: dict[str, Any], study_dir: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "cell_id": cell.cell_id, "fingerprint": cell.fingerprint, "grids": list(cell.grids),
+        "label": cell.label, "res": cell.res, "arch": cell.arch, "epochs": cell.epochs,
+        "run_dir": f"{RUNS}/{cell.cell_id}",
+    }
+    for key in METRIC_KEYS:
+        if key in metrics:
+            row[key] = metrics[key]
+    row["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    del study_dir  # rows hold paths relative to the study folder, so a study folder can be moved
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# Runner
+
+
+def train_cell(cfg: Any) -> dict:
+    """The default run function: the same code path as ``cxr-fast train --resume``, quiet.
+
+    Module-level so Ray can ship it to workers by reference.
+    """
+    from cxr_fast.train import run_training
+
+    return run_training(cfg, progress=False, resume=True)
+
+
+@dataclass
+class StudySummary:
+    cells: int
+    already_done: int
+    ran: int
+    rows: list[dict[str, Any]]
+
+
+@contextlib.contextmanager
+def study_lock(study_dir: Path) -> Iterator[None]:
+    """One driver per study folder: a second one would run the same cells and duplicate rows."""
+    import fcntl
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(study_dir / LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CxrError(f"{study_dir} is in use by another cxr-fast study; wait for it or use another --out") \
+                from None
+        yield
+    finally:
+        fh.close()
+
+
+def plan(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None) -> list[tuple[Cell, str]]:
+    """(cell, status) for every selected cell: done, partial (a run folder exists) or todo."""
+    done = ResultsStore(study_dir / RESULTS).finished()
+    out = []
+    for cell in expand(cfg, only):
+        if cell.cell_id in done:
+            status = "done"
+        elif (study_dir / RUNS / cell.cell_id).exists():
+            status = "partial"
+        else:
+            status = "todo"
+        out.append((cell, status))
+    return out
+
+
+def run_study(cfg: StudyConfig, study_dir: str | Path, executor: Any = None, only: Sequence[str] | None = None,
+              run_fn: RunFn | None = None, progress: bool = True) -> StudySummary:
+    """Run every unfinished cell of ``cfg`` into ``study_dir`` and return what the store holds.
+
+    ``run_fn(TrainConfig) -> metrics`` defaults to the real training (``train_cell``); tests pass a fake.
+    ``executor`` defaults to ``LocalExecutor()`` (one run after another in this process).
+    """
+    from cxr_fast.executors import Job, LocalExecutor
+
+    study_dir = Path(study_dir)
+    executor = executor or LocalExecutor()
+    run_fn = run_fn or train_cell
+    cells = expand(cfg, only)
+    with study_lock(study_dir):
+        write_text(study_dir / STUDY_CONFIG, _yaml(cfg.to_dict()))
+        store = ResultsStore(study_dir / RESULTS)
+        store.repair()
+        done = store.finished()
+        for cell in cells:
+            row = done.get(cell.cell_id)
+            if row is not None and row.get("fingerprint") != cell.fingerprint:
+                raise CxrError(f"{study_dir / RESULTS}: {cell.cell_id} was run with other settings "
+                               f"(fingerprint {row.get('fingerprint')} vs {cell.fingerprint}); "
+                               "use a new --out for a study with changed settings")
+        todo = [c for c in cells if c.cell_id not in done]
+        by_id = {c.cell_id: c for c in todo}
+        jobs = [Job(c.cell_id, train_config(c, study_dir), c.describe()) for c in todo]
+
+        with _Progress(len(cells), len(cells) - len(todo), enabled=progress) as bar:
+            def on_done(job: Job, metrics: dict) -> None:
+                cell = by_id[job.key]
+                row = result_row(cell, metrics, study_dir)
+                store.append(row)
+                bar.finished(cell, row)
+
+            executor.run(jobs, run_fn, on_done, on_start=lambda job: bar.started(by_id[job.key]))
+        rows = [r for cid, r in store.finished().items() if cid in {c.cell_id for c in cells}]
+    return StudySummary(len(cells), len(cells) - len(todo), len(todo), rows)
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+class _Progress:
+    """A rich progress line over runs, plus one printed line per finished run (kept in logs)."""
+
+    def __init__(self, total: int, completed: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total, self.completed = total, completed
+        self.running: list[str] = []
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._p = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn())
+            self._p.__enter__()
+            self._task = self._p.add_task("runs", total=self.total, completed=self.completed)
+            if self.completed:
+                self._p.console.print(f"{self.completed} of {self.total} runs already finished; skipping them")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._p.__exit__(*exc)
+
+    def _describe(self) -> str:
+        shown = ", ".join(self.running[:2]) + (f" +{len(self.running) - 2} more" if len(self.running) > 2 else "")
+        return "runs" + (f" · {shown}" if shown else "")
+
+    def started(self, cell: Cell) -> None:
+        self.running.append(cell.describe())
+        if self.enabled:
+            self._p.update(self._task, description=self._describe())
+
+    def finished(self, cell: Cell, row: dict[str, Any]) -> None:
+        if cell.describe() in self.running:
+            self.running.remove(cell.describe())
+        self.completed += 1
+        if self.enabled:
+            self._p.update(self._task, advance=1, description=self._describe())
+            auc = row.get("auc")
+            sd = row.get("auc_sd")
+            score = f"AUC {auc:.3f} ± {sd:.3f}" if isinstance(auc, float) and isinstance(sd, float) else ""
+            self._p.console.print(f"[{self.completed}/{self.total}] {cell.describe()}: {score} "
+                                  f"({row.get('wall_s', 0):.0f} s)")

@@ -28,6 +28,8 @@ from cxr_fast.io import atomic_path, write_json, write_text
 from cxr_fast.paths import BUNDLED_BBOXES, BUNDLED_METADATA
 
 METADATA_NAME = "Data_Entry_2017_v2020.csv"
+# Bumped whenever rendering changes, so a cached phantom from older code is never mixed with new images.
+PHANTOM_VERSION = 2
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
           "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
 # Lesion box sizes (sqrt of area, px at 1024) for labels the box file lacks, as (10th, 90th) percentiles.
@@ -143,6 +145,11 @@ def _draw_chest(rng: np.random.Generator, s: int, emphysema: bool, cardiomegaly:
     for lx in (left_cx, right_cx):
         _soft_disc(canvas, dome_y + s * 0.12, lx, s * (0.10 if emphysema else 0.13), lung_rx * 1.2, 50.0, edge=0.1)
     anatomy = _Anatomy(lung_cy, lung_ry, lung_rx, left_cx, right_cx, heart_cy, heart_cx)
+    # End-on vessels: small bright dots that a low-resolution view cannot tell from a nodule.
+    for _ in range(int(rng.integers(12, 24))):
+        y, x = _in_lung(rng, anatomy, 0.85)
+        d = rng.uniform(10, 28) * u
+        _soft_disc(canvas, y, x, d / 2, d / 2, rng.uniform(12, 24), edge=0.2, profile="dome")
     return canvas, anatomy
 
 
@@ -158,7 +165,7 @@ def _draw_finding(canvas: np.ndarray, rng: np.random.Generator, spec: PhantomSpe
         for _ in range(int(rng.integers(1, 3))):
             d = _pick_size(rng, spec, "Nodule") * 0.75
             y, x = _in_lung(rng, a)
-            _soft_disc(canvas, y, x, d / 2, d / 2 * rng.uniform(0.85, 1.15), rng.uniform(28, 40), edge=0.12, profile="dome")
+            _soft_disc(canvas, y, x, d / 2, d / 2 * rng.uniform(0.85, 1.15), rng.uniform(22, 34), edge=0.12, profile="dome")
     elif label == "Mass":
         d = _pick_size(rng, spec, "Mass") * 0.8
         y, x = _in_lung(rng, a, 0.6)
@@ -257,7 +264,7 @@ def make_phantom(out: str | Path, n: int = 600, size: int = 1024, seed: int = 0,
     if size < 32:
         raise CxrError(f"--size must be at least 32 px, got {size}")
     root = Path(out)
-    params = {"n": n, "size": size, "seed": seed, "metadata": Path(metadata).name, "version": 1}
+    params = {"n": n, "size": size, "seed": seed, "metadata": Path(metadata).name, "version": PHANTOM_VERSION}
     marker = root / ".phantom.json"
     if marker.exists():
         old = json.loads(marker.read_text())

@@ -18,7 +18,9 @@ PHANTOM_SEED = 0
 
 
 def phantom_dir(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTOM_SEED) -> Path:
-    return cache_dir() / f"phantom-n{n}-s{size}-seed{seed}"
+    from cxr_fast.data.phantom import PHANTOM_VERSION
+
+    return cache_dir() / f"phantom-v{PHANTOM_VERSION}-n{n}-s{size}-seed{seed}"
 
 
 def default_phantom(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTOM_SEED,

@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CxrError as exc:
         print(f"cxr-fast {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # disk full, permission denied, a folder that vanished: name it, no traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"cxr-fast {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cxr-fast {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
         return 130

@@ -1,0 +1,542 @@
+"""Decode once: turn a label's PNGs into a store the fast loaders read every epoch.
+
+A store is a folder::
+
+    manifest.json           what it holds: image ids, labels, split, the source files' sizes and
+                            mtimes, formats and resolutions done, images that could not be read
+    jpeg/<stem>.jpg         8-bit gray JPEG at source size (DALI's ``mixed`` decoder decodes these on a
+    jpeg/files.txt          GPU; it decodes PNG on the CPU even in mixed mode) and DALI's file list
+    cache/<res>.npy         N x res x res uint8, the reference resize (``loaders.reference``) rounded;
+                            opened memory-mapped
+    ffcv/<res>.beton        FFCV: the same uint8 pixels as a one-channel ``NDArrayField`` (see
+                            ``write_beton``), with the label and the store position
+
+Every file appears by an atomic rename, so a killed run leaves no half file under its final name.
+A cache resolution in progress is ``<res>.npy.partial`` plus ``<res>.state.npy`` (per row: 0 to do,
+1 done, 2 unreadable), checkpointed every few seconds: a second run resumes from there. Images the
+shared reader rejects (missing, truncated) are listed by name in the manifest and skipped, as
+``verify`` reports them, instead of stopping the run. A store whose sources changed since it was
+made (size or mtime), or that holds other images or labels, is refused with an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from cxr_fast.data.nih import NihDataset
+from cxr_fast.errors import CxrError
+from cxr_fast.io import atomic_path, write_json, write_text
+from cxr_fast.paths import cache_dir
+
+STORE_VERSION = 1
+FORMATS: tuple[str, ...] = ("jpeg", "cache", "ffcv")
+MANIFEST = "manifest.json"
+_TODO, _DONE, _BAD = 0, 1, 2
+_CHECKPOINT_S = 3.0
+
+
+class StaleStoreError(CxrError):
+    """A store made from other files, images or labels than the ones asked for."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What to write. ``resolutions`` apply to ``cache`` and ``ffcv``; ``jpeg`` keeps the source size."""
+
+    resolutions: tuple[int, ...] = ()
+    formats: tuple[str, ...] = ("cache",)
+    jpeg_quality: int = 95
+    workers: int | None = None  # None: all cores
+    quiet: bool = False
+    ffcv_timeout_s: float = 3600.0  # FFCV's writer can hang forever; never wait longer than this
+
+
+@dataclass
+class Store:
+    """An opened store: its manifest and where each format lives."""
+
+    root: Path
+    manifest: dict = field(repr=False)
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return np.array(self.manifest["image_ids"])
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.array(self.manifest["targets"], dtype=np.float32)
+
+    @property
+    def bad(self) -> dict[str, str]:
+        """Unreadable images, name -> reason (the reader's words)."""
+        return dict(self.manifest.get("bad", {}))
+
+    @property
+    def cache_resolutions(self) -> list[int]:
+        return sorted(int(r) for r in self.manifest["formats"].get("cache", []))
+
+    def has(self, fmt: str, res: int | None = None) -> bool:
+        done = self.manifest["formats"].get(fmt)
+        if done is None:
+            return False
+        return True if fmt == "jpeg" else int(res) in [int(r) for r in done]
+
+    def cache_path(self, res: int) -> Path:
+        return self.root / "cache" / f"{res}.npy"
+
+    def cache_array(self, res: int) -> np.ndarray:
+        """The ``N x res x res`` uint8 array, memory-mapped read-only (rows in manifest order)."""
+        if not self.has("cache", res):
+            raise CxrError(f"{self.root}: no {res} px cache; run cxr-fast prepare with --res {res} --format cache")
+        return np.load(self.cache_path(res), mmap_mode="r")
+
+    def jpeg_path(self, image_id: str) -> Path:
+        return self.root / "jpeg" / (Path(image_id).stem + ".jpg")
+
+    def ffcv_path(self, res: int) -> Path:
+        return self.root / "ffcv" / f"{res}.beton"
+
+    def positions(self, image_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``image_ids`` in this store, and a mask of the ones that are readable.
+
+        An id the store does not hold is an error: the store was made for another subsample.
+        """
+        index = {name: i for i, name in enumerate(self.manifest["image_ids"])}
+        bad = self.manifest.get("bad", {})
+        rows, keep = [], []
+        for name in image_ids:
+            name = str(name)
+            if name not in index:
+                raise StaleStoreError(f"{self.root} does not hold image {name}; prepare a store for this subsample")
+            rows.append(index[name])
+            keep.append(name not in bad)
+        return np.asarray(rows, dtype=np.int64), np.asarray(keep, dtype=bool)
+
+    def check_fresh(self, dataset: NihDataset) -> None:
+        """Raise ``StaleStoreError`` when a source image changed (size or mtime) since the store was made."""
+        old = self.manifest["sources"]
+        ids = self.manifest["image_ids"]
+        now = source_identity(dataset, ids)
+        for key in ("sizes", "mtimes_ns"):
+            changed = [ids[i] for i, (a, b) in enumerate(zip(old[key], now[key])) if a != b]
+            if changed:
+                raise StaleStoreError(
+                    f"{self.root} is stale: {len(changed)} source image(s) changed since it was made "
+                    f"(first: {dataset.path_of(changed[0])}); delete the store or prepare into a new folder"
+                )
+
+
+def source_identity(dataset: NihDataset, image_ids: Sequence[str]) -> dict:
+    """Size and mtime of each source file (-1 when missing): cheap to check on every open."""
+    sizes, mtimes = [], []
+    for name in image_ids:
+        try:
+            st = os.stat(dataset.path_of(str(name)))
+            sizes.append(int(st.st_size))
+            mtimes.append(int(st.st_mtime_ns))
+        except OSError:
+            sizes.append(-1)
+            mtimes.append(-1)
+    return {"root": str(Path(dataset.root).resolve()), "sizes": sizes, "mtimes_ns": mtimes}
+
+
+def open_store(path: str | Path, dataset: NihDataset | None = None) -> Store:
+    """Open a store; with ``dataset``, refuse it when its sources changed."""
+    root = Path(path)
+    mf = root / MANIFEST
+    if not mf.is_file():
+        raise CxrError(f"{root} is not a cxr-fast store (no {MANIFEST}); make one with cxr-fast prepare")
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CxrError(f"{mf}: unreadable store manifest ({exc})") from None
+    if manifest.get("version") != STORE_VERSION:
+        raise StaleStoreError(f"{root}: store version {manifest.get('version')} is not {STORE_VERSION}; prepare it again")
+    store = Store(root, manifest)
+    if dataset is not None:
+        store.check_fresh(dataset)
+    return store
+
+
+def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
+    for f in out:
+        if f not in FORMATS:
+            raise CxrError(f"unknown store format {f!r}; choose from {', '.join(FORMATS)}")
+    return out
+
+
+def _check_resolutions(resolutions: Iterable[int]) -> tuple[int, ...]:
+    out = tuple(sorted(set(int(r) for r in resolutions)))
+    for r in out:
+        if not 8 <= r <= 4096:
+            raise CxrError(f"resolution {r} is out of range (8 to 4096 px)")
+    return out
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _work(job: tuple[int, str, tuple[int, ...], str | None, int]) -> tuple[int, dict[int, np.ndarray] | None, str | None]:
+    """Decode one image once; return its resized copies and write its JPEG (atomically)."""
+    from PIL import Image
+
+    from cxr_fast.data.reader import ImageError, read_gray
+    from cxr_fast.loaders.reference import resize_uint8
+
+    row, path, resolutions, jpeg_out, quality = job
+    try:
+        gray = read_gray(path)
+    except ImageError as exc:
+        return row, None, exc.reason
+    outs = {r: resize_uint8(gray, r) for r in resolutions}
+    if jpeg_out is not None:
+        with atomic_path(jpeg_out) as tmp:
+            Image.fromarray(gray, mode="L").save(tmp, format="JPEG", quality=quality)
+    return row, outs, None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _manifest_for(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndarray, info: dict) -> dict:
+    return {
+        "version": STORE_VERSION,
+        "label": info.get("label"),
+        "split": info.get("split"),
+        "seed": info.get("seed"),
+        "size": info.get("size"),
+        "image_ids": [str(i) for i in image_ids],
+        "targets": [float(t) for t in targets],
+        "is_val": None if info.get("is_val") is None else [bool(v) for v in info["is_val"]],
+        "sources": source_identity(dataset, image_ids),
+        "formats": {},
+        "bad": {},
+    }
+
+
+def _open_or_create(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndarray, out: Path, info: dict) -> Store:
+    if (out / MANIFEST).exists():
+        store = open_store(out)
+        m = store.manifest
+        if m["image_ids"] != [str(i) for i in image_ids] or m["targets"] != [float(t) for t in targets]:
+            raise StaleStoreError(
+                f"{out} holds another subsample ({len(m['image_ids'])} images, label {m.get('label')}); "
+                "choose another --out or delete it"
+            )
+        store.check_fresh(dataset)
+        return store
+    if out.exists() and any(out.iterdir()):
+        raise CxrError(f"{out} exists and is not a cxr-fast store; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest_for(dataset, image_ids, targets, info)
+    write_json(out / MANIFEST, manifest)
+    return Store(out, manifest)
+
+
+def _save_manifest(store: Store) -> None:
+    write_json(store.root / MANIFEST, store.manifest)
+
+
+class _CacheJob:
+    """One resolution of the uint8 cache being filled: partial array + per-row state, resumable."""
+
+    def __init__(self, store: Store, res: int) -> None:
+        self.res = res
+        n = len(store.manifest["image_ids"])
+        self.final = store.cache_path(res)
+        self.partial = self.final.with_name(f"{res}.npy.partial")
+        self.state_path = self.final.with_name(f"{res}.state.npy")
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        state = None
+        if self.partial.exists() and self.state_path.exists():
+            try:
+                state = np.load(self.state_path)
+                arr = np.load(self.partial, mmap_mode="r+")
+                if arr.shape != (n, res, res) or state.shape != (n,):
+                    state = None
+            except (OSError, ValueError):
+                state = None
+        if state is None:
+            arr = np.lib.format.open_memmap(self.partial, mode="w+", dtype=np.uint8, shape=(n, res, res))
+            state = np.zeros(n, dtype=np.int8)
+        self.array = arr
+        self.state = state
+
+    def todo(self) -> np.ndarray:
+        return np.flatnonzero(self.state == _TODO)
+
+    def put(self, row: int, img: np.ndarray | None) -> None:
+        if img is None:
+            self.state[row] = _BAD
+            return
+        if img.shape != (self.res, self.res) or img.dtype != np.uint8:
+            raise CxrError(f"internal error: resized image has shape {img.shape}, expected {(self.res, self.res)}")
+        self.array[row] = img
+        self.state[row] = _DONE
+
+    def checkpoint(self) -> None:
+        """Pixels first, then the state that vouches for them: a kill between the two loses work, not truth."""
+        self.array.flush()
+        with atomic_path(self.state_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, self.state)
+
+    def finish(self) -> None:
+        self.array.flush()
+        del self.array
+        os.replace(self.partial, self.final)
+        self.state_path.unlink(missing_ok=True)
+
+
+def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...], jpeg: bool, cfg: PrepareConfig) -> None:
+    """One decode per image for everything still missing: cache rows at each resolution and JPEGs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    ids = store.manifest["image_ids"]
+    bad: dict[str, str] = dict(store.manifest.get("bad", {}))
+    caches = [_CacheJob(store, r) for r in resolutions if not store.has("cache", r)]
+    needs: dict[int, list[int]] = {}
+    for job in caches:
+        for row in job.todo():
+            needs.setdefault(int(row), []).append(job.res)
+    jpeg_rows: set[int] = set()
+    if jpeg and not store.has("jpeg"):
+        (store.root / "jpeg").mkdir(parents=True, exist_ok=True)
+        jpeg_rows = {i for i, name in enumerate(ids) if name not in bad and not store.jpeg_path(name).exists()}
+    rows = sorted(set(needs) | jpeg_rows)
+    jobs = [(row, str(dataset.path_of(ids[row])), tuple(needs.get(row, ())),
+             str(store.jpeg_path(ids[row])) if row in jpeg_rows else None, cfg.jpeg_quality) for row in rows]
+
+    def record(result: tuple[int, dict | None, str | None]) -> None:
+        row, outs, reason = result
+        if reason is not None:
+            bad[ids[row]] = reason
+        for job in caches:
+            if row in needs and job.res in needs[row]:
+                job.put(row, None if outs is None else outs[job.res])
+
+    def checkpoint() -> None:
+        for job in caches:
+            job.checkpoint()
+        store.manifest["bad"] = bad
+        _save_manifest(store)
+
+    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(jobs) or 1))
+    what = ", ".join([f"{r}px" for r in resolutions if any(j.res == r for j in caches)] + (["jpeg"] if jpeg_rows else []))
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    last = time.monotonic()
+    try:
+        with Progress(*columns, disable=cfg.quiet or not jobs) as progress:
+            task = progress.add_task(f"decoding once -> {what}", total=len(jobs))
+            if workers == 1:
+                results: Iterable = map(_work, jobs)
+                pool = None
+            else:
+                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+                pool = ctx.Pool(workers, initializer=_init_worker)
+                results = pool.imap_unordered(_work, jobs, chunksize=4)
+            try:
+                for result in results:
+                    record(result)
+                    progress.advance(task)
+                    if time.monotonic() - last > _CHECKPOINT_S:
+                        checkpoint()
+                        last = time.monotonic()
+            finally:
+                if pool is not None:
+                    pool.terminate()
+                    pool.join()
+    finally:
+        checkpoint()
+    for job in caches:
+        job.finish()
+        store.manifest["formats"].setdefault("cache", [])
+        store.manifest["formats"]["cache"] = sorted(set(store.manifest["formats"]["cache"]) | {job.res})
+    if jpeg and not store.has("jpeg"):
+        lines = [f"{store.jpeg_path(name).name} {i}" for i, name in enumerate(ids) if name not in bad]
+        write_text(store.root / "jpeg" / "files.txt", "\n".join(lines) + "\n")
+        store.manifest["formats"]["jpeg"] = {"quality": cfg.jpeg_quality}
+    store.manifest["bad"] = bad
+    _save_manifest(store)
+
+
+def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequence[float], out: str | Path,
+                  cfg: PrepareConfig = PrepareConfig(), info: dict | None = None) -> Store:
+    """Make or finish the store ``out`` for these images and labels; returns it opened.
+
+    ``info`` (label, split, seed, size, is_val) is recorded in the manifest for the user and ``train``.
+    """
+    formats = _check_formats(cfg.formats)
+    resolutions = _check_resolutions(cfg.resolutions)
+    if ("cache" in formats or "ffcv" in formats) and not resolutions:
+        raise CxrError("formats cache and ffcv need at least one resolution (--res)")
+    ids = np.asarray([str(i) for i in image_ids])
+    tg = np.asarray(targets, dtype=np.float32)
+    if len(ids) == 0:
+        raise CxrError("nothing to prepare: no images")
+    if len(ids) != len(tg):
+        raise CxrError(f"{len(ids)} images but {len(tg)} labels")
+    store = _open_or_create(dataset, ids, tg, Path(out), info or {})
+    cache_res = resolutions if ("cache" in formats or "ffcv" in formats) else ()
+    _decode_all(store, dataset, cache_res, "jpeg" in formats, cfg)
+    if "ffcv" in formats:
+        for r in resolutions:
+            if not store.has("ffcv", r):
+                write_beton(store, r, cfg)
+                store.manifest["formats"].setdefault("ffcv", [])
+                store.manifest["formats"]["ffcv"] = sorted(set(store.manifest["formats"]["ffcv"]) | {r})
+                _save_manifest(store)
+    return store
+
+
+# ----------------------------------------------------------------------------- FFCV
+
+
+class _BetonSource:
+    """What FFCV's writer indexes: (pixels, label, store row) per readable row of the cache."""
+
+    def __init__(self, cache: str, targets: np.ndarray, rows: np.ndarray) -> None:
+        self.cache = cache
+        self.targets = targets
+        self.rows = rows
+        self._arr: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        if self._arr is None:
+            self._arr = np.load(self.cache, mmap_mode="r")
+        row = int(self.rows[i])
+        return np.ascontiguousarray(self._arr[row]), float(self.targets[row]), row
+
+
+def _write_beton_child(path: str, source: _BetonSource, res: int, workers: int, quiet: bool) -> None:
+    import sys
+
+    os.setpgrp()  # FFCV forks its own workers: one process group lets a timeout stop them all
+    if quiet:
+        sys.stderr = open(os.devnull, "w")  # FFCV's own tqdm bar
+    from ffcv.fields import FloatField, IntField, NDArrayField
+    from ffcv.writer import DatasetWriter
+
+    writer = DatasetWriter(path, {"image": NDArrayField(np.dtype("uint8"), (res, res)), "label": FloatField(),
+                                  "row": IntField()}, num_workers=workers)
+    writer.from_indexed_dataset(source, chunksize=16)
+
+
+def _kill_group(pid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def write_beton(store: Store, res: int, cfg: PrepareConfig = PrepareConfig()) -> Path:
+    """Write ``ffcv/<res>.beton`` from the ``res`` cache, in a child process bounded by ``ffcv_timeout_s``.
+
+    One-channel raw uint8 (``NDArrayField``), not FFCV's ``RGBImageField``: that field takes three
+    channels only (and its writer hangs forever when a worker fails on a one-channel image), a
+    3x replicated JPEG would triple decode work and add JPEG error, and raw pixels are exactly the
+    reference-rounded cache. Shapes are checked here, before FFCV sees anything.
+    """
+    try:
+        import ffcv  # noqa: F401
+    except ImportError as exc:
+        raise CxrError(f"format ffcv needs FFCV installed (pip install ffcv==1.0.2): {exc}") from None
+    arr = store.cache_array(res)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (res, res):
+        raise CxrError(f"{store.cache_path(res)}: expected N x {res} x {res} uint8, found {arr.shape} {arr.dtype}")
+    _, keep = store.positions(store.manifest["image_ids"])
+    rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        raise CxrError(f"{store.root}: no readable image to write to FFCV")
+    source = _BetonSource(str(store.cache_path(res)), store.targets, rows)
+    target = store.ffcv_path(res)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(cfg.workers or os.cpu_count() or 1, 8))
+    with atomic_path(target) as tmp:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        proc = ctx.Process(target=_write_beton_child, args=(str(tmp), source, res, workers, cfg.quiet))
+        proc.start()
+        proc.join(cfg.ffcv_timeout_s)
+        if proc.is_alive():
+            _kill_group(proc.pid)
+            proc.join()
+            raise CxrError(f"{target}: FFCV's writer did not finish in {cfg.ffcv_timeout_s:.0f} s; stopped it")
+        if proc.exitcode != 0:
+            raise CxrError(f"{target}: FFCV's writer failed (exit code {proc.exitcode})")
+    return target
+
+
+# ----------------------------------------------------------------------------- on demand
+
+
+def auto_store_dir(dataset: NihDataset, image_ids: Sequence[str], targets: Sequence[float]) -> Path:
+    """A cache folder keyed by dataset and the exact images and labels: one store per subsample part."""
+    h = hashlib.sha256()
+    h.update(str(Path(dataset.root).resolve()).encode())
+    h.update(b"\0".join(str(i).encode() for i in image_ids))
+    h.update(np.asarray(targets, dtype=np.float32).tobytes())
+    return cache_dir() / "stores" / h.hexdigest()[:20]
+
+
+def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequence[float], fmt: str, res: int | None,
+                 store: str | Path | None = None, quiet: bool = True, workers: int | None = None) -> Store:
+    """A store holding ``fmt`` (at ``res``) for these images, made now if missing.
+
+    With ``store`` given it is used (and extended with the missing format or resolution); a stale or
+    foreign one is an error. Without it the store lives in the cache folder, where a stale one is
+    rebuilt, since no user made it.
+    """
+    ids = [str(i) for i in image_ids]
+    tg = np.asarray(targets, dtype=np.float32)
+    cfg = PrepareConfig(resolutions=(res,) if res is not None else (), formats=(fmt,), quiet=quiet, workers=workers)
+    if store is not None:
+        root = Path(store)
+        if (root / MANIFEST).exists():
+            opened = open_store(root, dataset)
+            opened.positions(ids)  # every asked image must be in it
+            if opened.has(fmt, res):
+                return opened
+            return prepare_store(dataset, opened.manifest["image_ids"], opened.manifest["targets"], root, cfg)
+        return prepare_store(dataset, ids, tg, root, cfg)
+    root = auto_store_dir(dataset, ids, tg)
+    if (root / MANIFEST).exists():
+        try:
+            opened = open_store(root, dataset)
+            if opened.has(fmt, res):
+                return opened
+        except StaleStoreError:
+            shutil.rmtree(root)
+    return prepare_store(dataset, ids, tg, root, cfg)
+
+
+def prepare_subsample(dataset: NihDataset, label: str, out: str | Path, cfg: PrepareConfig, size: int = 20_000,
+                      seed: int = 0, split: str = "image") -> Store:
+    """The command's job: the label's paper subsample (train and validation) into ``out``."""
+    from cxr_fast.data.sampling import subsample
+
+    sub = subsample(dataset.metadata, label, size=size, seed=seed, split=split,  # type: ignore[arg-type]
+                    official_split=dataset.official_split)
+    info = {"label": sub.label, "split": split, "seed": seed, "size": size, "is_val": sub.is_val}
+    return prepare_store(dataset, sub.image_ids, sub.targets, out, cfg, info)

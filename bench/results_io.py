@@ -1,0 +1,108 @@
+"""Benchmark result files: one JSON document and one flat CSV, in the spirit of timm's benchmark CSVs.
+
+Every row is one measurement, keyed by (arch, res, kind), and carries the machine it ran on so rows
+from different hosts can be concatenated and still be read correctly.
+
+Row kinds:
+- ``loader``: a loader backend's images/s (``arch`` empty); ``ratio`` is to the ``pil`` baseline.
+- ``train_synthetic``: training images/s from tensors already on the device (the model's ceiling).
+- ``train_loader``: training images/s fed by ``backend``; ``ratio`` is to ``train_synthetic``.
+- ``batch_limit``: the largest batch, ``max_batch_predicted`` always, ``max_batch_measured`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Any, Iterable
+
+from cxr_fast.io import write_json, write_text
+
+KINDS: tuple[str, ...] = ("loader", "train_synthetic", "train_loader", "batch_limit")
+
+# CSV column order (the JSON rows carry the same keys).
+ROW_FIELDS: tuple[str, ...] = (
+    "arch", "res", "kind", "backend", "status", "reason",
+    "batch_size", "precision", "channels_last", "optimizer",
+    "images_per_s", "ratio", "ratio_to", "n_images", "seconds",
+    "peak_mem_mb", "mem_per_sample_mb", "predicted_mem_per_sample_mb",
+    "max_batch_measured", "max_batch_predicted", "max_batch_capped", "gpu_gb",
+    "device", "device_name", "hostname", "cpu_count", "torch_version", "date",
+)
+
+MACHINE_FIELDS: tuple[str, ...] = ("hostname", "cpu_count", "torch_version", "device", "device_name", "date")
+
+
+def machine_info(device: Any = "cpu") -> dict[str, Any]:
+    """Who measured: host, cores, torch, the device and its name (the GPU model on CUDA), and when."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        name = props.name
+        gpu_memory = int(props.total_memory)
+    else:
+        name = platform.processor() or platform.machine() or "cpu"
+        gpu_memory = None
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "device": str(dev),
+        "device_name": name,
+        "gpu_memory_bytes": gpu_memory,
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+
+
+def make_row(machine: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A row with every CSV column present (None where a field does not apply)."""
+    unknown = set(fields) - set(ROW_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown result field(s): {sorted(unknown)}")
+    if fields.get("kind") not in KINDS:
+        raise ValueError(f"row kind must be one of {KINDS}, got {fields.get('kind')!r}")
+    row = {name: None for name in ROW_FIELDS}
+    row.update({k: machine.get(k) for k in MACHINE_FIELDS})
+    row.update(fields)
+    return row
+
+
+def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_results(out_dir: str | Path, document: dict[str, Any], stem: str = "bench",
+                  json_path: str | Path | None = None) -> dict[str, Path]:
+    """Write ``<out_dir>/<stem>.json`` (the whole document) and ``<stem>.csv`` (its rows), atomically.
+
+    ``json_path`` additionally writes the JSON document there (the ``--json`` flag).
+    """
+    out = Path(out_dir)
+    paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv"}
+    write_json(paths["json"], document)
+    write_text(paths["csv"], rows_to_csv(document.get("rows", [])))
+    if json_path is not None:
+        extra = Path(json_path)
+        write_json(extra, document)
+        paths["json_extra"] = extra
+    return paths
+
+
+def default_out_dir(base: str | Path = "bench-results") -> Path:
+    """``bench-results/<UTC timestamp>/``: a new folder per run, never overwriting an older result."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(base) / stamp

@@ -1,0 +1,120 @@
+"""Training-step throughput: the model's ceiling (synthetic tensors on the device) and what a loader delivers.
+
+Both measurements run the same ``cxr_fast.step.TrainStep`` the trainer uses, so "images/s" here is
+what ``cxr-fast train`` gets. The ratio loader/synthetic says whether the input side keeps up: 1.0
+means the GPU never waits for data.
+
+Timing: ``warmup`` steps first (cuDNN autotuning, allocator growth, optimizer-state creation, a
+loader's worker start-up), then ``iters`` timed steps closed by one device synchronisation.
+Peak memory (CUDA only) is ``max_memory_allocated`` over the timed steps; per sample it is
+``(peak - allocated before the timed steps) / batch_size``, i.e. activations plus gradients per image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator
+
+import torch
+
+
+@dataclass
+class Measurement:
+    """One timed run: images processed, wall seconds, and (CUDA only) memory peaks."""
+
+    images: int
+    seconds: float
+    batch_size: int
+    peak_mem_bytes: int | None = None
+    mem_per_sample_bytes: float | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["images_per_s"] = self.images_per_s
+        return d
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_trainer(arch: str, device: torch.device | str, precision: str = "auto", channels_last: bool = True,
+                  optimizer: str = "sgd", lr: float = 5e-4):
+    """A fresh random-init model (weights do not change speed) inside the project's TrainStep."""
+    from cxr_fast.models import build_model
+    from cxr_fast.step import TrainStep, make_optimizer
+
+    model = build_model(arch, pretrained=False)
+    return TrainStep(model, make_optimizer(model, optimizer, lr=lr), pos_weight=1.0, precision=precision,
+                     device=device, channels_last=channels_last)
+
+
+def _timed(trainer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], warmup: int, iters: int,
+           batch_size: int) -> Measurement:
+    device = trainer.device
+    for _ in range(warmup):
+        images, labels = next(batches)
+        trainer(images, labels)
+    synchronize(device)
+    base = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    n = 0
+    start = time.perf_counter()
+    for _ in range(iters):
+        images, labels = next(batches)
+        trainer(images, labels)
+        n += int(labels.shape[0])
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = per_sample = None
+    if device.type == "cuda":
+        peak = int(torch.cuda.max_memory_allocated(device))
+        per_sample = (peak - base) / batch_size if base is not None else None
+    return Measurement(images=n, seconds=seconds, batch_size=batch_size, peak_mem_bytes=peak,
+                       mem_per_sample_bytes=per_sample)
+
+
+def synthetic_batches(batch_size: int, res: int, device: torch.device, channels_last: bool = True,
+                      seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The same batch forever, made once on the device: no input cost at all."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    images = torch.rand(batch_size, 1, res, res, generator=gen).to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = (torch.rand(batch_size, generator=gen) > 0.5).float().to(device)
+    while True:
+        yield images, labels
+
+
+def cycle(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches from a loader, advancing its epoch when it runs out (short loaders, long runs)."""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("loader yielded no batches")
+        epoch += 1
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+
+
+def synthetic_throughput(trainer, res: int, batch_size: int, warmup: int = 2, iters: int = 10) -> Measurement:
+    """Images/s of training steps on tensors already on the device: the model's ceiling."""
+    batches = synthetic_batches(batch_size, res, trainer.device, trainer.channels_last)
+    return _timed(trainer, batches, warmup, iters, batch_size)
+
+
+def loader_throughput(trainer, loader: Iterable, batch_size: int, warmup: int = 2, iters: int = 10) -> Measurement:
+    """Images/s of training steps fed by ``loader``: what a user gets end to end."""
+    return _timed(trainer, cycle(loader), warmup, iters, batch_size)

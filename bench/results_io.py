@@ -48,7 +48,7 @@ def machine_info(device: Any = "cpu") -> dict[str, Any]:
         name = props.name
         gpu_memory = int(props.total_memory)
     else:
-        name = platform.processor() or platform.machine() or "cpu"
+        name = cpu_name()
         gpu_memory = None
     return {
         "hostname": socket.gethostname(),
@@ -61,6 +61,17 @@ def machine_info(device: Any = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
+
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def make_row(machine: dict[str, Any], **fields: Any) -> dict[str, Any]:

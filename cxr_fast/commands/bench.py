@@ -1,0 +1,463 @@
+"""``cxr-fast bench``: per resolution, loader images/s, training images/s and the batch-size limit.
+
+The main job of cxr-fast: before booking a GPU a user learns, at each resolution, how fast each input
+pipeline delivers, how fast the model trains from data already on the device (its ceiling) and from
+the best loader (what they will get), and how large a batch fits. ``run_bench`` does the work and
+returns the result document; ``run`` is the thin CLI wrapper around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+HELP = "throughput and batch-size limits per resolution: loaders, training step, memory"
+DESCRIPTION = (
+    "For each resolution: images/s of every available loader backend (and its ratio to the PIL "
+    "baseline), training images/s from synthetic tensors on the device (the model's ceiling) and fed by "
+    "the best loader (what you get), their ratio, the largest batch (measured on a GPU, predicted "
+    "always) and the memory per image. Without --data it runs on the built-in phantom. Writes "
+    "bench.json and bench.csv to --out (default bench-results/<timestamp>/). Unset flags come from "
+    "--config, then the built-in defaults (the same as configs/bench.yaml)."
+)
+
+
+@dataclass
+class Effort:
+    """How hard to measure on one kind of device (the CPU gets a small, few-minute version)."""
+
+    archs: list[str] | None = None  # None: the top-level archs
+    batch_size: int | None = None  # training batch; None: min(256, 80% of the predicted max for the card)
+    warmup: int = 5  # untimed training steps
+    iters: int = 20  # timed training steps, at least ...
+    train_seconds: float = 2.0  # ... and at least this long (small resolutions take more steps)
+    loader_warmup: int = 2  # untimed loader-fed training steps (after one untimed start-up batch)
+    loader_batch_size: int = 256
+    loader_batches: int = 20  # at least this many timed loader batches per backend
+    loader_seconds: float = 5.0  # ... and at least this long
+    n_images: int | None = 2000  # images the loaders hold (None: the whole dataset)
+    measure_limit: bool = True  # measured max batch (GPU only)
+    limit_cap: int = 2048
+
+
+def cpu_effort() -> Effort:
+    return Effort(archs=["resnet34"], batch_size=2, warmup=1, iters=2, train_seconds=3.0, loader_warmup=0, loader_batch_size=8,
+                  loader_batches=3, loader_seconds=1.0, n_images=600, measure_limit=False, limit_cap=0)
+
+
+@dataclass
+class BenchConfig:
+    res: list[int] = field(default_factory=lambda: [224])
+    archs: list[str] = field(default_factory=lambda: ["resnet34", "densenet121"])
+    loaders: list[str] = field(default_factory=lambda: ["all"])
+    label: str = "Nodule"
+    precision: str = "auto"
+    channels_last: bool = True
+    optimizer: str = "sgd"
+    device: str = "auto"
+    predict_gpu_gb: float = 11.0  # the card the prediction is for when not on a GPU (the paper's)
+    data: str | None = None
+    out: str | None = None
+    json: str | None = None
+    batch_size: int | None = None  # overrides the effort's training batch size
+    cpu: Effort = field(default_factory=cpu_effort)
+    gpu: Effort = field(default_factory=Effort)
+
+
+def load_config(path: str | None = None, **flags: Any) -> BenchConfig:
+    """Defaults, then the YAML file (if given), then the command-line flags that were set."""
+    from cxr_fast.config import from_dict, load_yaml, override
+    from cxr_fast.errors import CxrError
+
+    cfg = BenchConfig()
+    if path:
+        data = load_yaml(path)
+        for key in ("cpu", "gpu"):
+            if key in data:
+                if not isinstance(data[key], dict):
+                    raise CxrError(f"{path}: '{key}' must be a mapping of settings")
+                base = cpu_effort() if key == "cpu" else Effort()
+                merged = {**dataclasses.asdict(base), **data[key]}
+                data[key] = from_dict(Effort, merged, f"{path} [{key}]")
+        if "res" in data:
+            data["res"] = _res_list(data["res"], path)
+        for key in ("archs", "loaders"):
+            if isinstance(data.get(key), str):
+                data[key] = [s.strip() for s in data[key].split(",") if s.strip()]
+        cfg = from_dict(BenchConfig, {**dataclasses.asdict(cfg), **data, "cpu": data.get("cpu", cfg.cpu),
+                                      "gpu": data.get("gpu", cfg.gpu)}, path)
+    cfg = override(cfg, **flags)
+    _validate(cfg)
+    return cfg
+
+
+def _res_list(value: Any, source: str = "--res") -> list[int]:
+    from cxr_fast.bench.memory import PAPER_RESOLUTIONS
+    from cxr_fast.errors import CxrError
+
+    if isinstance(value, str):
+        if value.strip().lower() == "all":
+            return list(PAPER_RESOLUTIONS)
+        try:
+            value = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise CxrError(f"{source}: resolutions must be integers or 'all', got {value!r}") from None
+    if isinstance(value, int):
+        value = [value]
+    if not isinstance(value, list) or not value or any(not isinstance(v, int) or not 16 <= v <= 4096 for v in value):
+        raise CxrError(f"{source}: resolutions must be integers from 16 to 4096 px, got {value!r}")
+    return value
+
+
+def _validate(cfg: BenchConfig) -> None:
+    from cxr_fast.errors import CxrError
+    from cxr_fast.loaders import BACKENDS
+    from cxr_fast.models import ARCHS
+
+    cfg.res = _res_list(cfg.res)
+    for arch in list(cfg.archs) + list(cfg.cpu.archs or []) + list(cfg.gpu.archs or []):
+        if arch not in ARCHS:
+            raise CxrError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    for name in cfg.loaders:
+        if name != "all" and name not in BACKENDS:
+            raise CxrError(f"unknown loader {name!r}; choose all or from {', '.join(BACKENDS)}")
+    if cfg.optimizer not in ("sgd", "adam"):
+        raise CxrError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adam")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise CxrError(f"--batch-size must be 1 or more, got {cfg.batch_size}")
+    if cfg.predict_gpu_gb <= 0:
+        raise CxrError(f"predict_gpu_gb must be positive, got {cfg.predict_gpu_gb}")
+
+
+# ----------------------------------------------------------------------------- the work
+
+
+def _memory_precision(requested: str) -> str:
+    """What the prediction assumes: 'auto' means a GPU's AMP (bf16/fp16) even on the CPU, since a card
+    is the question; only an explicit fp32 predicts fp32."""
+    return "fp32" if requested == "fp32" else "amp"
+
+
+def _training_batch(cfg: BenchConfig, effort: Effort, prof, card_bytes: int | None) -> int:
+    if cfg.batch_size:
+        return cfg.batch_size
+    if effort.batch_size:
+        return effort.batch_size
+    predicted = prof.max_batch_size(card_bytes) if card_bytes else 256
+    return max(1, min(256, int(predicted * 0.8)))
+
+
+def _best_loader(loader_rows: list[dict]) -> dict | None:
+    ok = [r for r in loader_rows if r.get("images_per_s") and not r.get("error")]
+    return max(ok, key=lambda r: r["images_per_s"]) if ok else None
+
+
+def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
+              advance: Callable[[], None] | None = None) -> dict:
+    """Run every section for every resolution and return the result document (also what is written).
+
+    ``say`` gets one-line progress messages, ``advance`` is called once per finished unit of work
+    (one loader section or one architecture at one resolution); both default to silence.
+    """
+    import numpy as np
+    import torch
+
+    from cxr_fast.bench import memory
+    from cxr_fast.bench.loaders import bench_loaders
+    from cxr_fast.bench.results_io import machine_info, make_row
+    from cxr_fast.bench.throughput import build_trainer, loader_throughput, synthetic_throughput
+    from cxr_fast.data.source import resolve_dataset
+    from cxr_fast.loaders import backend
+    from cxr_fast.loaders.base import LoaderSpec
+    from cxr_fast.step import resolve_device, resolve_precision
+
+    say = say or (lambda _m: None)
+    advance = advance or (lambda: None)
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    on_gpu = device.type == "cuda"
+    effort = cfg.gpu if on_gpu else cfg.cpu
+    archs = list(effort.archs or cfg.archs)
+    precision = resolve_precision(cfg.precision, device)
+    mem_precision = _memory_precision(cfg.precision)
+    machine = machine_info(device)
+    card_bytes = int(machine["gpu_memory_bytes"]) if on_gpu else None
+    predict_bytes = card_bytes or int(cfg.predict_gpu_gb * memory.GIB)
+    predict_gb = round(predict_bytes / memory.GIB, 2)
+
+    say("opening the dataset" + ("" if cfg.data else " (the built-in phantom; made once on first use)"))
+    dataset = resolve_dataset(cfg.data, quiet=True)
+    n_images = min(effort.n_images or len(dataset.metadata.image_ids), len(dataset.metadata.image_ids))
+    ids = dataset.metadata.image_ids[:n_images]
+    targets = dataset.metadata.has(cfg.label)[:n_images].astype(np.float32)
+    common = dict(precision=precision, channels_last=cfg.channels_last, optimizer=cfg.optimizer)
+
+    rows: list[dict] = []
+    loader_raw: list[dict] = []
+    for res in cfg.res:
+        # 1. Loader throughput, every backend side by side.
+        say(f"{res}px: loaders")
+        lrows = bench_loaders(res=res, backends=cfg.loaders, data=cfg.data, label=cfg.label, n_images=n_images,
+                              batch_size=effort.loader_batch_size, augment=True, device=device,
+                              warmup_batches=1, min_seconds=effort.loader_seconds,
+                              min_batches=effort.loader_batches, quiet=True,
+                              progress=lambda m, r=res: say(f"{r}px loader {m}"))
+        loader_raw.extend(lrows)
+        for lr in lrows:
+            status = "ok" if lr.get("images_per_s") is not None else ("error" if lr.get("error") else "skipped")
+            rows.append(make_row(machine, arch="", res=res, kind="loader", backend=lr["backend"], status=status,
+                                 reason=lr.get("error") or (None if status == "ok" else lr.get("reason")),
+                                 batch_size=lr["batch_size"], images_per_s=lr.get("images_per_s"),
+                                 ratio=lr.get("ratio_to_pil"), ratio_to="pil" if lr.get("ratio_to_pil") else None,
+                                 n_images=lr.get("images"), seconds=lr.get("seconds")))
+        best = _best_loader(lrows)
+        advance()
+
+        for arch in archs:
+            prof = memory.profile(arch, res, mem_precision, cfg.channels_last, cfg.optimizer)
+            bs = _training_batch(cfg, effort, prof, card_bytes)
+            predicted_bs = prof.max_batch_size(predict_bytes)
+            # 2. Training throughput: synthetic tensors on the device, then fed by the best loader.
+            say(f"{res}px {arch}: training step, synthetic input, batch {bs}")
+            synth = fed = None
+            trainer = None
+            try:
+                trainer = build_trainer(arch, device, precision, cfg.channels_last, cfg.optimizer)
+                synth = synthetic_throughput(trainer, res, bs, warmup=effort.warmup, iters=effort.iters,
+                                             min_seconds=effort.train_seconds)
+                rows.append(make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic",
+                                     status="ok", batch_size=bs, images_per_s=round(synth.images_per_s, 3),
+                                     n_images=synth.images, seconds=round(synth.seconds, 3),
+                                     peak_mem_mb=_mb(synth.peak_mem_bytes),
+                                     mem_per_sample_mb=_mb(synth.mem_per_sample_bytes),
+                                     predicted_mem_per_sample_mb=_mb(prof.bytes_per_sample), **common))
+            except Exception as exc:  # noqa: BLE001 - one failure is a row, not a crash
+                rows.append(make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic",
+                                     status=_status(exc), reason=_reason(exc), batch_size=bs, **common))
+                say(f"{res}px {arch}: synthetic step failed: {_reason(exc)}")
+            if best is None:
+                rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", status="skipped",
+                                     reason="no loader backend ran", batch_size=bs, **common))
+            elif trainer is not None and synth is not None:
+                say(f"{res}px {arch}: training step fed by {best['backend']}, batch {bs}")
+                try:
+                    spec = LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=res, batch_size=bs,
+                                      train=True, device=device, seed=0, channels_last=cfg.channels_last,
+                                      drop_last=True, augment=True)
+                    loader = backend(best["backend"]).build(spec)
+                    fed = loader_throughput(trainer, loader, bs, warmup=effort.loader_warmup, iters=effort.iters,
+                                            min_seconds=effort.train_seconds)
+                    del loader
+                    ratio = fed.images_per_s / synth.images_per_s if synth.images_per_s else None
+                    rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", backend=best["backend"],
+                                         status="ok", batch_size=bs, images_per_s=round(fed.images_per_s, 3),
+                                         ratio=None if ratio is None else round(ratio, 3), ratio_to="train_synthetic",
+                                         n_images=fed.images, seconds=round(fed.seconds, 3),
+                                         peak_mem_mb=_mb(fed.peak_mem_bytes), **common))
+                except Exception as exc:  # noqa: BLE001
+                    rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", backend=best["backend"],
+                                         status=_status(exc), reason=_reason(exc), batch_size=bs, **common))
+                    say(f"{res}px {arch}: loader-fed step failed: {_reason(exc)}")
+            trainer = None
+            _free(device)
+
+            # 3. Batch-size limit: predicted always, measured on a GPU.
+            measured = None
+            if on_gpu and effort.measure_limit:
+                from cxr_fast.bench.batch_search import measure_max_batch
+
+                say(f"{res}px {arch}: measuring the largest batch (double until OOM, then bisect)")
+                try:
+                    measured = measure_max_batch(arch, res, precision, cfg.channels_last, cfg.optimizer, str(device),
+                                                 start=max(1, min(predicted_bs, effort.limit_cap)),
+                                                 cap=effort.limit_cap)
+                except Exception as exc:  # noqa: BLE001
+                    say(f"{res}px {arch}: batch search failed: {_reason(exc)}")
+            rows.append(make_row(
+                machine, arch=arch, res=res, kind="batch_limit", status="ok", batch_size=bs,
+                precision=mem_precision, channels_last=cfg.channels_last, optimizer=cfg.optimizer,
+                max_batch_predicted=predicted_bs, gpu_gb=predict_gb,
+                max_batch_measured=measured["max_ok"] if measured else None,
+                max_batch_capped=measured["capped"] if measured else None,
+                mem_per_sample_mb=_mb(synth.mem_per_sample_bytes) if synth else None,
+                predicted_mem_per_sample_mb=_mb(prof.bytes_per_sample),
+                reason=None if measured or not on_gpu else "not measured",
+            ))
+            advance()
+
+    return {
+        "schema": "cxr-fast-bench/1",
+        "machine": machine,
+        "settings": {**_plain(cfg), "resolved": {"device": str(device), "precision": precision, "archs": archs,
+                                                  "effort": dataclasses.asdict(effort), "n_images": n_images,
+                                                  "memory_precision": mem_precision, "predict_gpu_gb": predict_gb}},
+        "memory_assumptions": memory.assumptions(),
+        "rows": rows,
+        "loaders": loader_raw,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+
+
+def _mb(value: float | None) -> float | None:
+    return None if value is None else round(value / 2**20, 2)
+
+
+def _status(exc: BaseException) -> str:
+    from cxr_fast.bench.batch_search import is_oom
+
+    return "oom" if is_oom(exc) else "error"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _free(device) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _plain(cfg: BenchConfig) -> dict:
+    from cxr_fast.config import to_dict
+
+    return to_dict(cfg)
+
+
+# ----------------------------------------------------------------------------- presentation
+
+
+def print_tables(doc: dict, console) -> None:
+    from rich.table import Table
+
+    rows = doc["rows"]
+    machine = doc["machine"]
+    title_suffix = f"{machine['device_name']} ({machine['device']}), torch {machine['torch_version']}"
+
+    t = Table(title=f"Loader throughput, images/s (train mode, augmentation on) — {title_suffix}")
+    for c, j in (("res", "right"), ("backend", "left"), ("batch", "right"), ("images/s", "right"),
+                 ("x pil", "right"), ("status", "left")):
+        t.add_column(c, justify=j)
+    for r in rows:
+        if r["kind"] == "loader":
+            t.add_row(str(r["res"]), r["backend"], str(r["batch_size"]), _fmt(r["images_per_s"]),
+                      _fmt(r["ratio"], "{:.1f}x"), r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}")
+    console.print(t)
+
+    t = Table(title=f"Training step, images/s ({doc['settings']['resolved']['precision']}, "
+                    f"{'channels-last' if doc['settings']['channels_last'] else 'NCHW'})")
+    for c in ("res", "arch", "batch", "synthetic", "best loader", "loader-fed", "fed/synthetic"):
+        t.add_column(c, justify="left" if c in ("arch", "best loader") else "right")
+    by_key = {(r["arch"], r["res"], r["kind"]): r for r in rows}
+    for r in rows:
+        if r["kind"] != "train_synthetic":
+            continue
+        fed = by_key.get((r["arch"], r["res"], "train_loader"), {})
+        t.add_row(str(r["res"]), r["arch"], str(r["batch_size"]),
+                  _fmt(r["images_per_s"]) if r["status"] == "ok" else r["status"],
+                  fed.get("backend") or "-",
+                  _fmt(fed.get("images_per_s")) if fed.get("status") == "ok" else (fed.get("status") or "-"),
+                  _fmt(fed.get("ratio"), "{:.0%}"))
+    console.print(t)
+
+    gb = doc["settings"]["resolved"]["predict_gpu_gb"]
+    t = Table(title=f"Largest batch ({doc['settings']['resolved']['memory_precision']}, "
+                    f"{doc['settings']['optimizer']}) and memory per image")
+    for c in ("res", "arch", f"predicted @ {gb:g} GiB", "measured", "MiB/image measured", "MiB/image predicted"):
+        t.add_column(c, justify="left" if c == "arch" else "right")
+    for r in rows:
+        if r["kind"] == "batch_limit":
+            measured = r["max_batch_measured"]
+            t.add_row(str(r["res"]), r["arch"], str(r["max_batch_predicted"]),
+                      "-" if measured is None else f"{measured}{'+' if r['max_batch_capped'] else ''}",
+                      _fmt(r["mem_per_sample_mb"]), _fmt(r["predicted_mem_per_sample_mb"]))
+    console.print(t)
+
+
+def _fmt(value: float | None, spec: str = "{:,.1f}") -> str:
+    return "-" if value is None else spec.format(value)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    def add(*flags: str, **kw) -> None:
+        kw.setdefault("default", argparse.SUPPRESS)
+        parser.add_argument(*flags, **kw)
+
+    add("--config", metavar="YAML", help="settings file (see configs/bench.yaml); flags override it")
+    add("--res", metavar="R", help="resolution(s), comma separated, or 'all' (32,64,128,224,256,320,448,512,600); default 224")
+    add("--arch", dest="archs", metavar="A[,B]", help="resnet34,densenet121 (default: both on a GPU, resnet34 on the CPU)")
+    add("--loaders", metavar="all|NAME,...", help="loader backends to measure (default all; pil is always the baseline)")
+    add("--batch-size", type=int, metavar="B", help="training batch (default: 2 on the CPU, ~80%% of the predicted max on a GPU, at most 256)")
+    add("--data", metavar="DIR", help="NIH-layout data folder (default: the built-in phantom)")
+    add("--label", help="label the loaders carry (default Nodule; speed does not depend on it)")
+    add("--precision", choices=("auto", "bf16", "fp16", "fp32"), help="autocast dtype (default auto)")
+    add("--channels-last", action=argparse.BooleanOptionalAction, help="channels-last memory format (default on)")
+    add("--optimizer", choices=("sgd", "adam"), help="optimizer (default sgd, the paper's)")
+    add("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    add("--predict-gpu-gb", type=float, metavar="GB", help="card size for the predicted max batch when not on a GPU (default 11)")
+    add("--json", metavar="PATH", help="also write the JSON document here")
+    add("--out", metavar="DIR", help="results folder (default bench-results/<timestamp>/)")
+    add("--quiet", action="store_true", help="no progress display")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from cxr_fast.bench.results_io import default_out_dir, write_results
+
+    flags = {k: getattr(args, k, None) for k in ("res", "archs", "loaders", "batch_size", "data", "label",
+                                                 "precision", "channels_last", "optimizer", "device",
+                                                 "predict_gpu_gb", "json", "out")}
+    for key in ("archs", "loaders"):
+        if flags[key] is not None:
+            flags[key] = [s.strip() for s in flags[key].split(",") if s.strip()]
+    if flags["archs"]:  # an explicit --arch wins over the per-device default
+        flags["archs"] = list(flags["archs"])
+    cfg = load_config(getattr(args, "config", None), **flags)
+    if flags["archs"]:
+        cfg.cpu.archs = cfg.gpu.archs = None
+    console = Console()
+    quiet = getattr(args, "quiet", False)
+    units = len(cfg.res) * (1 + len(cfg.archs if flags["archs"] else (cfg.cpu.archs or cfg.archs)))
+    t0 = time.perf_counter()
+    # The phantom (first run only) shows its own progress bar, so it is made before ours starts.
+    from cxr_fast.data.source import resolve_dataset
+
+    resolve_dataset(cfg.data, quiet=quiet)
+    if quiet:
+        doc = run_bench(cfg)
+    else:
+        with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
+                      transient=True) as progress:
+            task = progress.add_task("bench", total=units)
+
+            def say(msg: str) -> None:
+                progress.update(task, description=msg)
+                progress.console.log(msg, highlight=False)
+
+            def advance() -> None:
+                total = progress.tasks[0].total or 0
+                progress.update(task, advance=1, total=max(total, progress.tasks[0].completed + 1))
+
+            doc = run_bench(cfg, say=say, advance=advance)
+    doc["wall_s"] = round(time.perf_counter() - t0, 1)
+    out = Path(cfg.out) if cfg.out else default_out_dir()
+    paths = write_results(out, doc, stem="bench", json_path=cfg.json)
+    print_tables(doc, console)
+    console.print(f"wrote {paths['json']} and {paths['csv']}" + (f" and {cfg.json}" if cfg.json else "")
+                  + f" in {doc['wall_s']:.0f} s", highlight=False)
+    return 0

@@ -48,6 +48,7 @@ def dali_graph(files: list[str], labels: list[int], res: int, train: bool, augme
                shuffle_seed: int, cfg: AugmentConfig = AugmentConfig()):
     """The graph body; call inside ``pipeline_def`` (see ``build_pipeline``)."""
     from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
 
     jpegs, index = fn.readers.file(files=files, labels=labels, shuffle_after_epoch=train, seed=shuffle_seed,
                                    pad_last_batch=True, name="Reader", device="cpu")
@@ -72,7 +73,7 @@ def dali_graph(files: list[str], labels: list[int], res: int, train: bool, augme
     contrast = 1.0 + lighting * fn.random.uniform(range=(-cfg.max_lighting, cfg.max_lighting))
     centre = fn.reductions.mean(images)
     images = fn.brightness_contrast(images, brightness=brightness, contrast=contrast, contrast_center=centre)
-    images = fn.clamp(images, lo=0.0, hi=255.0)
+    images = dmath.clamp(images, 0.0, 255.0)
     angle = affine * fn.random.uniform(range=(-cfg.max_rotate, cfg.max_rotate))
     images = fn.rotate(images, angle=angle, fill_value=0.0, keep_size=True, interp_type=types.INTERP_LINEAR)
     images = fn.crop_mirror_normalize(

@@ -3,7 +3,7 @@
 Per item: the shared reader (a PIL decode, RGBA/16-bit handled), PIL's antialiased bilinear resize
 to ``res``, then torchvision transforms on the PIL image: brightness/contrast jitter, a random
 affine (rotation up to 20 degrees, shrink up to 10% with black fill) and a horizontal flip, in the
-same proportions as ``cxr_fast.augment``. Workers are seeded from ``(seed, epoch)`` so a run repeats.
+same proportions as ``cxr_fast.augment``. Each item's draw is seeded from ``(seed, epoch, item)`` so a run repeats.
 It is the yardstick the fast backends are measured against, not something to train with.
 """
 
@@ -50,6 +50,8 @@ class PilDataset(torch.utils.data.Dataset):
         self.targets = np.asarray(targets, dtype=np.float32)
         self.res = res
         self.transform = _transforms(cfg) if augment else None
+        self.seed = 0
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -59,7 +61,11 @@ class PilDataset(torch.utils.data.Dataset):
         if img.size != (self.res, self.res):
             img = img.resize((self.res, self.res), Image.Resampling.BILINEAR)
         if self.transform is not None:
-            img = self.transform(img)
+            # Seeded per (seed, epoch, item): the same draw whatever the worker count and order, and
+            # the caller's global RNG is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i)
+                img = self.transform(img)
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())[None]
         return x, torch.tensor(self.targets[i])
 
@@ -70,6 +76,7 @@ class PilLoader:
         self.epoch = 0
         paths = [str(spec.dataset.path_of(str(i))) for i in spec.image_ids]
         self.dataset = PilDataset(paths, spec.targets, spec.res, spec.train and spec.augment, cfg)
+        self.dataset.seed = spec.seed
         self.workers = spec.num_workers if spec.num_workers is not None else (os.cpu_count() or 1)
 
     def __len__(self) -> int:
@@ -81,6 +88,7 @@ class PilLoader:
 
     def __iter__(self):
         spec = self.spec
+        self.dataset.epoch = self.epoch
         gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + self.epoch)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=spec.batch_size, shuffle=spec.train, drop_last=spec.drop_last,

@@ -324,6 +324,8 @@ def run_training(
         step.model = torch.compile(model)
 
     n_batches = len(train_loader) if cfg.max_batches is None else min(len(train_loader), cfg.max_batches)
+    setup_s = time.perf_counter() - started  # data, store, model: what a study pays per run besides training
+    eval_s = checkpoint_s = 0.0
     with _Progress(progress) as bar:
         for epoch in range(first_epoch, cfg.epochs):
             if device.type == "cuda":
@@ -349,7 +351,9 @@ def run_training(
             mean_loss = float(loss_sum) / max(seen, 1)
             if not np.isfinite(mean_loss):
                 raise CxrError(f"training diverged at epoch {epoch + 1} (loss {mean_loss}); lower --lr", exit_code=1)
+            t1 = time.perf_counter()
             y, plain, _ = _predict(step, val_loader, tta=0, seed=cfg.seed)
+            eval_s += time.perf_counter() - t1
             epoch_auc = delong_auc_variance(y, plain)[0]
             row = {"epoch": epoch + 1, "loss": mean_loss, "auc": epoch_auc, "images_per_s": seen / epoch_time,
                    "peak_memory_mb": peak_memory_mb(device), "train_s": epoch_time}
@@ -360,14 +364,18 @@ def run_training(
                 "wall_s": wall_before + time.perf_counter() - started, "train_time_s": train_time,
                 "train_images": train_images, "config": current,
             }
+            t1 = time.perf_counter()
             with atomic_path(ckpt_path) as tmp:
                 torch.save(state, tmp)
+            checkpoint_s += time.perf_counter() - t1
             bar.print(f"epoch {epoch + 1}: loss {mean_loss:.4f}  val AUC {epoch_auc:.3f}  "
                       f"{row['images_per_s']:.1f} img/s")
             if on_epoch is not None:
                 on_epoch(row)
 
+    t1 = time.perf_counter()
     y, plain, scores = _predict(step, val_loader, tta=cfg.tta, seed=cfg.seed)
+    eval_s += time.perf_counter() - t1
     if not np.array_equal(y, val_targets.astype(np.float64)):
         raise CxrError("the validation loader returned labels out of order; it must not shuffle in eval mode",
                        exit_code=1)
@@ -383,6 +391,7 @@ def run_training(
         "accuracy": accuracy(y, scores), "n_pos": int(y.sum()), "n_neg": int(len(y) - y.sum()),
         "auc_plain": plain_auc, "auc_plain_sd": float(np.sqrt(plain_var)), "tta": cfg.tta,
         "wall_s": wall_before + time.perf_counter() - started,
+        "train_s": train_time, "setup_s": setup_s, "eval_s": eval_s, "checkpoint_s": checkpoint_s,
         "train_images_per_s": train_images / train_time if train_time > 0 else None,
         "epochs": cfg.epochs, "final_loss": log[-1]["loss"] if log else None,
         "peak_memory_mb": max((r["peak_memory_mb"] for r in log), default=None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "train and score one binary classifier (label x resolution x architecture)"
 DESCRIPTION = (
@@ -51,13 +52,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     from cxr_fast.train import load_config, run_training
 
     names = ("label", "res", "arch", "epochs", "batch_size", "lr", "optimizer", "precision", "channels_last",
              "compile", "augment", "tta", "loader", "data", "store", "out", "weights", "pretrained",
              "subsample_size", "split", "seed", "device", "max_batches", "num_workers")
     cfg = load_config(getattr(args, "config", None), **{n: getattr(args, n, None) for n in names})
-    m = run_training(cfg, progress=not args.quiet, resume=args.resume)
+    with warnings.catch_warnings():
+        # A warning (e.g. random init) is one line for the user, not a source location.
+        warnings.simplefilter("default")
+        previous = warnings.showwarning
+        warnings.showwarning = lambda message, *a, **k: print(f"cxr-fast train: warning: {message}", file=sys.stderr)
+        try:
+            m = run_training(cfg, progress=not args.quiet, resume=args.resume)
+        finally:
+            warnings.showwarning = previous
     ips = m["train_images_per_s"]
     print(f"{m['label']} {m['arch']} {m['res']}px: AUC {m['auc']:.3f} ± {m['auc_sd']:.3f} (DeLong SD, "
           f"{m['n_pos']} pos / {m['n_neg']} neg), accuracy {m['accuracy']:.3f}, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -131,18 +133,29 @@ def exact_limit(alloc: FakeAllocator) -> int:
 
 @pytest.mark.parametrize("limit_bs", [1, 2, 3, 7, 8, 9, 13, 100, 127, 128, 129, 1000, 1023])
 @pytest.mark.parametrize("start", [1, 8, 64])
-def test_search_finds_exact_limit(limit_bs, start):
+@pytest.mark.parametrize("growth", [2.0, 1.25])
+def test_search_finds_exact_limit(limit_bs, start, growth):
     alloc = FakeAllocator(limit=limit_bs * 1000 + 500, per_sample=1000)
     assert exact_limit(alloc) == limit_bs
-    result = find_max_batch(guarded(alloc.run, alloc.cleanup), start=start)
+    result = find_max_batch(guarded(alloc.run, alloc.cleanup), start=start, growth=growth)
     assert result.max_ok == limit_bs
     assert result.first_fail == limit_bs + 1
     assert not result.capped
     assert alloc.cleanups == len(result.tries)  # cleaned after every try, success or OOM
     assert alloc.in_use == 0
     assert alloc.ooms == sum(1 for _, ok in result.tries if not ok) >= 1
-    # Logarithmic, not linear: doubling + bisection.
-    assert len(result.tries) <= 2 * (limit_bs.bit_length() + 2) + start.bit_length()
+    # Logarithmic, not linear: geometric growth (or shrink) + bisection.
+    steps = math.ceil(math.log(max(limit_bs, start) + 1) / math.log(growth)) + 1
+    assert len(result.tries) <= steps + limit_bs.bit_length() + 2
+    # Every try is a distinct batch size: no wasted repeats.
+    assert len({bs for bs, _ in result.tries}) == len(result.tries)
+
+
+def test_good_guess_needs_few_tries():
+    alloc = FakeAllocator(limit=500 * 1000 + 1, per_sample=1000)
+    result = find_max_batch(guarded(alloc.run, alloc.cleanup), start=470, growth=1.1)
+    assert result.max_ok == 500
+    assert len(result.tries) <= 8
 
 
 def test_search_limit_below_one():
@@ -187,3 +200,44 @@ def test_bad_search_arguments():
         find_max_batch(lambda bs: True, start=0)
     with pytest.raises(CxrError):
         find_max_batch(lambda bs: True, cap=0)
+    with pytest.raises(CxrError):
+        find_max_batch(lambda bs: True, growth=1.0)
+
+
+def test_real_probe_runs_training_steps_on_cpu():
+    """The GPU probe's code path (fresh model, two steps, cleanup) on the CPU, where nothing runs out."""
+    from cxr_fast.bench.batch_search import cuda_try_batch
+
+    probe = cuda_try_batch("resnet34", 64, precision="fp32", device="cpu", steps=2)
+    result = find_max_batch(probe, start=2, cap=4)
+    assert result.max_ok == 4 and result.capped
+    assert result.tries == [(2, True), (4, True)]
+
+
+def test_gpu_check_compares_prediction_with_measurement(monkeypatch):
+    """gpu_check's limit step against a stand-in measurement, so the comparison logic is checked here."""
+    import cxr_fast.bench.batch_search as bs
+    from cxr_fast.bench import gpu_check
+
+    total = 80 * memory.GIB
+    calls = []
+
+    def fake_measure(arch, res, precision, channels_last, optimizer, device, start, cap, memory_fraction, growth):
+        calls.append((arch, res, memory_fraction, start))
+        measured = int(start * 0.95)  # the "card" fits 5% less than predicted
+        return {"max_ok": measured, "capped": False, "tries": [[start, False], [measured, True]],
+                "peaks": {str(measured // 2): 10**9, str(measured): 2 * 10**9}}
+
+    monkeypatch.setattr(bs, "measure_max_batch", fake_measure)
+    rows = gpu_check.measure_limits(torch.device("cpu"), total, ["resnet34"], [224], lambda: 1e9)
+    assert [(r["res"], r["emulated_gb"]) for r in rows] == [(224, 11.0), (600, None)]
+    emulated, card = rows
+    budget = int(11 * memory.GIB / total * total)
+    prof = memory.profile("resnet34", 224, "amp")
+    assert emulated["predicted"] == prof.max_batch_for_allocator(budget)
+    assert calls[0][2] == pytest.approx(11 / 80)
+    assert card["predicted"] == memory.profile("resnet34", 600, "amp").max_batch_size(total) and calls[1][2] is None
+    for r in rows:
+        assert r["error"] == pytest.approx((r["predicted"] - r["measured"]) / r["measured"], abs=1e-4)
+        assert r["within_10pct"] is True
+        assert r["measured_bytes_per_sample"] == round(10**9 / (r["measured"] - r["measured"] // 2))

@@ -156,6 +156,19 @@ def _best_loader(loader_rows: list[dict]) -> dict | None:
     return max(ok, key=lambda r: r["images_per_s"]) if ok else None
 
 
+def bench_subset(dataset, label: str, n_images: int | None):
+    """The images the loaders hold: the first ``n_images`` of the metadata, with ``label``'s targets.
+
+    The same (ids, targets) every time, so the store made on the first run (keyed by them) is reused
+    and ``gpu_check`` can prepare it in advance.
+    """
+    import numpy as np
+
+    total = len(dataset.metadata.image_ids)
+    n = min(n_images or total, total)
+    return dataset.metadata.image_ids[:n], dataset.metadata.has(label)[:n].astype(np.float32)
+
+
 def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
               advance: Callable[[], None] | None = None) -> dict:
     """Run every section for every resolution and return the result document (also what is written).
@@ -163,9 +176,6 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
     ``say`` gets one-line progress messages, ``advance`` is called once per finished unit of work
     (one loader section or one architecture at one resolution); both default to silence.
     """
-    import numpy as np
-    import torch
-
     from cxr_fast.bench import memory
     from cxr_fast.bench.loaders import bench_loaders
     from cxr_fast.bench.results_io import machine_info, make_row
@@ -191,9 +201,8 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
 
     say("opening the dataset" + ("" if cfg.data else " (the built-in phantom; made once on first use)"))
     dataset = resolve_dataset(cfg.data, quiet=True)
-    n_images = min(effort.n_images or len(dataset.metadata.image_ids), len(dataset.metadata.image_ids))
-    ids = dataset.metadata.image_ids[:n_images]
-    targets = dataset.metadata.has(cfg.label)[:n_images].astype(np.float32)
+    ids, targets = bench_subset(dataset, cfg.label, effort.n_images)
+    n_images = len(ids)
     common = dict(precision=precision, channels_last=cfg.channels_last, optimizer=cfg.optimizer)
 
     rows: list[dict] = []
@@ -383,8 +392,13 @@ def print_tables(doc: dict, console) -> None:
     console.print(t)
 
 
-def _fmt(value: float | None, spec: str = "{:,.1f}") -> str:
-    return "-" if value is None else spec.format(value)
+def _fmt(value: float | None, spec: str | None = None) -> str:
+    """Numbers for a table: three significant digits for small rates (a CPU trains < 1 image/s at 600 px)."""
+    if value is None:
+        return "-"
+    if spec is None:
+        spec = "{:,.1f}" if abs(value) >= 10 else "{:.3g}"
+    return spec.format(value)
 
 
 # ----------------------------------------------------------------------------- CLI

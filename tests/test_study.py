@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The tiny grid: real training, one label with enough positives in the 64-image phantom, two resolutions.
 TINY_TRAIN = {"batch_size": 8, "subsample_size": 64, "val_fraction": 0.4, "max_batches": 1, "tta": 1,
-              "loader": "pil", "num_workers": 0, "pretrained": False, "seed": 0}
+              "loader": "resident", "num_workers": 0, "pretrained": False, "seed": 0}
 
 
 def tiny_config(data: Path, **train) -> dict:
@@ -237,6 +237,10 @@ def check_tiny_study(study: Path, summary) -> None:
             ids.append(sorted(z["image_ids"].astype(str).tolist()))
         assert json.loads((run / "metrics.json").read_text())["auc"] == pytest.approx(r["auc"])
     assert ids[0] == ids[1]  # both resolutions were scored on the same validation images
+    stores = list((study / "stores").iterdir())  # one store per label, decoded once for both resolutions
+    assert len(stores) == 1
+    manifest = json.loads((stores[0] / "manifest.json").read_text())
+    assert sorted(manifest["formats"]["cache"]) == [32, 48]
     assert summary.cells == 2 and len(summary.rows) == 2
 
 

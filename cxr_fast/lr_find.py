@@ -80,18 +80,27 @@ def lr_range_test(step: Any, loader: Any, start_lr: float = 1e-7, end_lr: float 
             "beta": beta, "diverge": diverge}
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
-    """``lr_min_loss`` (lowest smoothed loss), ``lr_steepest`` (fastest fall before it) and the suggestion."""
+def suggest(lrs: list[float], smoothed: list[float], skip_start: int | None = None) -> dict[str, float]:
+    """``lr_min_loss`` (lowest smoothed loss), ``lr_steepest`` (fastest fall before it) and the suggestion.
+
+    The first ``skip_start`` points (default a tenth, at least 1 when there are 10 or more) are left out:
+    the bias-corrected average of the first few noisy losses is not yet a trend. The suggestion is
+    never below the first learning rate tried.
+    """
     lr = np.asarray(lrs, dtype=np.float64)
     sm = np.asarray(smoothed, dtype=np.float64)
-    i_min = int(np.argmin(sm))
-    if i_min >= 2:
-        slope = np.gradient(sm[: i_min + 1], np.log10(lr[: i_min + 1]))
-        i_steep = int(np.argmin(slope))
+    if skip_start is None:
+        skip_start = len(sm) // 10
+    skip_start = min(skip_start, len(sm) - 1)
+    i_min = skip_start + int(np.argmin(sm[skip_start:]))
+    if i_min - skip_start >= 2:
+        window = slice(skip_start, i_min + 1)
+        slope = np.gradient(sm[window], np.log10(lr[window]))
+        i_steep = skip_start + int(np.argmin(slope))
     else:
         i_steep = i_min
     return {"lr_min_loss": float(lr[i_min]), "lr_steepest": float(lr[i_steep]),
-            "suggested_lr": float(lr[i_min] / 10.0)}
+            "suggested_lr": float(max(lr[i_min] / 10.0, lr[0]))}
 
 
 def plot(result: dict[str, Any], path: str | Path, title: str = "") -> None:
@@ -109,8 +118,10 @@ def plot(result: dict[str, Any], path: str | Path, title: str = "") -> None:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss (weighted BCE)")
-    low, high = min(result["smoothed"]), result["smoothed"][0]
-    ax.set_ylim(low - 0.1 * abs(high - low + 1e-9), max(high, low) + 0.5 * abs(high - low + 1e-9))
+    # The smoothed curve sets the scale; raw losses of batches with a positive (pos_weight) go off it.
+    low, high = min(result["smoothed"]), max(result["smoothed"])
+    pad = 0.05 * max(high - low, 1e-3 * max(abs(high), 1.0))
+    ax.set_ylim(low - pad, high + pad)
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)

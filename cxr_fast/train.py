@@ -33,7 +33,7 @@ METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.npz"
 CHECKPOINT_NAME = "checkpoint.pt"
 # Settings that do not change what a run computes: a resumed run may differ in these.
-_NOT_COMPARED = ("out", "epochs")
+_NOT_COMPARED = ("out", "epochs", "num_workers")
 
 
 @dataclass

@@ -231,6 +231,11 @@ def test_lr_suggestion_on_a_known_curve():
     s = suggest(lrs, smoothed)
     assert s["lr_min_loss"] == pytest.approx(1e-3) and s["suggested_lr"] == pytest.approx(1e-4)
     assert s["lr_steepest"] < 1e-3
+    # An early noisy dip is skipped, and the suggestion never goes below the first lr tried.
+    noisy = [0.1] + smoothed[1:]
+    assert suggest(lrs, noisy)["lr_min_loss"] == pytest.approx(1e-3)
+    flat_then_up = [1.0] * 5 + [2.0, 3.0]
+    assert suggest(lrs[:7], flat_then_up)["suggested_lr"] == pytest.approx(lrs[0])
 
 
 def test_lr_find_writes_plot_and_json_and_restores_the_model(tiny_phantom, tmp_path, tiny_net):

@@ -154,3 +154,39 @@ def bench_loaders(
         if base and row["images_per_s"] is not None:
             row["ratio_to_pil"] = round(row["images_per_s"] / base, 2)
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cxr_fast.bench.loaders --res 600 --json PATH``: the loader table alone, as JSON."""
+    import argparse
+    import json
+
+    from cxr_fast.io import write_json
+
+    parser = argparse.ArgumentParser(prog="python -m cxr_fast.bench.loaders", description=main.__doc__)
+    parser.add_argument("--res", type=int, default=600)
+    parser.add_argument("--loaders", default="all", help="all or comma-separated backend names")
+    parser.add_argument("--data", default=None, help="NIH-layout folder (default: the built-in phantom)")
+    parser.add_argument("--n-images", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=8.0, help="at least this long per backend")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", default=None, help="write machine + rows here")
+    args = parser.parse_args(argv)
+    dev = torch.device(args.device) if args.device else None
+    rows = bench_loaders(res=args.res, backends=args.loaders.split(","), data=args.data, n_images=args.n_images,
+                         batch_size=args.batch_size, augment=args.augment, device=dev, min_seconds=args.seconds,
+                         progress=lambda m: print(m, flush=True))
+    used = torch.device(rows[0]["device"])
+    doc = {"machine": machine_info(used), "data": args.data or "built-in phantom (600 images, 1024 px)",
+           "command": "python -m cxr_fast.bench.loaders " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+           "rows": rows}
+    if args.json:
+        write_json(args.json, doc)
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -161,10 +161,11 @@ def _apply_cpu(images: torch.Tensor, p: AugmentParams, kernel) -> torch.Tensor:
     else:
         lut = (torch.arange(256, dtype=torch.float32)[None] * gb[0][:, None] + gb[1][:, None]).clamp_(0.0, 1.0)
     coef = _pixel_coef(_theta(p, h, w), h, w)
+    kind = torch.where(p.affine, 0, torch.where(p.flip, 2, 1)).to(torch.int8)
     if c > 1:
-        lut, coef = lut.repeat_interleave(c, 0), coef.repeat_interleave(c, 0)
+        lut, coef, kind = lut.repeat_interleave(c, 0), coef.repeat_interleave(c, 0), kind.repeat_interleave(c, 0)
     src = images.reshape(n * c, h, w).numpy()
-    out = kernel.warp(src, coef.numpy(), lut.contiguous().numpy(), torch.get_num_threads())
+    out = kernel.warp(src, coef.numpy(), lut.contiguous().numpy(), torch.get_num_threads(), kind.numpy())
     return torch.from_numpy(out).view(n, c, h, w)
 
 

@@ -17,12 +17,21 @@ from numba import njit, prange
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _warp(src: np.ndarray, out: np.ndarray, coef: np.ndarray, lut: np.ndarray) -> None:  # pragma: no cover - jitted
+def _warp(src: np.ndarray, out: np.ndarray, coef: np.ndarray, lut: np.ndarray,
+          kind: np.ndarray) -> None:  # pragma: no cover - jitted
     n, h, w = src.shape
     off = np.float32(16.0)  # coordinates shifted by +16 so int() truncation is floor() wherever it matters
     for k in prange(n * h):
         i = k // h
         y = k - i * h
+        if kind[i] == 1:  # no rotation or padding: a table lookup per pixel
+            for x in range(w):
+                out[i, y, x] = lut[i, src[i, y, x]]
+            continue
+        if kind[i] == 2:  # flip only
+            for x in range(w):
+                out[i, y, x] = lut[i, src[i, y, w - 1 - x]]
+            continue
         a00 = np.float32(coef[i, 0])
         a10 = np.float32(coef[i, 3])
         bx = np.float32(coef[i, 1] * y + coef[i, 2]) + off
@@ -66,10 +75,15 @@ def _warp(src: np.ndarray, out: np.ndarray, coef: np.ndarray, lut: np.ndarray) -
             out[i, y, x] = top + (bot - top) * fy
 
 
-def warp(src: np.ndarray, coef: np.ndarray, lut: np.ndarray, threads: int) -> np.ndarray:
-    """``src`` N x H x W uint8, ``coef`` N x 6 pixel-space maps (output -> input), ``lut`` N x 256 float32."""
+def warp(src: np.ndarray, coef: np.ndarray, lut: np.ndarray, threads: int,
+         kind: np.ndarray | None = None) -> np.ndarray:
+    """``src`` N x H x W uint8, ``coef`` N x 6 pixel-space maps (output -> input), ``lut`` N x 256 float32.
+
+    ``kind`` per image: 0 general affine, 1 identity, 2 horizontal flip only (exact, no sampling).
+    """
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     out = np.empty(src.shape, dtype=np.float32)
+    kinds = np.zeros(len(src), dtype=np.int8) if kind is None else np.ascontiguousarray(kind, dtype=np.int8)
     _warp(np.ascontiguousarray(src), out, np.ascontiguousarray(coef, dtype=np.float64),
-          np.ascontiguousarray(lut, dtype=np.float32))
+          np.ascontiguousarray(lut, dtype=np.float32), kinds)
     return out

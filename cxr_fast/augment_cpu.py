@@ -76,13 +76,15 @@ def _warp(src: np.ndarray, out: np.ndarray, coef: np.ndarray, lut: np.ndarray,
 
 
 def warp(src: np.ndarray, coef: np.ndarray, lut: np.ndarray, threads: int,
-         kind: np.ndarray | None = None) -> np.ndarray:
+         kind: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """``src`` N x H x W uint8, ``coef`` N x 6 pixel-space maps (output -> input), ``lut`` N x 256 float32.
 
     ``kind`` per image: 0 general affine, 1 identity, 2 horizontal flip only (exact, no sampling).
+    ``out``: an array to write into (a recycled buffer), else a new one.
     """
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    out = np.empty(src.shape, dtype=np.float32)
+    if out is None or out.shape != src.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        out = np.empty(src.shape, dtype=np.float32)
     kinds = np.zeros(len(src), dtype=np.int8) if kind is None else np.ascontiguousarray(kind, dtype=np.int8)
     _warp(np.ascontiguousarray(src), out, np.ascontiguousarray(coef, dtype=np.float64),
           np.ascontiguousarray(lut, dtype=np.float32), kinds)

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from cxr_fast.augment import AugmentConfig, augment, epoch_generator, to_float
+from cxr_fast.augment import AugmentConfig, OutputPool, augment, epoch_generator, to_float
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.prepare import Store, ensure_store
 
@@ -59,9 +59,9 @@ def batch_slices(n: int, batch_size: int, drop_last: bool) -> list[slice]:
 
 
 def finish(x: torch.Tensor, spec: LoaderSpec, generator: torch.Generator | None,
-           cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+           cfg: AugmentConfig = AugmentConfig(), pool: OutputPool | None = None) -> torch.Tensor:
     """uint8 ``N x 1 x H x W`` on the device -> float [0, 1], augmented in train mode, channels-last."""
-    x = augment(x, generator, cfg) if generator is not None else to_float(x)
+    x = augment(x, generator, cfg, pool) if generator is not None else to_float(x)
     return x.contiguous(memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
 
 
@@ -111,6 +111,7 @@ class CacheLoader:
         self.targets = torch.from_numpy(targets).to(spec.device)
         self.epoch = 0
         self.pin = spec.device.type == "cuda"
+        self.pool = OutputPool() if spec.device.type == "cpu" else None
 
     def __len__(self) -> int:
         return n_batches(len(self.rows), self.spec)
@@ -135,7 +136,7 @@ class CacheLoader:
         for host, pos in prefetch(make, len(slices)):  # type: ignore[misc]
             x = host.to(spec.device, non_blocking=True)
             y = self.targets[torch.from_numpy(pos).to(spec.device)]
-            yield finish(x, spec, gen, self.cfg), y
+            yield finish(x, spec, gen, self.cfg, self.pool), y
 
 
 def build(spec: LoaderSpec) -> CacheLoader:

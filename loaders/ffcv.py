@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cxr_fast.augment import AugmentConfig, epoch_generator
+from cxr_fast.augment import AugmentConfig, OutputPool, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.cache import finish, n_batches, open_for, rows_for
 
@@ -52,6 +52,7 @@ class FfcvLoader:
         self.label_of_row = torch.from_numpy(lut).to(spec.device)
         self.n = len(rows)
         self.epoch = 0
+        self.pool = OutputPool() if spec.device.type == "cpu" else None
         self.loader = Loader(
             str(store.ffcv_path(spec.res)), batch_size=spec.batch_size,
             num_workers=max(1, spec.num_workers or torch.get_num_threads()),
@@ -73,7 +74,7 @@ class FfcvLoader:
         for images, rows in self.loader:
             x = images[:, None].to(spec.device, non_blocking=True)
             y = self.label_of_row[rows.reshape(-1).to(torch.int64).to(spec.device)]
-            yield finish(x, spec, gen, self.cfg), y
+            yield finish(x, spec, gen, self.cfg, self.pool), y
 
 
 def build(spec: LoaderSpec) -> FfcvLoader:

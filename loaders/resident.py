@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cxr_fast.augment import AugmentConfig, epoch_generator
+from cxr_fast.augment import AugmentConfig, OutputPool, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.cache import batch_slices, epoch_order, finish, n_batches, open_for, rows_for
 
@@ -38,6 +38,7 @@ class ResidentLoader:
         self.images = torch.from_numpy(host)[:, None].to(spec.device)
         self.targets = torch.from_numpy(targets).to(spec.device)
         self.epoch = 0
+        self.pool = OutputPool() if spec.device.type == "cpu" else None
 
     @property
     def nbytes(self) -> int:
@@ -55,7 +56,7 @@ class ResidentLoader:
         gen = epoch_generator(spec.seed, self.epoch) if spec.train and spec.augment else None
         for s in batch_slices(len(order), spec.batch_size, spec.drop_last):
             idx = order[s]
-            yield finish(self.images.index_select(0, idx), spec, gen, self.cfg), self.targets[idx]
+            yield finish(self.images.index_select(0, idx), spec, gen, self.cfg, self.pool), self.targets[idx]
 
 
 def build(spec: LoaderSpec) -> ResidentLoader:

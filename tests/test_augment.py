@@ -126,3 +126,21 @@ def test_fused_kernel_equals_torch_path(size):
     fused = A.apply(x, p, fused=True)
     plain = A.apply(x, p, fused=False)
     assert float((fused - plain).abs().max()) < 5e-4
+
+
+def test_output_pool_never_overwrites_a_batch_still_held():
+    _needs_kernel(True)
+    x = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    pool = A.OutputPool()
+    g = A.epoch_generator(0, 0)
+    first = A.augment(x, g, pool=pool)
+    kept = first.clone()
+    view = first[:, :, ::2]
+    del first
+    second = A.augment(x, g, pool=pool)
+    assert second.data_ptr() != view.data_ptr(), "a view still holds the first batch's memory"
+    assert torch.equal(view, kept[:, :, ::2])
+    ptr = second.data_ptr()
+    del second
+    third = A.augment(x, g, pool=pool)
+    assert third.data_ptr() == ptr, "memory nobody holds is reused"

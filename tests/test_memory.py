@@ -208,7 +208,7 @@ def test_real_probe_runs_training_steps_on_cpu():
     """The GPU probe's code path (fresh model, two steps, cleanup) on the CPU, where nothing runs out."""
     from cxr_fast.bench.batch_search import cuda_try_batch
 
-    probe = cuda_try_batch("resnet34", 64, precision="fp32", device="cpu", steps=2)
+    probe = cuda_try_batch("resnet34", 32, precision="fp32", device="cpu", steps=2)
     result = find_max_batch(probe, start=2, cap=4)
     assert result.max_ok == 4 and result.capped
     assert result.tries == [(2, True), (4, True)]
@@ -241,3 +241,46 @@ def test_gpu_check_compares_prediction_with_measurement(monkeypatch):
         assert r["error"] == pytest.approx((r["predicted"] - r["measured"]) / r["measured"], abs=1e-4)
         assert r["within_10pct"] is True
         assert r["measured_bytes_per_sample"] == round(10**9 / (r["measured"] - r["measured"] // 2))
+
+
+_PEAK_SCRIPT = r"""
+import gc, sys, torch
+from cxr_fast.bench.throughput import build_trainer
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+arch, res, bs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(1)
+tr = build_trainer(arch, "cpu", "fp32", channels_last=True)
+x = torch.rand(bs, 1, res, res).contiguous(memory_format=torch.channels_last)
+y = (torch.rand(bs) > 0.5).float()
+tr(x, y)
+gc.collect()
+base = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS mark (Linux >= 4.0)
+tr(x, y)
+print(status("VmHWM") - base)
+"""
+
+
+def _cpu_step_peak(arch: str, res: int, bs: int) -> int:
+    import os
+    import subprocess
+    import sys
+
+    # Every tensor over 64 KiB gets its own mmap, returned on free: RSS then follows live tensors.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, arch, str(res), str(bs)], env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_saved_bytes_match_a_real_training_step_on_cpu():
+    """The meta-device count against reality: peak memory of a real fp32 step grows by the predicted
+    saved bytes per extra image (CPU, so the slope is measured without a GPU)."""
+    lo, hi = _cpu_step_peak("resnet34", 224, 2), _cpu_step_peak("resnet34", 224, 6)
+    measured_per_image = (hi - lo) / 4
+    predicted = memory.profile("resnet34", 224, "fp32").saved_bytes_per_sample
+    assert measured_per_image == pytest.approx(predicted, rel=0.10)

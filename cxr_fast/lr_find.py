@@ -36,13 +36,17 @@ def _batches(loader: Any) -> Iterable[tuple[Any, Any]]:
         epoch += 1
 
 
-def lr_range_test(step: Any, loader: Any, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
-                  beta: float = 0.98, diverge: float = 4.0, progress: Any = None) -> dict[str, Any]:
-    """Sweep the learning rate of ``step.optimizer`` and record (lr, loss, smoothed loss) per step."""
+def _check_range(start_lr: float, end_lr: float, num_iter: int) -> None:
     if not 0 < start_lr < end_lr:
         raise CxrError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if num_iter < 2:
         raise CxrError(f"num_iter must be at least 2, got {num_iter}")
+
+
+def lr_range_test(step: Any, loader: Any, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
+                  beta: float = 0.98, diverge: float = 4.0, progress: Any = None) -> dict[str, Any]:
+    """Sweep the learning rate of ``step.optimizer`` and record (lr, loss, smoothed loss) per step."""
+    _check_range(start_lr, end_lr, num_iter)
     saved_model = copy.deepcopy(step.model.state_dict())
     saved_opt = copy.deepcopy(step.optimizer.state_dict())
     ratio = end_lr / start_lr
@@ -137,6 +141,7 @@ def run_lr_find(cfg: Any, out: str | Path | None = None, start_lr: float = 1e-7,
     from cxr_fast.step import resolve_device, resolve_precision
     from cxr_fast.train import build_parts
 
+    _check_range(start_lr, end_lr, num_iter)  # before any data is opened
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     folder = Path(out) if out else Path("runs") / f"lr-find-{cfg.label}-{cfg.arch}-{cfg.res}"

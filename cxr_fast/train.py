@@ -270,7 +270,7 @@ def run_training(
     """
     import torch
 
-    from cxr_fast.metrics import accuracy, delong_auc_variance
+    from cxr_fast.metrics import accuracy, auc, delong_auc_variance
     from cxr_fast.step import resolve_device, resolve_precision
 
     validate(cfg)
@@ -379,7 +379,8 @@ def run_training(
     if not np.array_equal(y, val_targets.astype(np.float64)):
         raise CxrError("the validation loader returned labels out of order; it must not shuffle in eval mode",
                        exit_code=1)
-    auc_value, variance = delong_auc_variance(y, scores)
+    variance = delong_auc_variance(y, scores)[1]
+    auc_value = auc(y, scores)  # scikit-learn's; DeLong's midrank AUC is the same number
     plain_auc, plain_var = delong_auc_variance(y, plain)
     with atomic_path(out / PREDICTIONS_NAME) as tmp:
         with open(tmp, "wb") as fh:

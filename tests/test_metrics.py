@@ -41,6 +41,21 @@ def test_fast_delong_matches_definition(decimals):
     assert var == pytest.approx(_delong_by_definition(y, s), rel=1e-10)
 
 
+def test_paired_test_matches_the_definition():
+    y, a = _scores(300, 0.3, 1.0, seed=11, decimals=1)
+    b = 0.5 * a + np.random.default_rng(12).normal(size=a.size)
+    pos, neg = y == 1, y == 0
+
+    def components(s):
+        psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+        return psi.mean(axis=1), psi.mean(axis=0), psi.mean()
+
+    (a10, a01, auc_a), (b10, b01, auc_b) = components(a), components(b)
+    var = (np.var(a10 - b10, ddof=1) / pos.sum()) + (np.var(a01 - b01, ddof=1) / neg.sum())
+    z, p = paired_delong_test(y, a, b)
+    assert z == pytest.approx((auc_a - auc_b) / np.sqrt(var), rel=1e-9)
+
+
 def test_delong_variance_agrees_with_bootstrap():
     # Stratified bootstrap (positives and negatives resampled separately, as DeLong conditions on m, n).
     # With 3000 resamples the bootstrap variance itself is uncertain by ~sqrt(2/3000) = 2.6%; allow 12%.

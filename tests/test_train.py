@@ -75,6 +75,15 @@ def test_bf16_autocast_runs_on_cpu():
     assert model[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_grad_scaler_only_for_fp16_on_cuda():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 1))
+    for precision in ("fp32", "bf16", "fp16"):
+        assert TrainStep(model, make_optimizer(model), 1.0, precision, "cpu").scaler is None
+    loss = TrainStep(model, make_optimizer(model), 1.0, "fp16", "cpu", channels_last=False)(
+        torch.rand(2, 1, 2, 2), torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(loss)
+
+
 def test_precision_and_device_resolution():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
@@ -236,6 +245,16 @@ def test_lr_suggestion_on_a_known_curve():
     assert suggest(lrs, noisy)["lr_min_loss"] == pytest.approx(1e-3)
     flat_then_up = [1.0] * 5 + [2.0, 3.0]
     assert suggest(lrs[:7], flat_then_up)["suggested_lr"] == pytest.approx(lrs[0])
+
+
+def test_cli_lr_find(tiny_phantom, tmp_path, tiny_net, capsys):
+    code = main(["lr-find", "--label", "No Finding", "--res", "32", "--data", str(tiny_phantom), "--loader",
+                 "resident", "--device", "cpu", "--num-iter", "12", "--out", str(tmp_path / "lr"), "--quiet"])
+    assert code == 0 and "suggested lr" in capsys.readouterr().out
+    assert (tmp_path / "lr" / "lr_find.png").is_file() and (tmp_path / "lr" / "lr_find.json").is_file()
+    assert main(["lr-find", "--start-lr", "1", "--end-lr", "0.1", "--data", str(tiny_phantom), "--res", "32",
+                 "--label", "No Finding", "--loader", "resident", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "start_lr" in capsys.readouterr().err
 
 
 def test_lr_find_writes_plot_and_json_and_restores_the_model(tiny_phantom, tmp_path, tiny_net):

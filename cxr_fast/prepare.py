@@ -460,7 +460,10 @@ def write_beton(store: Store, res: int, cfg: PrepareConfig = PrepareConfig()) ->
     reference-rounded cache. Shapes are checked here, before FFCV sees anything.
     """
     try:
-        import ffcv  # noqa: F401
+        from cxr_fast.loaders.ffcv import _keep_torch_threads
+
+        with _keep_torch_threads():
+            import ffcv  # noqa: F401
     except ImportError as exc:
         raise CxrError(f"format ffcv needs FFCV installed (pip install ffcv==1.0.2): {exc}") from None
     arr = store.cache_array(res)

@@ -12,6 +12,7 @@ up by the stored row, so they travel with their images through FFCV's shuffling.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import numpy as np
@@ -24,10 +25,22 @@ from cxr_fast.loaders.cache import finish, n_batches, open_for, rows_for
 NAME = "ffcv"
 
 
+@contextlib.contextmanager
+def _keep_torch_threads() -> Iterator[None]:
+    """FFCV 1.0.2 calls ``torch.set_num_threads(1)`` when imported (and its own count when loading):
+    without this, merely asking whether FFCV is available would make the whole process single-threaded."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def available() -> tuple[bool, str]:
     try:
-        import ffcv  # noqa: F401
-        from ffcv.loader import Loader  # noqa: F401
+        with _keep_torch_threads():
+            import ffcv  # noqa: F401
+            from ffcv.loader import Loader  # noqa: F401
     except Exception as exc:  # ImportError, or a missing native library (turbojpeg, opencv)
         return False, f"FFCV is not importable ({exc}); pip install ffcv==1.0.2 after libturbojpeg and opencv"
     return True, "FFCV .beton of raw uint8, augmentation on the device"
@@ -35,6 +48,10 @@ def available() -> tuple[bool, str]:
 
 class FfcvLoader:
     def __init__(self, spec: LoaderSpec, cfg: AugmentConfig = AugmentConfig()) -> None:
+        with _keep_torch_threads():
+            self._init(spec, cfg)
+
+    def _init(self, spec: LoaderSpec, cfg: AugmentConfig) -> None:
         from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import ToTensor
@@ -71,7 +88,9 @@ class FfcvLoader:
         spec = self.spec
         gen = epoch_generator(spec.seed, self.epoch) if spec.train and spec.augment else None
         self.loader.next_epoch = self.epoch  # FFCV's order for this epoch: seed + epoch
-        for images, rows in self.loader:
+        with _keep_torch_threads():
+            batches = iter(self.loader)  # FFCV sets its thread count for the epoch
+        for images, rows in batches:
             x = images[:, None].to(spec.device, non_blocking=True)
             y = self.label_of_row[rows.reshape(-1).to(torch.int64).to(spec.device)]
             yield finish(x, spec, gen, self.cfg, self.pool), y

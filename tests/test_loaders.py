@@ -161,3 +161,14 @@ def test_explicit_store_is_used(images640, tmp_path: Path):
     backend("cache").build(spec)
     store = open_store(spec.store)
     assert store.has("cache", 32) and store.image_ids.tolist() == list(images640[1])
+
+
+def test_asking_for_availability_leaves_torch_threads_alone():
+    """FFCV sets torch to one thread on import; the backend must undo that."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        availability()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

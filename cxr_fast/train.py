@@ -289,7 +289,9 @@ def run_training(
         saved = load_yaml(out / CONFIG_NAME)
         diffs = _differences(saved, current)
         if metrics_path.is_file() and not diffs and saved.get("epochs") == current["epochs"]:
-            return json.loads(metrics_path.read_text(encoding="utf-8"))
+            finished = json.loads(metrics_path.read_text(encoding="utf-8"))
+            if finished.get("epochs") == cfg.epochs:
+                return finished
         if ckpt_path.is_file():
             if diffs:
                 raise CxrError(f"{out} holds a run with another config ({'; '.join(diffs[:3])}); "
@@ -297,9 +299,11 @@ def run_training(
             checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if checkpoint["epoch"] > cfg.epochs:
                 raise CxrError(f"{ckpt_path} has {checkpoint['epoch']} epochs done, more than epochs={cfg.epochs}")
-    if checkpoint is None:  # a fresh start: nothing from an earlier run may mix into this one
-        for name in (LOG_NAME, METRICS_NAME, PREDICTIONS_NAME, CHECKPOINT_NAME):
-            (out / name).unlink(missing_ok=True)
+    # Results of an earlier (shorter or different) run must not outlive the training that starts now.
+    stale = (METRICS_NAME, PREDICTIONS_NAME) if checkpoint is not None else (
+        LOG_NAME, METRICS_NAME, PREDICTIONS_NAME, CHECKPOINT_NAME)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
 
     parts = build_parts(cfg, device, resolved.precision, quiet=not progress)
     sub, step, model, optimizer = parts.sub, parts.step, parts.model, parts.optimizer

@@ -197,9 +197,14 @@ def test_finished_run_is_reused_and_a_changed_config_is_refused(tiny_phantom, tm
     assert again == first and (out / "checkpoint.pt").stat().st_mtime_ns == stamp
     with pytest.raises(CxrError, match="another config"):
         run_training(_cfg(tiny_phantom, out, epochs=1, tta=0, lr=0.5), progress=False, resume=True)
-    # More epochs on a finished run continue from its checkpoint.
-    more = run_training(_cfg(tiny_phantom, out, epochs=2, tta=0), progress=False, resume=True)
-    assert more["epochs"] == 2 and [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == [1, 2]
+    # More epochs on a finished run continue from its checkpoint; if that is killed, the old
+    # 1-epoch metrics must not be mistaken for the 3-epoch run's.
+    with pytest.raises(Killed):
+        run_training(_cfg(tiny_phantom, out, epochs=3, tta=0), progress=False, resume=True,
+                     on_epoch=lambda row: (_ for _ in ()).throw(Killed()))
+    assert not (out / "metrics.json").exists()
+    more = run_training(_cfg(tiny_phantom, out, epochs=3, tta=0), progress=False, resume=True)
+    assert more["epochs"] == 3 and [r["epoch"] for r in read_jsonl(out / "log.jsonl")] == [1, 2, 3]
 
 
 def test_one_class_validation_is_an_error_before_training(tiny_phantom, tmp_path, tiny_net):

@@ -122,8 +122,14 @@ def measure_limits(device, total_bytes: int, archs, resolutions, left: Callable[
             compared_on = "whole card (CUDA context constant included)"
         t = time.perf_counter()
         print(f"    {arch} {res}px {'%g GiB' % gb if gb else 'whole card'}: predicted {predicted}", flush=True)
-        m = measure_max_batch(arch, res, precision, True, "sgd", str(device), start=max(1, predicted),
-                              cap=max(4096, 2 * predicted), memory_fraction=fraction, growth=1.25)
+        try:
+            m = measure_max_batch(arch, res, precision, True, "sgd", str(device), start=max(1, predicted),
+                                  cap=max(4096, 2 * predicted), memory_fraction=fraction, growth=1.25)
+        except Exception as exc:  # noqa: BLE001 - one failed search must not lose the others
+            traceback.print_exc()
+            rows.append({"arch": arch, "res": res, "emulated_gb": gb, "predicted": predicted,
+                         "status": f"error: {type(exc).__name__}: {exc}"[:300]})
+            continue
         measured = m["max_ok"]
         row = {
             "arch": arch, "res": res, "precision": precision, "emulated_gb": gb, "budget_bytes": budget,

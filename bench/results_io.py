@@ -8,6 +8,16 @@ Row kinds:
 - ``train_synthetic``: training images/s from tensors already on the device (the model's ceiling).
 - ``train_loader``: training images/s fed by ``backend``; ``ratio`` is to ``train_synthetic``.
 - ``batch_limit``: the largest batch, ``max_batch_predicted`` always, ``max_batch_measured`` on a GPU.
+
+``status`` is ``ok``, ``skipped`` (a backend that cannot run here; ``reason`` says why), ``error`` or
+``oom``. Rates are images/s; memory is MiB (2**20 bytes); ``gpu_gb`` is GiB, the card the prediction
+is for (the device's own memory on a GPU, ``predict_gpu_gb`` otherwise). ``mem_per_sample_mb`` is
+measured on CUDA only: (peak allocated - allocated before the timed steps) / batch size.
+
+The JSON document (``cxr-fast bench``) holds: ``schema`` ("cxr-fast-bench/1"), ``machine``
+(:func:`machine_info`), ``settings`` (the resolved config, plus ``resolved``: device, precision,
+archs, effort), ``memory_assumptions`` (``bench.memory.assumptions()``), ``rows`` (as above),
+``loaders`` (the raw per-backend records of ``bench.loaders.bench_loaders``) and ``wall_s``.
 """
 
 from __future__ import annotations

@@ -283,7 +283,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
                 try:
                     measured = measure_max_batch(arch, res, precision, cfg.channels_last, cfg.optimizer, str(device),
                                                  start=max(1, min(predicted_bs, effort.limit_cap)),
-                                                 cap=effort.limit_cap)
+                                                 cap=effort.limit_cap, growth=1.25)
                 except Exception as exc:  # noqa: BLE001
                     say(f"{res}px {arch}: batch search failed: {_reason(exc)}")
             rows.append(make_row(

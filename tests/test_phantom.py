@@ -90,3 +90,14 @@ def test_full_size_pngs_are_near_real_file_sizes(tmp_path):
 def test_synth_command_rejects_bad_values_in_one_line(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "x"), "--n", "0"]) == 2
     assert "--n must be positive" in capsys.readouterr().err
+
+
+def test_enrichment_over_represents_labels_with_real_rows(tmp_path):
+    root = make_phantom(tmp_path / "e", n=40, size=32, seed=0, enrich=("Nodule", "Mass"), enrich_fraction=0.5, quiet=True)
+    meta = open_dataset(root).metadata
+    # Real frequencies would give about 2 nodules and 2 masses in 40 images; half are drawn from them.
+    assert meta.has("Nodule").sum() >= 10 and meta.has("Mass").sum() >= 10
+    real = read_metadata(BUNDLED_METADATA)
+    assert set(meta.image_ids.tolist()) <= set(real.image_ids.tolist())
+    with pytest.raises(CxrError, match="unknown label"):
+        make_phantom(tmp_path / "f", n=4, size=32, enrich=("Tumour",), quiet=True)

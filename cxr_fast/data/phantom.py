@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr_fast.data.nih import FINDINGS, read_metadata
+from cxr_fast.data.nih import FINDINGS, canonical_label, read_metadata
 from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json, write_text
 from cxr_fast.paths import BUNDLED_BBOXES, BUNDLED_METADATA
@@ -244,16 +244,30 @@ def _render_to_file(job: tuple[PhantomSpec, int, tuple[str, ...], str]) -> str:
     return target.name
 
 
-def _choose_rows(n: int, seed: int, metadata: Path) -> list[int]:
-    meta = read_metadata(metadata)
+def _choose_rows(meta, n: int, seed: int, enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3) -> list[int]:
+    """Real metadata rows: random ones, or with ``enrich`` about ``enrich_fraction`` of them carrying those labels.
+
+    Enrichment keeps rows real (their labels, co-occurrence and patients) and only changes how often a
+    label is drawn, as the paper's own per-label subsample does; it gives a small phantom enough positives.
+    """
     if n > len(meta):
-        raise CxrError(f"--n {n} is more than the {len(meta)} rows of {metadata}")
+        raise CxrError(f"--n {n} is more than the {len(meta)} rows of {meta.source}")
+    if not 0.0 < enrich_fraction < 1.0:
+        raise CxrError(f"enrich fraction must be between 0 and 1, got {enrich_fraction}")
     rng = np.random.default_rng(seed)
-    return sorted(rng.choice(len(meta), size=n, replace=False).tolist())
+    chosen: set[int] = set()
+    for label in enrich:
+        pool = np.flatnonzero(meta.has(label))
+        want = min(len(pool), int(round(n * enrich_fraction / len(enrich))))
+        chosen.update(rng.choice(pool, size=want, replace=False).tolist())
+    rest = np.setdiff1d(np.arange(len(meta)), np.fromiter(chosen, dtype=np.int64, count=len(chosen)))
+    chosen.update(rng.choice(rest, size=n - len(chosen), replace=False).tolist())
+    return sorted(chosen)
 
 
 def make_phantom(out: str | Path, n: int = 600, size: int = 1024, seed: int = 0, workers: int | None = None,
-                 quiet: bool = False, metadata: Path = BUNDLED_METADATA) -> Path:
+                 quiet: bool = False, metadata: Path = BUNDLED_METADATA, enrich: tuple[str, ...] = (),
+                 enrich_fraction: float = 0.3) -> Path:
     """Write an NIH-layout phantom (``Data_Entry_2017_v2020.csv`` + ``images/*.png``) into ``out``.
 
     A second call with the same arguments finishes an interrupted run and leaves complete files alone;
@@ -264,7 +278,10 @@ def make_phantom(out: str | Path, n: int = 600, size: int = 1024, seed: int = 0,
     if size < 32:
         raise CxrError(f"--size must be at least 32 px, got {size}")
     root = Path(out)
+    enrich = tuple(canonical_label(label) for label in enrich)
     params = {"n": n, "size": size, "seed": seed, "metadata": Path(metadata).name, "version": PHANTOM_VERSION}
+    if enrich:  # recorded only when used, so plain phantoms made before the option stay valid
+        params.update(enrich=list(enrich), enrich_fraction=enrich_fraction)
     marker = root / ".phantom.json"
     if marker.exists():
         old = json.loads(marker.read_text())
@@ -276,7 +293,7 @@ def make_phantom(out: str | Path, n: int = 600, size: int = 1024, seed: int = 0,
     write_json(marker, params)
 
     meta = read_metadata(metadata)
-    rows = _choose_rows(n, seed, metadata)
+    rows = _choose_rows(meta, n, seed, enrich, enrich_fraction)
     spec = PhantomSpec(size, seed, lesion_sizes())
     scale = 1024.0 / size
     lines = [HEADER]

@@ -375,7 +375,7 @@ def _save(fig: Any, path: Path) -> Path:
 def _res_axis(ax: Any, resolutions: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(resolutions)
-    ax.set_xticklabels([str(r) for r in resolutions])
+    ax.set_xticklabels([str(r) for r in resolutions], rotation=45 if len(resolutions) > 5 else 0)
     ax.minorticks_off()
     ax.set_xlabel("input resolution (px)")
     ax.grid(True, alpha=0.3)
@@ -450,7 +450,7 @@ def figure3(study: Study, out: Path, compare: bool = False) -> tuple[Path | None
         ax.bar(pos, heights, width, yerr=errs, capsize=3, color=colors[j], label=f"{low} px")
         if compare:
             paper = [v["paper_percent_of_320"] if v and v["paper_percent_of_320"] is not None else np.nan for v in vals]
-            ax.scatter(pos, paper, marker="_", s=200, color="black", zorder=3,
+            ax.scatter(pos, paper, marker="D", s=40, facecolor="white", edgecolor="black", zorder=3,
                        label="paper (% of 320 px)" if j == 0 else None)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=30, ha="right")

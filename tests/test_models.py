@@ -13,6 +13,15 @@ from cxr_fast.models import ARCHS, GRAY_MEAN, GRAY_STD, Normalize, build_model
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a CPU shared with other jobs, two spinning threads run slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _no_network_and_empty_hub(tmp_path, monkeypatch):
     """An empty torch hub cache, and any attempt to download fails the test loudly."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))

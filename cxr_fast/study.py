@@ -280,7 +280,8 @@ class ResultsStore:
         append_jsonl(self.path, row)
 
 
-def result_row(cell: Cell, metrics: dict[str, Any], study_dir: Path) -> dict[str, Any]:
+def result_row(cell: Cell, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The store row of a finished cell; paths are relative to the study folder, so it can be moved."""
     row: dict[str, Any] = {
         "cell_id": cell.cell_id, "fingerprint": cell.fingerprint, "grids": list(cell.grids),
         "label": cell.label, "res": cell.res, "arch": cell.arch, "epochs": cell.epochs,
@@ -290,7 +291,6 @@ def result_row(cell: Cell, metrics: dict[str, Any], study_dir: Path) -> dict[str
         if key in metrics:
             row[key] = metrics[key]
     row["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    del study_dir  # rows hold paths relative to the study folder, so a study folder can be moved
     return row
 
 
@@ -405,7 +405,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, executor: Any = None, onl
     """
     from cxr_fast.executors import Job, LocalExecutor
 
-    study_dir = Path(study_dir)
+    study_dir = Path(study_dir).resolve()  # Ray workers may run in another working directory
     executor = executor or LocalExecutor()
     prepare = (run_fn is None) if prepare is None else prepare
     run_fn = run_fn or train_cell
@@ -430,7 +430,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, executor: Any = None, onl
         with _Progress(len(cells), len(cells) - len(todo), enabled=progress) as bar:
             def on_done(job: Job, metrics: dict) -> None:
                 cell = by_id[job.key]
-                row = result_row(cell, metrics, study_dir)
+                row = result_row(cell, metrics)
                 store.append(row)
                 bar.finished(cell, row)
 

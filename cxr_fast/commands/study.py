@@ -67,16 +67,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(rows)} cells in {out}: {counts['done']} done, {counts['partial']} partial, {counts['todo']} to run")
         return 0
 
+    if args.ray_address and args.executor != "ray":
+        from cxr_fast.errors import CxrError
+
+        raise CxrError("--ray-address needs --executor ray")
     if cfg.train.get("data") is None:
         # Make the phantom once here, not in each run: parallel Ray tasks would race to create it.
         from cxr_fast.data.source import default_phantom
 
         cfg = apply_overrides(cfg, data=str(default_phantom(quiet=args.quiet)))
     executor = RayExecutor(args.ray_address, num_cpus=args.ray_cpus) if args.executor == "ray" else LocalExecutor()
-    if args.ray_address and args.executor != "ray":
-        from cxr_fast.errors import CxrError
-
-        raise CxrError("--ray-address needs --executor ray")
     summary = run_study(cfg, out, executor=executor, only=only or None, progress=not args.quiet)
     print(f"{summary.cells} runs in {out}: {summary.already_done} were already finished, {summary.ran} ran now; "
           f"results in {out / 'results.jsonl'}. Next: cxr-fast report {out}")

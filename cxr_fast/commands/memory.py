@@ -72,10 +72,12 @@ def paper_case(rows: list[dict]) -> list[str]:
     lines = []
     for r in rows:
         if r["res"] == 600 and r["gpu_gb"] == 11:
-            fits = "fits" if r["max_batch_size"] >= 8 else "does NOT fit"
+            bs = r["max_batch_size"]
+            fits = "fits" if bs >= 8 else "does NOT fit"
+            pow2 = 1 << (bs.bit_length() - 1) if bs else 0
             lines.append(f"Paper's case: {r['arch']} at 600 px on an 11 GB card ({r['precision']}, "
                          f"{'channels-last' if r['channels_last'] else 'NCHW'}, {r['optimizer']}): largest batch "
-                         f"{r['max_batch_size']}; the paper's batch of 8 {fits}.")
+                         f"{bs} (largest power of two {pow2}); the paper's batch of 8 {fits}.")
     return lines
 
 
@@ -115,7 +117,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
 
 

@@ -77,18 +77,29 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32)
 
 
-def _gain_bias(images: torch.Tensor, p: AugmentParams) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _gain_bias(images: torch.Tensor, p: AugmentParams,
+               mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-image ``x * gain + bias`` (on the input's scale) for brightness/contrast; None when all are 1."""
     if bool((p.brightness == 1).all() and (p.contrast == 1).all()):
         return None
     scale_in = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
     dev = images.device
-    # The image mean from a grid of at least 128 x 128 pixels: the same to ~1/255 at a fraction of the cost.
-    step = max(1, min(images.shape[-2:]) // 128)
-    mean = images[..., ::step, ::step].to(torch.float32).mean(dim=(1, 2, 3)) * scale_in
+    if mean is None:
+        mean = _sampled_mean(images)
+    mean = mean * scale_in
     b = p.brightness.to(dev, torch.float32)
     c = p.contrast.to(dev, torch.float32)
     return b * c * scale_in, b * (1 - c) * mean
+
+
+def _mean_step(h: int, w: int) -> int:
+    """Stride of the grid the image mean is taken on: at least 128 x 128 pixels, ~1/255 accurate."""
+    return max(1, min(h, w) // 128)
+
+
+def _sampled_mean(images: torch.Tensor) -> torch.Tensor:
+    step = _mean_step(*images.shape[-2:])
+    return images[..., ::step, ::step].to(torch.float32).mean(dim=(1, 2, 3))
 
 
 def _lighting(images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
@@ -178,10 +189,23 @@ class OutputPool:
         return arr
 
 
-def _apply_cpu(images: torch.Tensor, p: AugmentParams, kernel, pool: OutputPool | None = None) -> torch.Tensor:
-    """uint8 CPU batch -> augmented float32 in one fused pass (``cxr_fast.augment_cpu``)."""
-    n, c, h, w = images.shape
-    gb = _gain_bias(images, p)
+def _apply_cpu(images: torch.Tensor, p: AugmentParams, kernel, pool: OutputPool | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 CPU images -> augmented float32 in one fused pass (``cxr_fast.augment_cpu``).
+
+    With ``rows`` the batch is ``images[rows]``, gathered inside the kernel: no torch op runs here,
+    so torch's OpenMP threads never spin against the kernel's on a small CPU.
+    """
+    import numpy as np
+
+    m, c, h, w = images.shape
+    src4 = images.numpy()
+    idx = np.arange(m) if rows is None else rows.numpy().astype(np.int64)
+    n = len(idx)
+    step = _mean_step(h, w)
+    mean = torch.from_numpy(src4[:, :, ::step, ::step][idx].reshape(n, -1).mean(axis=1, dtype=np.float64)
+                            .astype(np.float32))
+    gb = _gain_bias(images, p, mean)
     levels = torch.arange(256, dtype=torch.float32).mul_(1.0 / 255.0)  # exactly to_float's values
     if gb is None:
         lut = levels.expand(n, 256)
@@ -189,24 +213,29 @@ def _apply_cpu(images: torch.Tensor, p: AugmentParams, kernel, pool: OutputPool 
         lut = (torch.arange(256, dtype=torch.float32)[None] * gb[0][:, None] + gb[1][:, None]).clamp_(0.0, 1.0)
     coef = _pixel_coef(_theta(p, h, w), h, w)
     kind = torch.where(p.affine, 0, torch.where(p.flip, 2, 1)).to(torch.int8)
+    flat_rows = (idx[:, None] * c + np.arange(c)[None]).reshape(-1)
     if c > 1:
         lut, coef, kind = lut.repeat_interleave(c, 0), coef.repeat_interleave(c, 0), kind.repeat_interleave(c, 0)
-    src = images.reshape(n * c, h, w).numpy()
+    src = src4.reshape(m * c, h, w)
     out = kernel.warp(src, coef.numpy(), lut.contiguous().numpy(), torch.get_num_threads(), kind.numpy(),
-                      out=None if pool is None else pool.get(src.shape))
+                      out=None if pool is None else pool.get((n * c, h, w)), rows=flat_rows)
     return torch.from_numpy(out).view(n, c, h, w)
 
 
-def apply(images: torch.Tensor, p: AugmentParams, fused: bool = True, pool: OutputPool | None = None) -> torch.Tensor:
+def apply(images: torch.Tensor, p: AugmentParams, fused: bool = True, pool: OutputPool | None = None,
+          rows: torch.Tensor | None = None) -> torch.Tensor:
     """Augment ``N x C x H x W`` (uint8 or float [0, 1]) with given parameters; float32 [0, 1] out.
 
     A uint8 batch on the CPU goes through the fused kernel when numba is present (``fused``);
-    everything else through torch (``grid_sample``), which is what runs on a GPU.
+    everything else through torch (``grid_sample``), which is what runs on a GPU. ``rows``: augment
+    ``images[rows]`` (a loader's batch out of the whole resident split).
     """
     if fused and images.device.type == "cpu" and images.dtype == torch.uint8 and images.ndim == 4:
         kernel = _cpu_kernel()
         if kernel is not None:
-            return _apply_cpu(images, p, kernel, pool)
+            return _apply_cpu(images, p, kernel, pool, rows)
+    if rows is not None:
+        images = images.index_select(0, rows.to(images.device))
     x = _lighting(images, p)
     if x.data_ptr() == images.data_ptr():  # never edit the caller's tensor in place
         x = x.clone()
@@ -227,12 +256,14 @@ def apply(images: torch.Tensor, p: AugmentParams, fused: bool = True, pool: Outp
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = AugmentConfig(),
-            pool: OutputPool | None = None) -> torch.Tensor:
+            pool: OutputPool | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """One random augmentation per image, drawn from ``generator`` (a CPU generator).
 
-    ``pool`` (optional, CPU only) lets a loader recycle output memory between batches.
+    ``pool`` (optional, CPU only) lets a loader recycle output memory between batches; ``rows``
+    augments ``images[rows]`` without copying the batch out first.
     """
-    return apply(images, draw_params(images.shape[0], generator, cfg), pool=pool)
+    n = images.shape[0] if rows is None else len(rows)
+    return apply(images, draw_params(n, generator, cfg), pool=pool, rows=rows)
 
 
 def tta_views(images: torch.Tensor, n: int = 4, seed: int = 0, cfg: AugmentConfig = AugmentConfig()) -> list[torch.Tensor]:

@@ -17,20 +17,21 @@ from numba import njit, prange
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _warp(src: np.ndarray, out: np.ndarray, coef: np.ndarray, lut: np.ndarray,
+def _warp(src: np.ndarray, rows: np.ndarray, out: np.ndarray, coef: np.ndarray, lut: np.ndarray,
           kind: np.ndarray) -> None:  # pragma: no cover - jitted
-    n, h, w = src.shape
+    n, h, w = out.shape
     off = np.float32(16.0)  # coordinates shifted by +16 so int() truncation is floor() wherever it matters
     for k in prange(n * h):
         i = k // h
         y = k - i * h
+        r = rows[i]
         if kind[i] == 1:  # no rotation or padding: a table lookup per pixel
             for x in range(w):
-                out[i, y, x] = lut[i, src[i, y, x]]
+                out[i, y, x] = lut[i, src[r, y, x]]
             continue
         if kind[i] == 2:  # flip only
             for x in range(w):
-                out[i, y, x] = lut[i, src[i, y, w - 1 - x]]
+                out[i, y, x] = lut[i, src[r, y, w - 1 - x]]
             continue
         a00 = np.float32(coef[i, 0])
         a10 = np.float32(coef[i, 3])
@@ -46,8 +47,8 @@ def _warp(src: np.ndarray, out: np.ndarray, coef: np.ndarray, lut: np.ndarray,
             x0 = xi - 16
             y0 = yi - 16
             if x0 >= 0 and y0 >= 0 and x0 < w - 1 and y0 < h - 1:  # inside: four taps, no checks
-                r0 = src[i, y0]
-                r1 = src[i, y0 + 1]
+                r0 = src[r, y0]
+                r1 = src[r, y0 + 1]
                 v00 = lut[i, r0[x0]]
                 v01 = lut[i, r0[x0 + 1]]
                 v10 = lut[i, r1[x0]]
@@ -62,30 +63,37 @@ def _warp(src: np.ndarray, out: np.ndarray, coef: np.ndarray, lut: np.ndarray,
                 v11 = np.float32(0.0)
                 if y0 >= 0:
                     if x0 >= 0:
-                        v00 = lut[i, src[i, y0, x0]]
+                        v00 = lut[i, src[r, y0, x0]]
                     if x0 + 1 < w:
-                        v01 = lut[i, src[i, y0, x0 + 1]]
+                        v01 = lut[i, src[r, y0, x0 + 1]]
                 if y0 + 1 < h:
                     if x0 >= 0:
-                        v10 = lut[i, src[i, y0 + 1, x0]]
+                        v10 = lut[i, src[r, y0 + 1, x0]]
                     if x0 + 1 < w:
-                        v11 = lut[i, src[i, y0 + 1, x0 + 1]]
+                        v11 = lut[i, src[r, y0 + 1, x0 + 1]]
             top = v00 + (v01 - v00) * fx
             bot = v10 + (v11 - v10) * fx
             out[i, y, x] = top + (bot - top) * fy
 
 
 def warp(src: np.ndarray, coef: np.ndarray, lut: np.ndarray, threads: int,
-         kind: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """``src`` N x H x W uint8, ``coef`` N x 6 pixel-space maps (output -> input), ``lut`` N x 256 float32.
+         kind: np.ndarray | None = None, out: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """``src`` M x H x W uint8, ``coef`` N x 6 pixel-space maps (output -> input), ``lut`` N x 256 float32.
 
+    ``rows``: which source image each output image reads (default: the first N in order), so a loader
+    holding the whole split gathers and augments in the same pass, with no copy of the batch.
     ``kind`` per image: 0 general affine, 1 identity, 2 horizontal flip only (exact, no sampling).
     ``out``: an array to write into (a recycled buffer), else a new one.
     """
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    if out is None or out.shape != src.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        out = np.empty(src.shape, dtype=np.float32)
-    kinds = np.zeros(len(src), dtype=np.int8) if kind is None else np.ascontiguousarray(kind, dtype=np.int8)
-    _warp(np.ascontiguousarray(src), out, np.ascontiguousarray(coef, dtype=np.float64),
+    n = len(coef)
+    rows = np.arange(n, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+    if len(rows) != n or (n and (rows.min() < 0 or rows.max() >= len(src))):
+        raise IndexError(f"rows must be {n} indices into {len(src)} source images")
+    shape = (n,) + src.shape[1:]
+    if out is None or out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        out = np.empty(shape, dtype=np.float32)
+    kinds = np.zeros(n, dtype=np.int8) if kind is None else np.ascontiguousarray(kind, dtype=np.int8)
+    _warp(np.ascontiguousarray(src), rows, out, np.ascontiguousarray(coef, dtype=np.float64),
           np.ascontiguousarray(lut, dtype=np.float32), kinds)
     return out

@@ -59,9 +59,14 @@ def batch_slices(n: int, batch_size: int, drop_last: bool) -> list[slice]:
 
 
 def finish(x: torch.Tensor, spec: LoaderSpec, generator: torch.Generator | None,
-           cfg: AugmentConfig = AugmentConfig(), pool: OutputPool | None = None) -> torch.Tensor:
-    """uint8 ``N x 1 x H x W`` on the device -> float [0, 1], augmented in train mode, channels-last."""
-    x = augment(x, generator, cfg, pool) if generator is not None else to_float(x)
+           cfg: AugmentConfig = AugmentConfig(), pool: OutputPool | None = None,
+           rows: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 ``N x 1 x H x W`` on the device (or ``x[rows]``) -> float [0, 1], augmented in train mode,
+    channels-last."""
+    if generator is not None:
+        x = augment(x, generator, cfg, pool, rows)
+    else:
+        x = to_float(x if rows is None else x.index_select(0, rows))
     return x.contiguous(memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
 
 

@@ -56,7 +56,7 @@ class ResidentLoader:
         gen = epoch_generator(spec.seed, self.epoch) if spec.train and spec.augment else None
         for s in batch_slices(len(order), spec.batch_size, spec.drop_last):
             idx = order[s]
-            yield finish(self.images.index_select(0, idx), spec, gen, self.cfg, self.pool), self.targets[idx]
+            yield finish(self.images, spec, gen, self.cfg, self.pool, rows=idx), self.targets[idx]
 
 
 def build(spec: LoaderSpec) -> ResidentLoader:

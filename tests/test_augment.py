@@ -144,3 +144,14 @@ def test_output_pool_never_overwrites_a_batch_still_held():
     del second
     third = A.augment(x, g, pool=pool)
     assert third.data_ptr() == ptr, "memory nobody holds is reused"
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_rows_augment_a_gathered_batch(fused: bool):
+    _needs_kernel(fused)
+    source = torch.randint(0, 256, (10, 1, 40, 40), dtype=torch.uint8)
+    rows = torch.tensor([7, 2, 2, 9])
+    p = A.draw_params(4, A.epoch_generator(4, 0))
+    direct = A.apply(source, p, fused=fused, rows=rows)
+    gathered = A.apply(source[rows], p, fused=fused)
+    assert torch.allclose(direct, gathered, atol=1e-6)

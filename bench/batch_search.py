@@ -104,15 +104,18 @@ def guarded(run: Callable[[int], None], cleanup: Callable[[], None]) -> Callable
     """
 
     def try_batch(bs: int) -> bool:
+        ok = False
         try:
             run(bs)
-            return True
+            ok = True
         except Exception as exc:  # noqa: BLE001 - filtered by is_oom just below
             if not is_oom(exc):
+                cleanup()
                 raise
-            return False
-        finally:
-            cleanup()
+        # Cleanup runs after the except block is left, when the exception, its traceback and the
+        # failed step's tensors those frames hold are already released.
+        cleanup()
+        return ok
 
     return try_batch
 
@@ -144,12 +147,14 @@ def cuda_try_batch(arch: str, res: int, precision: str = "auto", channels_last: 
     dev = torch.device(device)
 
     def run(bs: int) -> None:
-        model = build_model(arch, pretrained=False)
-        trainer = TrainStep(model, make_optimizer(model, optimizer), pos_weight=1.0, precision=precision,
-                            device=dev, channels_last=channels_last)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
+        trainer = None
         try:
+            model = build_model(arch, pretrained=False)
+            trainer = TrainStep(model, make_optimizer(model, optimizer), pos_weight=1.0, precision=precision,
+                                device=dev, channels_last=channels_last)
+            del model
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
             images = torch.rand(bs, 1, res, res, device=dev)
             labels = (torch.rand(bs, device=dev) > 0.5).float()
             for _ in range(steps):
@@ -159,9 +164,11 @@ def cuda_try_batch(arch: str, res: int, precision: str = "auto", channels_last: 
                 if peaks is not None:
                     peaks[bs] = int(torch.cuda.max_memory_allocated(dev))
         finally:
-            # Drop every reference the step holds (grads, optimizer state, autocast cache) before cleanup.
-            trainer.optimizer.state.clear()
-            del trainer, model
+            # Drop every reference the step holds (grads, optimizer state) before cleanup.
+            if trainer is not None:
+                trainer.optimizer.zero_grad(set_to_none=True)
+                trainer.optimizer.state.clear()
+            trainer = None
 
     return guarded(run, lambda: cuda_cleanup(dev))
 

@@ -250,6 +250,18 @@ def test_tiny_grid_on_the_phantom_runs_real_training(tiny_phantom, tmp_path, one
     check_tiny_study(tmp_path / "study", summary)
     again = run_study(cfg, tmp_path / "study", progress=False)  # finished: nothing retrains, nothing duplicates
     assert again.ran == 0 and len(read_jsonl(tmp_path / "study" / RESULTS)) == 2
+    # The report of this real study holds the store's numbers.
+    import csv
+
+    from cxr_fast.report import make_report
+
+    make_report(tmp_path / "study")
+    with open(tmp_path / "study" / "report" / "table2.csv", newline="") as fh:
+        table = {int(r["res"]): r for r in csv.DictReader(fh)}
+    for row in read_jsonl(tmp_path / "study" / RESULTS):
+        assert float(table[row["res"]]["auc"]) == pytest.approx(row["auc"], abs=1e-12)
+        assert float(table[row["res"]]["auc_sd"]) == pytest.approx(row["auc_sd"], abs=1e-12)
+    assert (tmp_path / "study" / "report" / "figure2.png").is_file()
 
 
 def test_ray_executor_runs_the_tiny_grid_on_a_local_ray(tiny_phantom, tmp_path):

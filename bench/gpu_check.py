@@ -1,6 +1,6 @@
 """One-shot GPU check: run this once on a lent GPU; it measures what a CPU cannot and writes it down.
 
-    python bench/gpu_check.py                  # results under $OUT (else bench/results/)
+    python bench/gpu_check.py                  # results under $OUT (else ./bench-results/)
     python bench/gpu_check.py --out DIR --budget-s 420
 
 In order, each step timed, JSON rewritten after every step (a kill keeps what was done):
@@ -227,9 +227,38 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
 
 
+def ensure_importable() -> None:
+    """Run from a bare checkout too (a lent GPU machine may not have the package installed): map
+    ``loaders/`` and ``bench/`` to ``cxr_fast.loaders`` / ``cxr_fast.bench`` as pyproject does."""
+    import importlib
+    import importlib.util
+
+    try:
+        importlib.import_module("cxr_fast.loaders")
+        importlib.import_module("cxr_fast.bench")
+        return
+    except ModuleNotFoundError:
+        pass
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import cxr_fast
+
+    for sub in ("loaders", "bench"):
+        name = f"cxr_fast.{sub}"
+        if name in sys.modules:
+            continue
+        folder = REPO / sub
+        spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        setattr(cxr_fast, sub, module)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", help="results folder (default: $OUT, else bench/results/)")
+    ap.add_argument("--out", help="results folder (default: $OUT, else ./bench-results/)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new work after this many seconds")
     ap.add_argument("--res", default="all", help="bench resolutions (default all nine)")
     ap.add_argument("--limit-res", default=",".join(map(str, LIMIT_RES)), help="resolutions for the limit check")
@@ -239,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run of this script itself (no GPU needed)")
     args = ap.parse_args(argv)
 
-    sys.path.insert(0, str(REPO))  # run from a checkout even without `pip install -e`
+    ensure_importable()
     import torch
 
     from cxr_fast.bench import memory
@@ -255,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     limit_res = _res_list(args.limit_res)
     machine = machine_info(device)
     date = dt.date.today().isoformat()
-    out = Path(args.out or os.environ.get("OUT") or REPO / "bench" / "results")
+    out = Path(args.out or os.environ.get("OUT") or "bench-results")
     out = out / f"gpu-check-{_slug(machine['device_name'])}-{date}"
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"schema": "cxr-fast-gpu-check/1", "date": date, "machine": machine,

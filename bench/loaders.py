@@ -20,6 +20,9 @@ images_per_s, ratio_to_pil, images, seconds, setup_s``. A backend that cannot ru
 first time (decode once); the measured rate excludes it and a warm-up of ``warmup_batches``.
 The rate counts a batch as delivered when it is on the device (CUDA synchronised), in the format
 training receives: float32 in [0, 1], augmented, channels-last. ``machine_info()`` describes the host.
+
+From a shell, the loader table alone: ``python -m cxr_fast.bench.loaders --res 600 --json PATH``
+(how ``bench/results/loaders-cpu-600.json`` was made).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ this backend is held to the reference pixels with a looser bound than the lossle
 absolute error at most 0.5/255 and max at most 4/255 on the test images (``tests/test_loaders.py``;
 measured 0.1/255 mean, 1.8/255 max with DALI 2.4's CPU operators). The augmentation draws its own
 random numbers inside the graph: the same kinds and strengths as ``cxr_fast.augment``, not the same
-draws, and contrast is centred on the image mean there too.
+draws; contrast is centred on the image mean with CPU operators and on mid-grey with GPU ones.
 Without a GPU the same graph runs with CPU operators and ``device_id=None`` (how the tests run it).
 Batches reach torch through DALI's PyTorch plugin; labels come from the spec by position.
 """
@@ -75,7 +75,9 @@ def dali_graph(files: list[str], labels: list[int], res: int, train: bool, augme
     images = fn.resize(images, resize_x=side, resize_y=side, interp_type=types.INTERP_LINEAR, antialias=True)
     brightness = 1.0 + lighting * fn.random.uniform(range=(-cfg.max_lighting, cfg.max_lighting))
     contrast = 1.0 + lighting * fn.random.uniform(range=(-cfg.max_lighting, cfg.max_lighting))
-    centre = fn.reductions.mean(images, dtype=types.FLOAT)
+    # Contrast around the image mean on the CPU graph; on a GPU a reduction's output cannot feed an
+    # argument (those are CPU-side), so the centre is mid-grey there.
+    centre = 128.0 if gpu else fn.reductions.mean(images, dtype=types.FLOAT)
     images = fn.brightness_contrast(images, brightness=brightness, contrast=contrast, contrast_center=centre,
                                     dtype=types.UINT8)
     angle = affine * fn.random.uniform(range=(-cfg.max_rotate, cfg.max_rotate))

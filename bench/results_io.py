@@ -9,6 +9,9 @@ Row kinds:
 - ``train_loader``: training images/s fed by ``backend``; ``ratio`` is to ``train_synthetic``.
 - ``batch_limit``: the largest batch, ``max_batch_predicted`` always, ``max_batch_measured`` on a GPU.
 
+``step_ms`` is the mean time of one training step (timm's ``train_step_time``); ``param_count`` the
+model's trainable parameters.
+
 ``status`` is ``ok``, ``skipped`` (a backend that cannot run here; ``reason`` says why), ``error`` or
 ``oom``. Rates are images/s; memory is MiB (2**20 bytes); ``gpu_gb`` is GiB, the card the prediction
 is for (the device's own memory on a GPU, ``predict_gpu_gb`` otherwise). ``mem_per_sample_mb`` is
@@ -39,7 +42,7 @@ KINDS: tuple[str, ...] = ("loader", "train_synthetic", "train_loader", "batch_li
 ROW_FIELDS: tuple[str, ...] = (
     "arch", "res", "kind", "backend", "status", "reason",
     "batch_size", "precision", "channels_last", "optimizer",
-    "images_per_s", "ratio", "ratio_to", "n_images", "seconds",
+    "images_per_s", "step_ms", "ratio", "ratio_to", "n_images", "seconds", "param_count",
     "peak_mem_mb", "mem_per_sample_mb", "predicted_mem_per_sample_mb",
     "max_batch_measured", "max_batch_predicted", "max_batch_capped", "gpu_gb",
     "device", "device_name", "hostname", "cpu_count", "torch_version", "date",

@@ -64,6 +64,8 @@ def test_bench_training_and_limit_rows(bench_doc):
     synth, fed, limit = by_kind["train_synthetic"], by_kind["train_loader"], by_kind["batch_limit"]
     assert synth["status"] == "ok" and synth["images_per_s"] > 0 and synth["batch_size"] == 2
     assert synth["n_images"] >= 2
+    assert synth["step_ms"] == pytest.approx(1000 * synth["seconds"] / (synth["n_images"] / 2), rel=0.01)
+    assert synth["param_count"] == memory.profile("resnet34", 32, "amp").n_params > 20_000_000
     assert fed["status"] == "ok" and fed["images_per_s"] > 0
     best = max((r for r in bench_doc["rows"] if r["kind"] == "loader" and r["status"] == "ok"),
                key=lambda r: r["images_per_s"])

@@ -240,6 +240,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
                                              min_seconds=effort.train_seconds)
                 rows.append(make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic",
                                      status="ok", batch_size=bs, images_per_s=round(synth.images_per_s, 3),
+                                     step_ms=_step_ms(synth), param_count=prof.n_params,
                                      n_images=synth.images, seconds=round(synth.seconds, 3),
                                      peak_mem_mb=_mb(synth.peak_mem_bytes),
                                      mem_per_sample_mb=_mb(synth.mem_per_sample_bytes),
@@ -264,6 +265,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
                     ratio = fed.images_per_s / synth.images_per_s if synth.images_per_s else None
                     rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", backend=best["backend"],
                                          status="ok", batch_size=bs, images_per_s=round(fed.images_per_s, 3),
+                                         step_ms=_step_ms(fed), param_count=prof.n_params,
                                          ratio=None if ratio is None else round(ratio, 3), ratio_to="train_synthetic",
                                          n_images=fed.images, seconds=round(fed.seconds, 3),
                                          peak_mem_mb=_mb(fed.peak_mem_bytes), **common))
@@ -289,7 +291,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
             rows.append(make_row(
                 machine, arch=arch, res=res, kind="batch_limit", status="ok", batch_size=bs,
                 precision=mem_precision, channels_last=cfg.channels_last, optimizer=cfg.optimizer,
-                max_batch_predicted=predicted_bs, gpu_gb=predict_gb,
+                max_batch_predicted=predicted_bs, gpu_gb=predict_gb, param_count=prof.n_params,
                 max_batch_measured=measured["max_ok"] if measured else None,
                 max_batch_capped=measured["capped"] if measured else None,
                 mem_per_sample_mb=_mb(synth.mem_per_sample_bytes) if synth else None,
@@ -309,6 +311,11 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
         "loaders": loader_raw,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
+
+
+def _step_ms(m) -> float | None:
+    steps = m.images / m.batch_size if m.batch_size else 0
+    return round(1000 * m.seconds / steps, 2) if steps else None
 
 
 def _mb(value: float | None) -> float | None:

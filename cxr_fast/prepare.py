@@ -21,6 +21,7 @@ made (size or mtime), or that holds other images or labels, is refused with an e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -29,7 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -41,6 +42,7 @@ from cxr_fast.paths import cache_dir
 STORE_VERSION = 1
 FORMATS: tuple[str, ...] = ("jpeg", "cache", "ffcv")
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 _TODO, _DONE, _BAD = 0, 1, 2
 _CHECKPOINT_S = 3.0
 
@@ -242,7 +244,7 @@ def _open_or_create(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndar
             )
         store.check_fresh(dataset)
         return store
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise CxrError(f"{out} exists and is not a cxr-fast store; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     manifest = _manifest_for(dataset, image_ids, targets, info)
@@ -393,17 +395,38 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
         raise CxrError("nothing to prepare: no images")
     if len(ids) != len(tg):
         raise CxrError(f"{len(ids)} images but {len(tg)} labels")
-    store = _open_or_create(dataset, ids, tg, Path(out), info or {})
-    cache_res = resolutions if ("cache" in formats or "ffcv" in formats) else ()
-    _decode_all(store, dataset, cache_res, "jpeg" in formats, cfg)
-    if "ffcv" in formats:
-        for r in resolutions:
-            if not store.has("ffcv", r):
-                write_beton(store, r, cfg)
-                store.manifest["formats"].setdefault("ffcv", [])
-                store.manifest["formats"]["ffcv"] = sorted(set(store.manifest["formats"]["ffcv"]) | {r})
-                _save_manifest(store)
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise CxrError(f"{root} is a file, not a store folder")
+    if root.is_dir() and not (root / MANIFEST).exists() and any(p.name != LOCK for p in root.iterdir()):
+        raise CxrError(f"{root} exists and is not a cxr-fast store; choose an empty or new folder")
+    with _locked(root):
+        store = _open_or_create(dataset, ids, tg, root, info or {})
+        cache_res = resolutions if ("cache" in formats or "ffcv" in formats) else ()
+        _decode_all(store, dataset, cache_res, "jpeg" in formats, cfg)
+        if "ffcv" in formats:
+            for r in resolutions:
+                if not store.has("ffcv", r):
+                    write_beton(store, r, cfg)
+                    store.manifest["formats"].setdefault("ffcv", [])
+                    store.manifest["formats"]["ffcv"] = sorted(set(store.manifest["formats"]["ffcv"]) | {r})
+                    _save_manifest(store)
     return store
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One writer per store: a second process (a bench beside a training run) waits, then finds the
+    work done instead of racing on the same partial files."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- FFCV

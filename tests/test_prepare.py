@@ -136,6 +136,7 @@ def test_foreign_or_unknown_folders_are_refused(data, tmp_path: Path):
     (other / "notes.txt").write_text("mine")
     with pytest.raises(CxrError, match="not a cxr-fast store"):
         P.prepare_store(ds, ids[:3], labels[:3], other, _cfg())
+    assert [p.name for p in other.iterdir()] == ["notes.txt"], "a refused folder is left as it was"
     with pytest.raises(CxrError, match="unknown store format"):
         P.prepare_store(ds, ids[:3], labels[:3], tmp_path / "x", _cfg(formats=("zip",)))
     with pytest.raises(CxrError, match="not a cxr-fast store"):

@@ -101,3 +101,17 @@ def test_enrichment_over_represents_labels_with_real_rows(tmp_path):
     assert set(meta.image_ids.tolist()) <= set(real.image_ids.tolist())
     with pytest.raises(CxrError, match="unknown label"):
         make_phantom(tmp_path / "f", n=4, size=32, enrich=("Tumour",), quiet=True)
+
+
+def test_data_can_name_a_built_in_phantom_made_once_into_the_cache(monkeypatch, tmp_path):
+    from cxr_fast.data.source import data_root, parse_phantom_spec, resolve_dataset
+
+    monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path / "cache"))
+    spec = "phantom:n=8,size=32,seed=3,enrich=Mass,fraction=0.5"
+    assert parse_phantom_spec(spec) == {"n": 8, "size": 32, "seed": 3, "enrich": ("Mass",), "enrich_fraction": 0.5}
+    root = data_root(spec, quiet=True)
+    assert root.parent == tmp_path / "cache" and (root / ".complete").exists()
+    assert resolve_dataset(spec, quiet=True).metadata.has("Mass").sum() >= 4
+    assert data_root(spec, quiet=True) == root  # reused, not remade
+    with pytest.raises(CxrError, match="unknown phantom setting 'colour'"):
+        parse_phantom_spec("phantom:colour=red")

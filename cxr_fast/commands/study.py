@@ -71,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
         from cxr_fast.errors import CxrError
 
         raise CxrError("--ray-address needs --executor ray")
-    if cfg.train.get("data") is None:
-        # Make the phantom once here, not in each run: parallel Ray tasks would race to create it.
-        from cxr_fast.data.source import default_phantom
+    from cxr_fast.data.source import data_root, is_phantom_spec
 
-        cfg = apply_overrides(cfg, data=str(default_phantom(quiet=args.quiet)))
+    if is_phantom_spec(cfg.train.get("data")):
+        # Make the phantom once here, not in each run: parallel Ray tasks would race to create it.
+        cfg = apply_overrides(cfg, data=str(data_root(cfg.train.get("data"), quiet=args.quiet)))
     executor = RayExecutor(args.ray_address, num_cpus=args.ray_cpus) if args.executor == "ray" else LocalExecutor()
     summary = run_study(cfg, out, executor=executor, only=only or None, progress=not args.quiet)
     print(f"{summary.cells} runs in {out}: {summary.already_done} were already finished, {summary.ran} ran now; "

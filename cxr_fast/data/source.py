@@ -9,34 +9,73 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_fast.data.nih import NihDataset, open_dataset
+from cxr_fast.errors import CxrError
 from cxr_fast.paths import cache_dir
 
 # The default phantom: enough images for a meaningful AUC on the CPU, small enough to make in a minute.
 PHANTOM_N = 600
 PHANTOM_SIZE = 1024
 PHANTOM_SEED = 0
+PHANTOM = "phantom"
 
 
-def phantom_dir(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTOM_SEED) -> Path:
+def phantom_dir(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTOM_SEED,
+                enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3) -> Path:
     from cxr_fast.data.phantom import PHANTOM_VERSION
 
-    return cache_dir() / f"phantom-v{PHANTOM_VERSION}-n{n}-s{size}-seed{seed}"
+    tag = f"-enrich-{'+'.join(enrich)}-{enrich_fraction:g}" if enrich else ""
+    return cache_dir() / f"phantom-v{PHANTOM_VERSION}-n{n}-s{size}-seed{seed}{tag}"
 
 
 def default_phantom(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTOM_SEED,
-                    quiet: bool = False) -> Path:
+                    quiet: bool = False, enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3) -> Path:
     """The cached phantom folder, made now if absent or incomplete (``make_phantom`` resumes)."""
+    from cxr_fast.data.nih import canonical_label
     from cxr_fast.data.phantom import make_phantom
 
-    out = phantom_dir(n, size, seed)
+    enrich = tuple(canonical_label(label) for label in enrich)
+    out = phantom_dir(n, size, seed, enrich, enrich_fraction)
     if not (out / ".complete").exists():
         if not quiet:
             print(f"making the built-in phantom ({n} images, {size} px) in {out} (once)")
-        make_phantom(out, n=n, size=size, seed=seed, quiet=quiet)
+        make_phantom(out, n=n, size=size, seed=seed, quiet=quiet, enrich=enrich, enrich_fraction=enrich_fraction)
     return out
 
 
+def is_phantom_spec(data: str | Path | None) -> bool:
+    return data is None or str(data) == PHANTOM or str(data).startswith(PHANTOM + ":")
+
+
+def parse_phantom_spec(text: str) -> dict:
+    """``phantom:n=1000,size=512,seed=0,enrich=Nodule+Mass,fraction=0.5`` -> ``default_phantom`` keywords.
+
+    Lets a config or ``--data`` ask for a particular built-in phantom (made once into the cache) by name.
+    """
+    kwargs: dict = {}
+    body = text[len(PHANTOM) + 1:] if text.startswith(PHANTOM + ":") else ""
+    for item in filter(None, (x.strip() for x in body.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            if key in ("n", "size", "seed"):
+                kwargs[key] = int(value)
+            elif key == "enrich":
+                kwargs["enrich"] = tuple(x for x in value.split("+") if x)
+            elif key == "fraction":
+                kwargs["enrich_fraction"] = float(value)
+            else:
+                raise CxrError(f"unknown phantom setting {key!r} in {text!r}; known: n, size, seed, enrich, fraction")
+        except ValueError:
+            raise CxrError(f"bad value {value!r} for {key} in {text!r}") from None
+    return kwargs
+
+
+def data_root(data: str | Path | None, quiet: bool = False) -> Path:
+    """The folder ``data`` names: itself, or a built-in phantom (None, ``phantom`` or ``phantom:...``)."""
+    if is_phantom_spec(data):
+        return default_phantom(quiet=quiet, **parse_phantom_spec(str(data or PHANTOM)))
+    return Path(data)
+
+
 def resolve_dataset(data: str | Path | None, quiet: bool = False) -> NihDataset:
-    """Open ``data`` as an NIH-layout folder, or the built-in phantom when it is None."""
-    root = Path(data) if data is not None else default_phantom(quiet=quiet)
-    return open_dataset(root)
+    """Open ``data`` as an NIH-layout folder, or a built-in phantom (None, ``phantom`` or ``phantom:n=...``)."""
+    return open_dataset(data_root(data, quiet=quiet))

@@ -162,6 +162,11 @@ def _cpu_kernel():
     return augment_cpu
 
 
+def cpu_path() -> str:
+    """How uint8 batches are augmented on this machine's CPU, for ``available()`` reasons and reports."""
+    return "fused CPU kernel (numba)" if _cpu_kernel() is not None else "torch grid_sample (install numba for 3-5x)"
+
+
 class OutputPool:
     """Recycles the fused kernel's float32 output arrays once nobody holds a batch made from them.
 

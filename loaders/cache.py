@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from cxr_fast.augment import AugmentConfig, OutputPool, augment, epoch_generator, to_float
+from cxr_fast.augment import AugmentConfig, OutputPool, augment, cpu_path, epoch_generator, to_float
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.prepare import Store, ensure_store
 
@@ -27,7 +27,8 @@ NAME = "cache"
 
 
 def available() -> tuple[bool, str]:
-    return True, "memory-mapped uint8 store, augmentation on the device"
+    where = "the GPU" if torch.cuda.is_available() else cpu_path()
+    return True, f"memory-mapped uint8 store, augmentation by {where}"
 
 
 def open_for(spec: LoaderSpec, fmt: str) -> Store:

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cxr_fast.augment import AugmentConfig, OutputPool, epoch_generator
+from cxr_fast.augment import AugmentConfig, OutputPool, cpu_path, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.cache import batch_slices, epoch_order, finish, n_batches, open_for, rows_for
 
@@ -21,8 +21,9 @@ NAME = "resident"
 
 
 def available() -> tuple[bool, str]:
-    where = "GPU memory" if torch.cuda.is_available() else "RAM (no GPU here)"
-    return True, f"uint8 split resident in {where}, augmentation on the device"
+    if torch.cuda.is_available():
+        return True, "uint8 split resident in GPU memory, augmentation on the GPU"
+    return True, f"uint8 split resident in RAM (no GPU here), augmentation by {cpu_path()}"
 
 
 class ResidentLoader:

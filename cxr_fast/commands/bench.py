@@ -231,13 +231,26 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
             bs = _training_batch(cfg, effort, prof, card_bytes)
             predicted_bs = prof.max_batch_size(predict_bytes)
             # 2. Training throughput: synthetic tensors on the device, then fed by the best loader.
-            say(f"{res}px {arch}: training step, synthetic input, batch {bs}")
-            synth = fed = None
-            trainer = None
-            try:
-                trainer = build_trainer(arch, device, precision, cfg.channels_last, cfg.optimizer)
-                synth = synthetic_throughput(trainer, res, bs, warmup=effort.warmup, iters=effort.iters,
-                                             min_seconds=effort.train_seconds)
+            synth = fed = trainer = None
+            for attempt in range(3):  # an OOM at the chosen batch retries at half of it, twice at most
+                say(f"{res}px {arch}: training step, synthetic input, batch {bs}")
+                try:
+                    trainer = build_trainer(arch, device, precision, cfg.channels_last, cfg.optimizer)
+                    synth = synthetic_throughput(trainer, res, bs, warmup=effort.warmup, iters=effort.iters,
+                                                 min_seconds=effort.train_seconds)
+                    break
+                except Exception as exc:  # noqa: BLE001 - one failure is a row, not a crash
+                    trainer = None
+                    _free(device)
+                    if _status(exc) == "oom" and bs > 1 and attempt < 2:
+                        say(f"{res}px {arch}: out of memory at batch {bs}; retrying at {bs // 2}")
+                        bs //= 2
+                        continue
+                    rows.append(make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic",
+                                         status=_status(exc), reason=_reason(exc), batch_size=bs, **common))
+                    say(f"{res}px {arch}: synthetic step failed: {_reason(exc)}")
+                    break
+            if synth is not None:
                 rows.append(make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic",
                                      status="ok", batch_size=bs, images_per_s=round(synth.images_per_s, 3),
                                      step_ms=_step_ms(synth), param_count=prof.n_params,
@@ -245,15 +258,13 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
                                      peak_mem_mb=_mb(synth.peak_mem_bytes),
                                      mem_per_sample_mb=_mb(synth.mem_per_sample_bytes),
                                      predicted_mem_per_sample_mb=_mb(prof.bytes_per_sample), **common))
-            except Exception as exc:  # noqa: BLE001 - one failure is a row, not a crash
-                rows.append(make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic",
-                                     status=_status(exc), reason=_reason(exc), batch_size=bs, **common))
-                say(f"{res}px {arch}: synthetic step failed: {_reason(exc)}")
-            if best is None:
+            if best is None or synth is None:
                 rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", status="skipped",
-                                     reason="no loader backend ran", batch_size=bs, **common))
-            elif trainer is not None and synth is not None:
+                                     reason="no loader backend ran" if best is None else "the synthetic step failed",
+                                     batch_size=bs, **common))
+            else:
                 say(f"{res}px {arch}: training step fed by {best['backend']}, batch {bs}")
+                loader = None
                 try:
                     spec = LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=res, batch_size=bs,
                                       train=True, device=device, seed=0, channels_last=cfg.channels_last,
@@ -261,7 +272,6 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
                     loader = backend(best["backend"]).build(spec)
                     fed = loader_throughput(trainer, loader, bs, warmup=effort.loader_warmup, iters=effort.iters,
                                             min_seconds=effort.train_seconds)
-                    del loader
                     ratio = fed.images_per_s / synth.images_per_s if synth.images_per_s else None
                     rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", backend=best["backend"],
                                          status="ok", batch_size=bs, images_per_s=round(fed.images_per_s, 3),
@@ -273,21 +283,26 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
                     rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", backend=best["backend"],
                                          status=_status(exc), reason=_reason(exc), batch_size=bs, **common))
                     say(f"{res}px {arch}: loader-fed step failed: {_reason(exc)}")
+                finally:
+                    loader = None
             trainer = None
             _free(device)
 
             # 3. Batch-size limit: predicted always, measured on a GPU.
-            measured = None
+            measured, limit_note = None, None if on_gpu else "measured on a GPU only"
+            if on_gpu and not effort.measure_limit:
+                limit_note = "not measured (measure_limit off)"
             if on_gpu and effort.measure_limit:
                 from cxr_fast.bench.batch_search import measure_max_batch
 
-                say(f"{res}px {arch}: measuring the largest batch (double until OOM, then bisect)")
+                say(f"{res}px {arch}: measuring the largest batch (grow from the prediction until OOM, then bisect)")
                 try:
                     measured = measure_max_batch(arch, res, precision, cfg.channels_last, cfg.optimizer, str(device),
                                                  start=max(1, min(predicted_bs, effort.limit_cap)),
                                                  cap=effort.limit_cap, growth=1.25)
                 except Exception as exc:  # noqa: BLE001
-                    say(f"{res}px {arch}: batch search failed: {_reason(exc)}")
+                    limit_note = f"batch search failed: {_reason(exc)}"
+                    say(f"{res}px {arch}: {limit_note}")
             rows.append(make_row(
                 machine, arch=arch, res=res, kind="batch_limit", status="ok", batch_size=bs,
                 precision=mem_precision, channels_last=cfg.channels_last, optimizer=cfg.optimizer,
@@ -296,7 +311,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
                 max_batch_capped=measured["capped"] if measured else None,
                 mem_per_sample_mb=_mb(synth.mem_per_sample_bytes) if synth else None,
                 predicted_mem_per_sample_mb=_mb(prof.bytes_per_sample),
-                reason=None if measured or not on_gpu else "not measured",
+                reason=limit_note,
             ))
             advance()
 

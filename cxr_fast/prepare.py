@@ -401,6 +401,7 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
     if root.is_dir() and not (root / MANIFEST).exists() and any(p.name != LOCK for p in root.iterdir()):
         raise CxrError(f"{root} exists and is not a cxr-fast store; choose an empty or new folder")
     with _locked(root):
+        _remove_leftovers(root)
         store = _open_or_create(dataset, ids, tg, root, info or {})
         cache_res = resolutions if ("cache" in formats or "ffcv" in formats) else ()
         _decode_all(store, dataset, cache_res, "jpeg" in formats, cfg)
@@ -412,6 +413,14 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
                     store.manifest["formats"]["ffcv"] = sorted(set(store.manifest["formats"]["ffcv"]) | {r})
                     _save_manifest(store)
     return store
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Temporary files a killed run left (never under a final name); safe to delete under the lock."""
+    for folder in (root, root / "jpeg", root / "cache", root / "ffcv"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="use ImageNet weights from the torch cache when present (default on)")
     add("--subsample-size", type=int, metavar="N", help="images per label subsample (default 20000)")
     add("--split", choices=("image", "patient", "official"), help="validation split (default image)")
+    add("--val-fraction", type=float, metavar="F", help="share of the subsample for validation (default 0.2)")
     add("--seed", type=int, help="seed for sampling, init and augmentation (default 0)")
     add("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     add("--max-batches", type=int, metavar="N", help="cap training batches per epoch (smoke runs)")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = ("label", "res", "arch", "epochs", "batch_size", "lr", "optimizer", "precision", "channels_last",
              "compile", "augment", "tta", "loader", "data", "store", "out", "weights", "pretrained",
-             "subsample_size", "split", "seed", "device", "max_batches", "num_workers")
+             "subsample_size", "split", "val_fraction", "seed", "device", "max_batches", "num_workers")
     cfg = load_config(getattr(args, "config", None), **{n: getattr(args, n, None) for n in names})
     with warnings.catch_warnings():
         # A warning (e.g. random init) is one line for the user, not a source location.

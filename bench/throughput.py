@@ -129,3 +129,34 @@ def loader_throughput(trainer, loader: Iterable, batch_size: int, warmup: int = 
     batches = cycle(loader)
     next(batches)
     return _timed(trainer, batches, warmup, iters, batch_size, min_seconds)
+
+
+def paired_throughput(trainer, res: int, batch_size: int, loader: Iterable, warmup: int = 1, iters: int = 2,
+                      min_seconds: float = 0.0) -> tuple[Measurement, Measurement]:
+    """Synthetic and loader-fed steps interleaved (A, B, A, B, ...), each timed on its own.
+
+    For a shared CPU, where other processes come and go: both rates see the same interference, so
+    their ratio measures the loader, not the neighbours. Each step is synchronised (free on a CPU;
+    on a GPU it would stall the queue, which is why GPUs use the two block measurements instead).
+    """
+    device = trainer.device
+    synth_batches = synthetic_batches(batch_size, res, device, trainer.channels_last)
+    fed_batches = cycle(loader)
+    next(fed_batches)  # the loader's start-up, untimed
+    for _ in range(warmup):
+        trainer(*next(synth_batches))
+    synchronize(device)
+    totals = {"synthetic": [0, 0.0], "loader": [0, 0.0]}
+    steps = 0
+    start = time.perf_counter()
+    while steps < iters or (time.perf_counter() - start < 2 * min_seconds and steps < 1000 * max(iters, 1)):
+        for name, batches in (("synthetic", synth_batches), ("loader", fed_batches)):
+            t = time.perf_counter()
+            images, labels = next(batches)
+            trainer(images, labels)
+            synchronize(device)
+            totals[name][0] += int(labels.shape[0])
+            totals[name][1] += time.perf_counter() - t
+        steps += 1
+    return (Measurement(images=totals["synthetic"][0], seconds=totals["synthetic"][1], batch_size=batch_size),
+            Measurement(images=totals["loader"][0], seconds=totals["loader"][1], batch_size=batch_size))

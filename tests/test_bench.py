@@ -148,6 +148,13 @@ def test_bench_cli_writes_json_and_csv(tiny_phantom, tmp_path):
     assert (out / "bench.csv").is_file() and (tmp_path / "b.json").is_file()
     assert doc["settings"]["res"] == [32] and doc["settings"]["resolved"]["archs"] == ["resnet34"]
     assert {r["backend"] for r in doc["rows"] if r["kind"] == "loader"} == {"pil", "cache"}
+    # The CPU default alternates synthetic and loader-fed steps; both rows come out of it.
+    assert doc["settings"]["resolved"]["effort"]["paired"] is True
+    kinds = {r["kind"]: r for r in doc["rows"] if r["arch"] == "resnet34"}
+    assert kinds["train_synthetic"]["status"] == kinds["train_loader"]["status"] == "ok"
+    assert kinds["train_loader"]["n_images"] == kinds["train_synthetic"]["n_images"] >= 2
+    assert kinds["train_loader"]["ratio"] == pytest.approx(
+        kinds["train_loader"]["images_per_s"] / kinds["train_synthetic"]["images_per_s"], rel=0.01)
 
 
 def test_memory_cli_answers_the_papers_case(tmp_path, capsys):

@@ -40,13 +40,15 @@ class Effort:
     loader_batches: int = 20  # at least this many timed loader batches per backend
     loader_seconds: float = 5.0  # ... and at least this long
     n_images: int | None = 2000  # images the loaders hold (None: the whole dataset)
+    paired: bool = False  # interleave synthetic and loader-fed steps (a shared CPU: same interference for both)
     measure_limit: bool = True  # measured max batch (GPU only)
     limit_cap: int = 2048
 
 
 def cpu_effort() -> Effort:
     return Effort(archs=["resnet34"], batch_size=2, warmup=1, iters=2, train_seconds=3.0, loader_warmup=0, loader_batch_size=8,
-                  loader_batches=3, loader_seconds=1.0, n_images=600, measure_limit=False, limit_cap=0)
+                  loader_batches=3, loader_seconds=1.0, n_images=600, paired=True, measure_limit=False,
+                  limit_cap=0)
 
 
 @dataclass
@@ -179,10 +181,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
     from cxr_fast.bench import memory
     from cxr_fast.bench.loaders import bench_loaders
     from cxr_fast.bench.results_io import machine_info, make_row
-    from cxr_fast.bench.throughput import build_trainer, loader_throughput, synthetic_throughput
     from cxr_fast.data.source import resolve_dataset
-    from cxr_fast.loaders import backend
-    from cxr_fast.loaders.base import LoaderSpec
     from cxr_fast.step import resolve_device, resolve_precision
 
     say = say or (lambda _m: None)
@@ -203,8 +202,9 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
     dataset = resolve_dataset(cfg.data, quiet=True)
     ids, targets = bench_subset(dataset, cfg.label, effort.n_images)
     n_images = len(ids)
-    common = dict(precision=precision, channels_last=cfg.channels_last, optimizer=cfg.optimizer)
 
+    ctx = _Context(cfg=cfg, effort=effort, machine=machine, device=device, precision=precision, dataset=dataset,
+                   ids=ids, targets=targets, say=say)
     rows: list[dict] = []
     loader_raw: list[dict] = []
     for res in cfg.res:
@@ -231,61 +231,8 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
             bs = _training_batch(cfg, effort, prof, card_bytes)
             predicted_bs = prof.max_batch_size(predict_bytes)
             # 2. Training throughput: synthetic tensors on the device, then fed by the best loader.
-            synth = fed = trainer = None
-            for attempt in range(3):  # an OOM at the chosen batch retries at half of it, twice at most
-                say(f"{res}px {arch}: training step, synthetic input, batch {bs}")
-                try:
-                    trainer = build_trainer(arch, device, precision, cfg.channels_last, cfg.optimizer)
-                    synth = synthetic_throughput(trainer, res, bs, warmup=effort.warmup, iters=effort.iters,
-                                                 min_seconds=effort.train_seconds)
-                    break
-                except Exception as exc:  # noqa: BLE001 - one failure is a row, not a crash
-                    trainer = None
-                    _free(device)
-                    if _status(exc) == "oom" and bs > 1 and attempt < 2:
-                        say(f"{res}px {arch}: out of memory at batch {bs}; retrying at {bs // 2}")
-                        bs //= 2
-                        continue
-                    rows.append(make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic",
-                                         status=_status(exc), reason=_reason(exc), batch_size=bs, **common))
-                    say(f"{res}px {arch}: synthetic step failed: {_reason(exc)}")
-                    break
-            if synth is not None:
-                rows.append(make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic",
-                                     status="ok", batch_size=bs, images_per_s=round(synth.images_per_s, 3),
-                                     step_ms=_step_ms(synth), param_count=prof.n_params,
-                                     n_images=synth.images, seconds=round(synth.seconds, 3),
-                                     peak_mem_mb=_mb(synth.peak_mem_bytes),
-                                     mem_per_sample_mb=_mb(synth.mem_per_sample_bytes),
-                                     predicted_mem_per_sample_mb=_mb(prof.bytes_per_sample), **common))
-            if best is None or synth is None:
-                rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", status="skipped",
-                                     reason="no loader backend ran" if best is None else "the synthetic step failed",
-                                     batch_size=bs, **common))
-            else:
-                say(f"{res}px {arch}: training step fed by {best['backend']}, batch {bs}")
-                loader = None
-                try:
-                    spec = LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=res, batch_size=bs,
-                                      train=True, device=device, seed=0, channels_last=cfg.channels_last,
-                                      drop_last=True, augment=True)
-                    loader = backend(best["backend"]).build(spec)
-                    fed = loader_throughput(trainer, loader, bs, warmup=effort.loader_warmup, iters=effort.iters,
-                                            min_seconds=effort.train_seconds)
-                    ratio = fed.images_per_s / synth.images_per_s if synth.images_per_s else None
-                    rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", backend=best["backend"],
-                                         status="ok", batch_size=bs, images_per_s=round(fed.images_per_s, 3),
-                                         step_ms=_step_ms(fed), param_count=prof.n_params,
-                                         ratio=None if ratio is None else round(ratio, 3), ratio_to="train_synthetic",
-                                         n_images=fed.images, seconds=round(fed.seconds, 3),
-                                         peak_mem_mb=_mb(fed.peak_mem_bytes), **common))
-                except Exception as exc:  # noqa: BLE001
-                    rows.append(make_row(machine, arch=arch, res=res, kind="train_loader", backend=best["backend"],
-                                         status=_status(exc), reason=_reason(exc), batch_size=bs, **common))
-                    say(f"{res}px {arch}: loader-fed step failed: {_reason(exc)}")
-                finally:
-                    loader = None
-            trainer = None
+            train_rows, synth = _training(ctx, arch, res, bs, best, prof)
+            rows.extend(train_rows)
             _free(device)
 
             # 3. Batch-size limit: predicted always, measured on a GPU.
@@ -304,7 +251,8 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
                     limit_note = f"batch search failed: {_reason(exc)}"
                     say(f"{res}px {arch}: {limit_note}")
             rows.append(make_row(
-                machine, arch=arch, res=res, kind="batch_limit", status="ok", batch_size=bs,
+                machine, arch=arch, res=res, kind="batch_limit", status="ok",
+                batch_size=synth.batch_size if synth else bs,
                 precision=mem_precision, channels_last=cfg.channels_last, optimizer=cfg.optimizer,
                 max_batch_predicted=predicted_bs, gpu_gb=predict_gb, param_count=prof.n_params,
                 max_batch_measured=measured["max_ok"] if measured else None,
@@ -326,6 +274,116 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
         "loaders": loader_raw,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
+
+
+@dataclass
+class _Context:
+    """What every measurement at every resolution shares."""
+
+    cfg: BenchConfig
+    effort: Effort
+    machine: dict
+    device: Any
+    precision: str
+    dataset: Any
+    ids: Any
+    targets: Any
+    say: Callable[[str], None]
+
+    @property
+    def common(self) -> dict:
+        return dict(precision=self.precision, channels_last=self.cfg.channels_last, optimizer=self.cfg.optimizer)
+
+
+def _training(ctx: _Context, arch: str, res: int, bs: int, best: dict | None, prof) -> tuple[list[dict], Any]:
+    """The train_synthetic and train_loader rows for one (arch, res), and the synthetic measurement.
+
+    On a GPU (and whenever ``effort.paired`` is off) two blocks: synthetic steps, then loader-fed
+    steps; an OOM retries at half the batch, twice at most. On a shared CPU (``paired``) the two
+    kinds of step alternate, so neighbours' load hits both equally.
+    """
+    from cxr_fast.bench.results_io import make_row
+    from cxr_fast.bench.throughput import build_trainer, loader_throughput, paired_throughput, synthetic_throughput
+    from cxr_fast.loaders import backend
+
+    cfg, effort, say, common = ctx.cfg, ctx.effort, ctx.say, ctx.common
+
+    def failed(kind: str, name: str | None, exc: BaseException, batch: int) -> dict:
+        say(f"{res}px {arch}: {kind} failed: {_reason(exc)}")
+        return make_row(ctx.machine, arch=arch, res=res, kind=kind, backend=name, status=_status(exc),
+                        reason=_reason(exc), batch_size=batch, **common)
+
+    def new_loader(batch: int):
+        return backend(best["backend"]).build(_train_spec(ctx.dataset, ctx.ids, ctx.targets, res, batch, ctx.device, cfg))
+
+    if effort.paired and best is not None:
+        say(f"{res}px {arch}: training steps, synthetic and fed by {best['backend']} in turn, batch {bs}")
+        try:
+            trainer = build_trainer(arch, ctx.device, ctx.precision, cfg.channels_last, cfg.optimizer)
+            synth, fed = paired_throughput(trainer, res, bs, new_loader(bs), warmup=effort.warmup,
+                                           iters=effort.iters, min_seconds=effort.train_seconds)
+        except Exception as exc:  # noqa: BLE001 - one failure is a row, not a crash
+            return [failed("train_synthetic", "synthetic", exc, bs), failed("train_loader", best["backend"], exc, bs)], None
+        return [_synth_row(make_row, ctx.machine, arch, res, bs, synth, prof, common),
+                _fed_row(make_row, ctx.machine, arch, res, bs, fed, synth, best["backend"], prof, common)], synth
+
+    rows: list[dict] = []
+    synth = trainer = None
+    for attempt in range(3):
+        say(f"{res}px {arch}: training step, synthetic input, batch {bs}")
+        try:
+            trainer = build_trainer(arch, ctx.device, ctx.precision, cfg.channels_last, cfg.optimizer)
+            synth = synthetic_throughput(trainer, res, bs, warmup=effort.warmup, iters=effort.iters,
+                                         min_seconds=effort.train_seconds)
+            break
+        except Exception as exc:  # noqa: BLE001
+            trainer = None
+            _free(ctx.device)
+            if _status(exc) == "oom" and bs > 1 and attempt < 2:
+                say(f"{res}px {arch}: out of memory at batch {bs}; retrying at {bs // 2}")
+                bs //= 2
+                continue
+            rows.append(failed("train_synthetic", "synthetic", exc, bs))
+            break
+    if synth is not None:
+        rows.append(_synth_row(make_row, ctx.machine, arch, res, bs, synth, prof, common))
+    if best is None or synth is None:
+        rows.append(make_row(ctx.machine, arch=arch, res=res, kind="train_loader", status="skipped",
+                             reason="no loader backend ran" if best is None else "the synthetic step failed",
+                             batch_size=bs, **common))
+        return rows, synth
+    say(f"{res}px {arch}: training step fed by {best['backend']}, batch {bs}")
+    try:
+        fed = loader_throughput(trainer, new_loader(bs), bs, warmup=effort.loader_warmup, iters=effort.iters,
+                                min_seconds=effort.train_seconds)
+        rows.append(_fed_row(make_row, ctx.machine, arch, res, bs, fed, synth, best["backend"], prof, common))
+    except Exception as exc:  # noqa: BLE001
+        rows.append(failed("train_loader", best["backend"], exc, bs))
+    return rows, synth
+
+
+def _train_spec(dataset, ids, targets, res: int, bs: int, device, cfg: BenchConfig):
+    from cxr_fast.loaders.base import LoaderSpec
+
+    return LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=res, batch_size=bs, train=True,
+                      device=device, seed=0, channels_last=cfg.channels_last, drop_last=True, augment=True)
+
+
+def _synth_row(make_row, machine, arch, res, bs, synth, prof, common) -> dict:
+    return make_row(machine, arch=arch, res=res, kind="train_synthetic", backend="synthetic", status="ok",
+                    batch_size=bs, images_per_s=round(synth.images_per_s, 3), step_ms=_step_ms(synth),
+                    param_count=prof.n_params, n_images=synth.images, seconds=round(synth.seconds, 3),
+                    peak_mem_mb=_mb(synth.peak_mem_bytes), mem_per_sample_mb=_mb(synth.mem_per_sample_bytes),
+                    predicted_mem_per_sample_mb=_mb(prof.bytes_per_sample), **common)
+
+
+def _fed_row(make_row, machine, arch, res, bs, fed, synth, backend_name, prof, common) -> dict:
+    ratio = fed.images_per_s / synth.images_per_s if synth.images_per_s else None
+    return make_row(machine, arch=arch, res=res, kind="train_loader", backend=backend_name, status="ok",
+                    batch_size=bs, images_per_s=round(fed.images_per_s, 3), step_ms=_step_ms(fed),
+                    param_count=prof.n_params, ratio=None if ratio is None else round(ratio, 3),
+                    ratio_to="train_synthetic", n_images=fed.images, seconds=round(fed.seconds, 3),
+                    peak_mem_mb=_mb(fed.peak_mem_bytes), **common)
 
 
 def _step_ms(m) -> float | None:

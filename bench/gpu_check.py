@@ -214,7 +214,7 @@ def print_summary(doc: dict) -> None:
         for s in summary:
             cells = "  ".join(f"{s['loader_vs_appetite'].get(b, float('nan')):>9.2f}x" for b in backends)
             fo = s["fed_over_synthetic"]
-            print(f"{s['res']:>4} {s['resnet34_synthetic'] or float('nan'):>14.0f}  {cells}   "
+            print(f"{s['res']:>4} {s['resnet34_synthetic'] or float('nan'):>14.4g}  {cells}   "
                   f"{_pct(fo.get('resnet34')):>13}  {_pct(fo.get('densenet121')):>14}")
         print("(loader columns: loader images/s / ResNet34 training images/s; goal >= 2x. fed/synth goal >= 95%)")
 

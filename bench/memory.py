@@ -26,7 +26,7 @@ disables itself without CUDA), so by default the reduced-precision case is compu
 model and input to float16 explicitly. That reproduces what CUDA autocast saves for a ResNet or
 DenseNet (conv outputs, BatchNorm inputs, ReLU outputs, concatenations: all half precision); the
 fp16 weight copies autocast makes are added explicitly (``amp_weight_bytes``). If a future torch runs
-autocast on ``meta`` (probed by :func:`autocast_on_meta_works`), that path is used instead and the
+autocast on ``meta`` (probed by :func:`meta_autocast_device`), that path is used instead and the
 weight copies are then counted as saved tensors that do not scale with the batch.
 bf16 and fp16 are both two bytes, so "amp" covers both. Checked against a real CPU step under bf16
 autocast (same peak-RSS method as above): the measured per-image slope is within 8% of the explicit
@@ -139,8 +139,8 @@ class MemoryProfile:
         return d
 
 
-def autocast_on_meta_works() -> bool:
-    """True when autocast lowers a conv on ``meta`` tensors to half precision (not in torch <= 2.14)."""
+def meta_autocast_device() -> str | None:
+    """The autocast device type that lowers a conv on ``meta`` tensors to fp16, or None (torch <= 2.14)."""
     import torch
 
     x = torch.empty(2, 1, 8, 8, device="meta")
@@ -154,26 +154,25 @@ def autocast_on_meta_works() -> bool:
         except (RuntimeError, ValueError):
             continue
         if y.dtype == torch.float16:
-            return True
-    return False
+            return device_type
+    return None
 
 
-def _autocast_context(enabled: bool):
+def autocast_on_meta_works() -> bool:
+    return meta_autocast_device() is not None
+
+
+def _autocast_context(device_type: str | None):
     import contextlib
 
     import torch
 
-    if not enabled:
+    if device_type is None:
         return contextlib.nullcontext()
-    for device_type in ("meta", "cpu"):
-        try:
-            return torch.autocast(device_type, dtype=torch.float16)
-        except (RuntimeError, ValueError):
-            continue
-    return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.float16)
 
 
-def _saved_bytes(model, batch_size: int, res: int, dtype, memory_format, use_autocast: bool,
+def _saved_bytes(model, batch_size: int, res: int, dtype, memory_format, autocast_device: str | None,
                  exclude_storages: set[int]) -> tuple[int, int]:
     """(total bytes autograd saves for one forward at ``batch_size``, the largest single storage).
 
@@ -195,7 +194,7 @@ def _saved_bytes(model, batch_size: int, res: int, dtype, memory_format, use_aut
 
     x = torch.empty(batch_size, 1, res, res, device="meta", dtype=dtype).contiguous(memory_format=memory_format)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with _autocast_context(use_autocast):
+        with _autocast_context(autocast_device):
             out = model(x)
     del out, keep
     return sum(storages.values()), max(storages.values(), default=0)
@@ -221,10 +220,10 @@ def profile(arch: str, res: int, precision: str = "amp", channels_last: bool = T
     model.train()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    use_autocast = precision == "amp" and autocast_on_meta_works()
+    autocast_device = meta_autocast_device() if precision == "amp" else None
     if precision == "fp32":
         method, dtype = "fp32", torch.float32
-    elif use_autocast:
+    elif autocast_device is not None:
         method, dtype = "autocast-meta", torch.float32
     else:
         method, dtype = "explicit-fp16", torch.float16
@@ -232,8 +231,8 @@ def profile(arch: str, res: int, precision: str = "amp", channels_last: bool = T
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     params |= {b.untyped_storage()._cdata for b in model.buffers()}
 
-    total1, _ = _saved_bytes(model, _B1, res, dtype, memory_format, use_autocast, params)
-    total2, largest2 = _saved_bytes(model, _B2, res, dtype, memory_format, use_autocast, params)
+    total1, _ = _saved_bytes(model, _B1, res, dtype, memory_format, autocast_device, params)
+    total2, largest2 = _saved_bytes(model, _B2, res, dtype, memory_format, autocast_device, params)
     per_sample = (total2 - total1) // (_B2 - _B1)
     fixed = max(total1 - _B1 * per_sample, 0)
 

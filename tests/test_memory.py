@@ -50,7 +50,7 @@ def test_counting_matches_a_hand_computed_model():
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU())
     params = {p.untyped_storage()._cdata for p in model.to("meta").parameters()}
-    total, largest = memory._saved_bytes(model, 2, 16, torch.float32, torch.contiguous_format, False, params)
+    total, largest = memory._saved_bytes(model, 2, 16, torch.float32, torch.contiguous_format, None, params)
     assert total == 2 * 1 * 16 * 16 * 4 + 2 * 4 * 16 * 16 * 4
     assert largest == 2 * 4 * 16 * 16 * 4
 

@@ -203,6 +203,8 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
     ids, targets = bench_subset(dataset, cfg.label, effort.n_images)
     n_images = len(ids)
 
+    if len(cfg.res) > 1:
+        _prepare_all(dataset, ids, targets, cfg.res, say)
     ctx = _Context(cfg=cfg, effort=effort, machine=machine, device=device, precision=precision, dataset=dataset,
                    ids=ids, targets=targets, say=say)
     rows: list[dict] = []
@@ -274,6 +276,20 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
         "loaders": loader_raw,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
+
+
+def _prepare_all(dataset, ids, targets, resolutions: list[int], say: Callable[[str], None]) -> None:
+    """Decode each image once for every resolution asked (the uint8 cache the fast backends read), in the
+    store the loaders look up, instead of once per resolution on demand. Best effort: on failure the
+    loaders still make what they need themselves."""
+    from cxr_fast.prepare import PrepareConfig, auto_store_dir, prepare_store
+
+    say(f"decoding {len(ids)} images once for {len(resolutions)} resolutions (reused by later runs)")
+    try:
+        prepare_store(dataset, ids, targets, auto_store_dir(dataset, ids, targets),
+                      PrepareConfig(resolutions=tuple(resolutions), formats=("cache",), quiet=True))
+    except Exception as exc:  # noqa: BLE001 - an optimisation only
+        say(f"up-front decode skipped ({_reason(exc)}); each loader prepares its own resolution")
 
 
 @dataclass

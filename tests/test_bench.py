@@ -176,3 +176,23 @@ def test_memory_cli_rejects_bad_values(capsys):
     with pytest.raises(SystemExit):
         main(["memory", "--arch", "vgg"])
     assert main(["memory", "--arch", "resnet34", "--res", "64", "--gpu-gb", "0"]) == 2
+
+
+def test_cpu_threads_drop_to_one_on_a_busy_machine(monkeypatch):
+    import os
+
+    import torch
+
+    from cxr_fast.commands.bench import _cpu_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.9, 3.0, 2.0))
+    assert _cpu_threads(None)[0] == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.1, 0.1))
+    assert _cpu_threads(None)[0] == torch.get_num_threads()
+    assert _cpu_threads(3) == (3, "asked for")
+
+
+def test_threads_flag_is_validated(capsys):
+    assert main(["bench", "--res", "32", "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err

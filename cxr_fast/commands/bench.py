@@ -66,6 +66,7 @@ class BenchConfig:
     out: str | None = None
     json: str | None = None
     batch_size: int | None = None  # overrides the effort's training batch size
+    threads: int | None = None  # CPU intra-op threads; None: torch's default, or 1 when the machine is busy
     cpu: Effort = field(default_factory=cpu_effort)
     gpu: Effort = field(default_factory=Effort)
 
@@ -131,6 +132,8 @@ def _validate(cfg: BenchConfig) -> None:
         raise CxrError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adam")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise CxrError(f"--batch-size must be 1 or more, got {cfg.batch_size}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise CxrError(f"--threads must be 1 or more, got {cfg.threads}")
     if cfg.predict_gpu_gb <= 0:
         raise CxrError(f"predict_gpu_gb must be positive, got {cfg.predict_gpu_gb}")
 
@@ -179,9 +182,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
     (one loader section or one architecture at one resolution); both default to silence.
     """
     from cxr_fast.bench import memory
-    from cxr_fast.bench.loaders import bench_loaders
-    from cxr_fast.bench.results_io import machine_info, make_row
-    from cxr_fast.data.source import resolve_dataset
+    from cxr_fast.bench.results_io import machine_info
     from cxr_fast.step import resolve_device, resolve_precision
 
     say = say or (lambda _m: None)
@@ -197,6 +198,52 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
     card_bytes = int(machine["gpu_memory_bytes"]) if on_gpu else None
     predict_bytes = card_bytes or int(cfg.predict_gpu_gb * memory.GIB)
     predict_gb = round(predict_bytes / memory.GIB, 2)
+
+    threads, threads_why = _cpu_threads(cfg.threads) if not on_gpu else (None, "GPU run: torch's default")
+    saved_threads = None
+    if threads is not None:
+        import torch
+
+        saved_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        say(f"CPU training with {threads} intra-op thread(s): {threads_why}")
+    try:
+        return _run_sections(cfg, effort, archs, device, on_gpu, precision, mem_precision, machine, card_bytes,
+                             predict_bytes, predict_gb, say, advance, t_start,
+                             {"threads": threads, "threads_why": threads_why})
+    finally:
+        if saved_threads is not None:
+            import torch
+
+            torch.set_num_threads(saved_threads)
+
+
+def _cpu_threads(requested: int | None) -> tuple[int, str]:
+    """Intra-op threads for CPU training. With every core already busy (other processes), OpenMP's
+    spin-waiting barriers make a 2-thread step 10-30x slower than a 1-thread one (measured on a shared
+    2-core machine), so 'auto' drops to one thread when the 1-minute load is at the core count."""
+    import os
+
+    import torch
+
+    if requested is not None:
+        return requested, "asked for"
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return torch.get_num_threads(), "torch's default"
+    if cores > 1 and load >= cores - 0.5:
+        return 1, f"the machine is busy (load {load:.1f} on {cores} cores); give --threads to override"
+    return torch.get_num_threads(), f"torch's default (load {load:.1f} on {cores} cores)"
+
+
+def _run_sections(cfg, effort, archs, device, on_gpu, precision, mem_precision, machine, card_bytes,
+                  predict_bytes, predict_gb, say, advance, t_start, threads_info) -> dict:
+    from cxr_fast.bench import memory
+    from cxr_fast.bench.loaders import bench_loaders
+    from cxr_fast.bench.results_io import make_row
+    from cxr_fast.data.source import resolve_dataset
 
     say("opening the dataset" + ("" if cfg.data else " (the built-in phantom; made once on first use)"))
     dataset = resolve_dataset(cfg.data, quiet=True)
@@ -270,7 +317,8 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] | None = None,
         "machine": machine,
         "settings": {**_plain(cfg), "resolved": {"device": str(device), "precision": precision, "archs": archs,
                                                   "effort": dataclasses.asdict(effort), "n_images": n_images,
-                                                  "memory_precision": mem_precision, "predict_gpu_gb": predict_gb}},
+                                                  "memory_precision": mem_precision, "predict_gpu_gb": predict_gb,
+                                                  **threads_info}},
         "memory_assumptions": memory.assumptions(),
         "rows": rows,
         "loaders": loader_raw,
@@ -516,6 +564,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--channels-last", action=argparse.BooleanOptionalAction, help="channels-last memory format (default on)")
     add("--optimizer", choices=("sgd", "adam"), help="optimizer (default sgd, the paper's)")
     add("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    add("--threads", type=int, metavar="N", help="CPU intra-op threads (default: torch's, or 1 when the machine is already busy)")
     add("--predict-gpu-gb", type=float, metavar="GB", help="card size for the predicted max batch when not on a GPU (default 11)")
     add("--json", metavar="PATH", help="also write the JSON document here")
     add("--out", metavar="DIR", help="results folder (default bench-results/<timestamp>/)")
@@ -530,7 +579,7 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {k: getattr(args, k, None) for k in ("res", "archs", "loaders", "batch_size", "data", "label",
                                                  "precision", "channels_last", "optimizer", "device",
-                                                 "predict_gpu_gb", "json", "out")}
+                                                 "predict_gpu_gb", "json", "out", "threads")}
     for key in ("archs", "loaders"):
         if flags[key] is not None:
             flags[key] = [s.strip() for s in flags[key].split(",") if s.strip()]

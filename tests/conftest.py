@@ -25,6 +25,17 @@ def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         workers=min(2, os.cpu_count() or 1), quiet=True)
 
 
+@pytest.fixture()
+def one_thread():
+    """One torch intra-op thread: on a CPU shared with other jobs, OpenMP's spinning threads stall 3-30x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def real_metadata() -> Path:
     """The real ChestX-ray14 metadata, as bundled with the package."""

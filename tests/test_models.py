@@ -12,13 +12,7 @@ from cxr_fast.errors import CxrError
 from cxr_fast.models import ARCHS, GRAY_MEAN, GRAY_STD, Normalize, build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a CPU shared with other jobs, two spinning threads run slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

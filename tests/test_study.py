@@ -34,17 +34,6 @@ def tiny_config(data: Path, **train) -> dict:
                        "archs": ["resnet34"], "epochs": 1}]}
 
 
-@pytest.fixture()
-def one_thread():
-    """Two cores shared by several test runs: one torch thread avoids oversubscription stalls."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fake_config(n_labels: int = 2) -> dict:
     labels = ["Nodule", "Mass", "Effusion"][:n_labels]
     return {"name": "fake", "train": {"lr": 5e-4, "data": "/nonexistent"},

@@ -31,13 +31,7 @@ def _tiny_model(arch: str = "resnet34", weights=None, pretrained: bool = True) -
     )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a CPU shared with other jobs, two spinning threads run 3x slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

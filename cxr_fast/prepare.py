@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -37,6 +36,7 @@ import numpy as np
 from cxr_fast.data.nih import NihDataset
 from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json, write_text
+from cxr_fast.parallel import mp_context, worker_count
 from cxr_fast.paths import cache_dir
 
 STORE_VERSION = 1
@@ -340,7 +340,7 @@ def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...],
         store.manifest["bad"] = bad
         _save_manifest(store)
 
-    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(jobs) or 1))
+    workers = worker_count(cfg.workers, len(jobs))
     what = ", ".join([f"{r}px" for r in resolutions if any(j.res == r for j in caches)] + (["jpeg"] if jpeg_rows else []))
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     last = time.monotonic()
@@ -351,7 +351,7 @@ def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...],
                 results: Iterable = map(_work, jobs)
                 pool = None
             else:
-                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+                ctx = mp_context()
                 pool = ctx.Pool(workers, initializer=_init_worker)
                 results = pool.imap_unordered(_work, jobs, chunksize=4)
             try:
@@ -510,7 +510,7 @@ def write_beton(store: Store, res: int, cfg: PrepareConfig = PrepareConfig()) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(cfg.workers or os.cpu_count() or 1, 8))
     with atomic_path(target) as tmp:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        ctx = mp_context()
         proc = ctx.Process(target=_write_beton_child, args=(str(tmp), source, res, workers, cfg.quiet))
         proc.start()
         proc.join(cfg.ffcv_timeout_s)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import multiprocessing as mp
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from PIL import Image
 from cxr_fast.data.nih import FINDINGS, canonical_label, read_metadata
 from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json, write_text
+from cxr_fast.parallel import imap_progress
 from cxr_fast.paths import BUNDLED_BBOXES, BUNDLED_METADATA
 
 METADATA_NAME = "Data_Entry_2017_v2020.csv"
@@ -307,24 +306,7 @@ def make_phantom(out: str | Path, n: int = 600, size: int = 1024, seed: int = 0,
         ]))
         jobs.append((spec, i, present, str(root / "images" / name)))
     write_text(root / METADATA_NAME, "\n".join(lines) + "\n")
-    _run_jobs(jobs, workers, quiet, f"phantom {size}px")
+    for _ in imap_progress(_render_to_file, jobs, f"phantom {size}px", workers=workers, quiet=quiet):
+        pass
     write_text(root / ".complete", "")
     return root
-
-
-def _run_jobs(jobs: list, workers: int | None, quiet: bool, what: str) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=quiet, transient=False) as progress:
-        task = progress.add_task(what, total=len(jobs))
-        if workers == 1:
-            for job in jobs:
-                _render_to_file(job)
-                progress.advance(task)
-            return
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers) as pool:
-            for _ in pool.imap_unordered(_render_to_file, jobs, chunksize=4):
-                progress.advance(task)

@@ -6,14 +6,13 @@ name), and how many were RGBA or 16-bit and were converted.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cxr_fast.data.nih import NihDataset
 from cxr_fast.data.reader import ImageError, read_gray_with_info
+from cxr_fast.parallel import imap_progress
 
 
 @dataclass
@@ -54,37 +53,19 @@ def _check(item: tuple[str, str]) -> tuple[str, str | None, tuple | None]:
 
 def verify_dataset(ds: NihDataset, workers: int | None = None, quiet: bool = False) -> VerifyReport:
     """Decode every image named in the metadata; never raises for a bad image, lists it instead."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     items = [(str(name), str(ds.path_of(str(name)))) for name in ds.metadata.image_ids]
     report = VerifyReport(root=str(ds.root), n_images=len(items))
-    workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=quiet) as progress:
-        task = progress.add_task("verify", total=len(items))
-        if workers == 1:
-            results = map(_check, items)
-            pool = None
+    for name, problem, info in imap_progress(_check, items, "verify", workers=workers, quiet=quiet, ordered=True,
+                                             chunksize=16):
+        if problem == "missing":
+            report.missing.append(name)
+        elif problem is not None:
+            report.unreadable.append({"image": name, "reason": problem})
         else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = ctx.Pool(workers)
-            results = pool.imap(_check, items, chunksize=16)
-        try:
-            for name, problem, info in results:
-                progress.advance(task)
-                if problem == "missing":
-                    report.missing.append(name)
-                elif problem is not None:
-                    report.unreadable.append({"image": name, "reason": problem})
-                else:
-                    mode, w, h, rgba, sixteen = info
-                    report.n_ok += 1
-                    report.modes[mode] += 1
-                    report.sizes[(w, h)] += 1
-                    report.rgba_converted += int(rgba)
-                    report.scaled_16bit += int(sixteen)
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+            mode, w, h, rgba, sixteen = info
+            report.n_ok += 1
+            report.modes[mode] += 1
+            report.sizes[(w, h)] += 1
+            report.rgba_converted += int(rgba)
+            report.scaled_16bit += int(sixteen)
     return report

@@ -155,7 +155,7 @@ def bench_loaders(
     base = rows[0]["images_per_s"]
     for row in rows:
         if base and row["images_per_s"] is not None:
-            row["ratio_to_pil"] = round(row["images_per_s"] / base, 2)
+            row["ratio_to_pil"] = round(row["images_per_s"] / base, 3)
     return rows
 
 

@@ -22,8 +22,12 @@ def worker_count(requested: int | None, n_items: int) -> int:
 
 
 def imap_progress(fn: Callable[[T], R], items: Sequence[T], description: str, workers: int | None = None,
-                  quiet: bool = False, ordered: bool = False, chunksize: int = 4) -> Iterator[R]:
-    """Yield ``fn(item)`` for every item, from a process pool (inline with one worker), under a rich bar."""
+                  quiet: bool = False, ordered: bool = False, chunksize: int = 4,
+                  initializer: Callable[[], None] | None = None) -> Iterator[R]:
+    """Yield ``fn(item)`` for every item, from a process pool (inline with one worker), under a rich bar.
+
+    ``initializer`` runs once in each pool worker (not for the inline path, which shares the caller's process).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     n = worker_count(workers, len(items))
@@ -36,7 +40,7 @@ def imap_progress(fn: Callable[[T], R], items: Sequence[T], description: str, wo
                 progress.advance(task)
                 yield result
             return
-        pool = mp_context().Pool(n)
+        pool = mp_context().Pool(n, initializer=initializer)
         try:
             results: Iterable[R] = (pool.imap if ordered else pool.imap_unordered)(fn, items, chunksize=chunksize)
             for result in results:

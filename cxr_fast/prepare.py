@@ -36,7 +36,7 @@ import numpy as np
 from cxr_fast.data.nih import NihDataset
 from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json, write_text
-from cxr_fast.parallel import mp_context, worker_count
+from cxr_fast.parallel import imap_progress, mp_context
 from cxr_fast.paths import cache_dir
 
 STORE_VERSION = 1
@@ -309,7 +309,6 @@ class _CacheJob:
 
 def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...], jpeg: bool, cfg: PrepareConfig) -> None:
     """One decode per image for everything still missing: cache rows at each resolution and JPEGs."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     ids = store.manifest["image_ids"]
     bad: dict[str, str] = dict(store.manifest.get("bad", {}))
@@ -340,31 +339,15 @@ def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...],
         store.manifest["bad"] = bad
         _save_manifest(store)
 
-    workers = worker_count(cfg.workers, len(jobs))
     what = ", ".join([f"{r}px" for r in resolutions if any(j.res == r for j in caches)] + (["jpeg"] if jpeg_rows else []))
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     last = time.monotonic()
     try:
-        with Progress(*columns, disable=cfg.quiet or not jobs) as progress:
-            task = progress.add_task(f"decoding once -> {what}", total=len(jobs))
-            if workers == 1:
-                results: Iterable = map(_work, jobs)
-                pool = None
-            else:
-                ctx = mp_context()
-                pool = ctx.Pool(workers, initializer=_init_worker)
-                results = pool.imap_unordered(_work, jobs, chunksize=4)
-            try:
-                for result in results:
-                    record(result)
-                    progress.advance(task)
-                    if time.monotonic() - last > _CHECKPOINT_S:
-                        checkpoint()
-                        last = time.monotonic()
-            finally:
-                if pool is not None:
-                    pool.terminate()
-                    pool.join()
+        for result in imap_progress(_work, jobs, f"decoding once -> {what}", workers=cfg.workers,
+                                    quiet=cfg.quiet or not jobs, initializer=_init_worker):
+            record(result)
+            if time.monotonic() - last > _CHECKPOINT_S:
+                checkpoint()
+                last = time.monotonic()
     finally:
         checkpoint()
     for job in caches:

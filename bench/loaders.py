@@ -27,8 +27,6 @@ From a shell, the loader table alone: ``python -m cxr_fast.bench.loaders --res 6
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,18 +40,11 @@ from cxr_fast.loaders.base import LoaderSpec
 
 
 def machine_info(device: torch.device | None = None) -> dict:
-    """What the numbers were measured on."""
-    info = {
-        "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if device is not None and device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+    """What the numbers were measured on: the shared machine record plus what loaders depend on."""
+    from cxr_fast.bench.results_io import machine_info as base_machine_info
+
+    info = base_machine_info(device or "cpu")
+    info["torch_threads"] = torch.get_num_threads()
     try:
         import nvidia.dali as dali
 

@@ -10,13 +10,14 @@ eval mode does neither.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
 import numpy as np
 import torch
 
+from cxr_fast.augment import AugmentConfig
 from cxr_fast.data.nih import NihDataset
 
 
@@ -37,6 +38,8 @@ class LoaderSpec:
     augment: bool = True  # only used in train mode
     store: Path | None = None  # a prepared store (``cxr-fast prepare``) for backends that read one
     num_workers: int | None = None  # None: all cores
+    # Strengths and probabilities of the training (and TTA) augmentation: the run's recipe picks them.
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 class Loader(Protocol):

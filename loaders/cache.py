@@ -146,4 +146,4 @@ class CacheLoader:
 
 
 def build(spec: LoaderSpec) -> CacheLoader:
-    return CacheLoader(spec)
+    return CacheLoader(spec, spec.augmentation)

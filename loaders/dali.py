@@ -145,5 +145,5 @@ class DaliLoader:
 
 
 def build(spec: LoaderSpec) -> DaliLoader:
-    return DaliLoader(spec)
+    return DaliLoader(spec, spec.augmentation)
 

@@ -97,4 +97,4 @@ class FfcvLoader:
 
 
 def build(spec: LoaderSpec) -> FfcvLoader:
-    return FfcvLoader(spec)
+    return FfcvLoader(spec, spec.augmentation)

@@ -102,4 +102,4 @@ class PilLoader:
 
 
 def build(spec: LoaderSpec) -> PilLoader:
-    return PilLoader(spec)
+    return PilLoader(spec, spec.augmentation)

@@ -61,4 +61,4 @@ class ResidentLoader:
 
 
 def build(spec: LoaderSpec) -> ResidentLoader:
-    return ResidentLoader(spec)
+    return ResidentLoader(spec, spec.augmentation)

@@ -149,7 +149,7 @@ def cuda_try_batch(arch: str, res: int, precision: str = "auto", channels_last: 
     def run(bs: int) -> None:
         trainer = None
         try:
-            model = build_model(arch, pretrained=False)
+            model = build_model(arch)
             trainer = TrainStep(model, make_optimizer(model, optimizer), pos_weight=1.0, precision=precision,
                                 device=dev, channels_last=channels_last)
             del model

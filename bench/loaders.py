@@ -34,9 +34,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from cxr_fast.augment import augment_config
 from cxr_fast.data.source import resolve_dataset
 from cxr_fast.loaders import BACKENDS, availability, backend
 from cxr_fast.loaders.base import LoaderSpec
+from cxr_fast.vocabulary import DEFAULT_RECIPE
 
 
 def machine_info(device: torch.device | None = None) -> dict:
@@ -127,7 +129,8 @@ def bench_loaders(
             say(f"{name}: not available ({reason})")
             continue
         spec = LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=res, batch_size=batch_size,
-                          train=True, device=dev, seed=seed, augment=augment, num_workers=num_workers)
+                          train=True, device=dev, seed=seed, augment=augment, num_workers=num_workers,
+                          augmentation=augment_config(DEFAULT_RECIPE))  # the transforms `train` uses
         say(f"{name}: setting up")
         try:
             t = time.perf_counter()

@@ -43,13 +43,15 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 
+from cxr_fast import vocabulary
 from cxr_fast.errors import CxrError
+from cxr_fast.vocabulary import check_res
 
 GIB = 1024**3
 MIB = 1024**2
 
 # The paper's nine resolutions.
-PAPER_RESOLUTIONS: tuple[int, ...] = (32, 64, 128, 224, 256, 320, 448, 512, 600)
+PAPER_RESOLUTIONS = vocabulary.PAPER_RESOLUTIONS
 # Common card sizes, GiB: 1080 Ti (the paper's), V100 16, 24 (3090/4090/A10), A100 40/80, H200 141.
 DEFAULT_GPU_GB: tuple[float, ...] = (11, 16, 24, 40, 80, 141)
 
@@ -211,10 +213,9 @@ def profile(arch: str, res: int, precision: str = "amp", channels_last: bool = T
     precision = normalize_precision(precision)
     if optimizer not in OPTIMIZER_STATE:
         raise CxrError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZER_STATE)}")
-    if res < 16:
-        raise CxrError(f"resolution {res} is too small for {arch} (needs >= 16 px)")
+    check_res(res, f"{arch} memory profile")
     with torch.device("meta"):
-        model = build_model(arch, pretrained=False)
+        model = build_model(arch)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     model.train()

@@ -50,7 +50,7 @@ def build_trainer(arch: str, device: torch.device | str, precision: str = "auto"
     from cxr_fast.models import build_model
     from cxr_fast.step import TrainStep, make_optimizer
 
-    model = build_model(arch, pretrained=False)
+    model = build_model(arch)
     return TrainStep(model, make_optimizer(model, optimizer, lr=lr), pos_weight=1.0, precision=precision,
                      device=device, channels_last=channels_last)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from cxr_fast import __version__
@@ -61,6 +62,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    with warnings.catch_warnings():
+        # A warning (random init, rows skipped, a damaged file rebuilt) is one line for the user, not a
+        # source location; each distinct one is shown once.
+        warnings.simplefilter("default")
+        previous = warnings.showwarning
+        warnings.showwarning = lambda message, *a, **k: print(
+            f"cxr-fast {args.command}: warning: {message}", file=sys.stderr)
+        try:
+            return _run(args)
+        finally:
+            warnings.showwarning = previous
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args._run(args) or 0)
     except CxrError as exc:

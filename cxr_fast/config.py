@@ -6,6 +6,8 @@ Nothing global: every command builds its config object explicitly and passes it 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,12 +36,50 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a mapping, rejecting keys the dataclass does not have."""
+    """Build ``cls`` from a mapping, rejecting keys the dataclass does not have and values of the wrong type."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
         raise CxrError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    check_types(cls, data, source)
     return cls(**data)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether a YAML/CLI value fits a field annotation: no bool for a number, no 2.5 for an int."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, (str, Path))
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def check_types(cls: type, data: dict[str, Any], source: str = "config") -> None:
+    """One line naming the first setting whose value has the wrong type, e.g. ``batch_size: eight``."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        tp = hints.get(key, Any)
+        if not _matches(value, tp):
+            args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+            want = " or ".join(_type_name(a) for a in args)
+            raise CxrError(f"{source}: {key} must be {want}, got {value!r}")
 
 
 def override(cfg: T, **changes: Any) -> T:

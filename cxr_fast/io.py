@@ -55,19 +55,33 @@ def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read JSON lines, ignoring a torn last line left by a kill mid-write."""
+    """Read JSON lines. A torn last line (a kill mid-write) is skipped with a warning that says so; a bad
+    line anywhere else means the file was damaged, and is an error naming the file and line."""
+    import warnings
+
+    from cxr_fast.errors import CxrError
+
     rows: list[dict[str, Any]] = []
     target = Path(path)
     if not target.exists():
         return rows
-    for line in target.read_text(encoding="utf-8").splitlines():
+    try:
+        text = target.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CxrError(f"{target} is damaged (not UTF-8 text); restore it or remove it to redo its runs") from None
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line:
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if number == len(lines) and not text.endswith("\n"):
+                warnings.warn(f"{target}: skipped a torn last line (a write was interrupted)", stacklevel=2)
+                continue
+            raise CxrError(f"{target}:{number} is not valid JSON; the file is damaged (restore it, or delete "
+                           "that line to redo its run)") from None
     return rows
 
 

@@ -121,7 +121,7 @@ def plot(result: dict[str, Any], path: str | Path, title: str = "") -> None:
     ax.axvline(result["lr_min_loss"], color="C2", ls=":", label=f"lowest loss {result['lr_min_loss']:.1e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (weighted BCE)")
+    ax.set_ylabel(f"training loss ({result.get('loss_name', 'weighted')})")
     # The smoothed curve sets the scale; raw losses of batches with a positive (pos_weight) go off it.
     low, high = min(result["smoothed"]), max(result["smoothed"])
     pad = 0.05 * max(high - low, 1e-3 * max(abs(high), 1.0))
@@ -139,13 +139,15 @@ def run_lr_find(cfg: Any, out: str | Path | None = None, start_lr: float = 1e-7,
                 num_iter: int = 100, progress: bool = True) -> dict[str, Any]:
     """Build the run ``cfg`` describes (data, model, loader), sweep, write ``lr_find.json`` and ``.png``."""
     from cxr_fast.step import resolve_device, resolve_precision
-    from cxr_fast.train import build_parts
+    from cxr_fast.train import build_parts, resolve_init, validate
 
     _check_range(start_lr, end_lr, num_iter)  # before any data is opened
+    validate(cfg)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    init = resolve_init(cfg, progress=progress)  # offline with no weights: one line, before any data
     folder = Path(out) if out else Path("runs") / f"lr-find-{cfg.label}-{cfg.arch}-{cfg.res}"
-    parts = build_parts(cfg, device, precision, quiet=not progress, need_val=False)
+    parts = build_parts(cfg, device, precision, quiet=not progress, need_val=False, weights=init.weights_file)
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -158,8 +160,9 @@ def run_lr_find(cfg: Any, out: str | Path | None = None, start_lr: float = 1e-7,
         result = lr_range_test(parts.step, parts.train_loader, start_lr, end_lr, num_iter)
     result.update(label=parts.sub.label, res=cfg.res, arch=cfg.arch, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, precision=precision, loader=parts.loader_name,
-                  pos_weight=parts.pos_weight, config=dataclasses.asdict(cfg))
+                  recipe=cfg.recipe, pos_weight=parts.pos_weight, config=dataclasses.asdict(cfg), **init.record())
     write_json(folder / "lr_find.json", result)
+    result["loss_name"] = "weighted NLL, fastai 0.7" if cfg.recipe == "fastai07" else "weighted BCE"
     plot(result, folder / "lr_find.png", title=f"{parts.sub.label} {cfg.arch} {cfg.res}px, batch {cfg.batch_size}")
     result["out"] = str(folder)
     return result

@@ -1,5 +1,10 @@
 """Scoring as the paper scored: AUC, its DeLong variance, z-tests between AUCs, accuracy at 0.5.
 
+Scores are log-odds (logits), never probabilities: a float32 sigmoid of a logit below about -104 is
+exactly 0, and a validation set whose every score underflowed would rank nothing yet print an AUC of
+0.500. A score vector with every value tied is reported as such (``AucResult.status == "tied"``),
+never as a result.
+
 DeLong's variance uses Sun & Xu's (2014) fast algorithm: the structural components come from midranks
 (within positives, within negatives, and pooled), so the cost is a sort, O(N log N), instead of the
 O(m * n) pairwise comparison. Several models scored on the same images share one computation, which
@@ -9,6 +14,8 @@ gives the covariance the paired test needs.
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -101,9 +108,57 @@ def auc_z_test(auc_a: float, sd_a: float, auc_b: float, sd_b: float) -> tuple[fl
 
 
 def accuracy(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> float:
-    """Fraction of images whose thresholded probability matches the label (the paper's Table 1 accuracy)."""
+    """Fraction of images whose thresholded score matches the label (the paper's Table 1 accuracy).
+
+    For logits pass ``threshold=0.0``: a log-odds of 0 is a probability of 0.5.
+    """
     y = np.asarray(y_true).reshape(-1)
     p = np.asarray(prob, dtype=np.float64).reshape(-1)
     if y.size == 0 or y.shape != p.shape:
         raise CxrError(f"accuracy needs equal, non-empty labels and probabilities ({y.size} vs {p.size})")
     return float(np.mean((p >= threshold) == (y >= 0.5)))
+
+
+def tta_mean_logit(views: np.ndarray) -> np.ndarray:
+    """Log-odds of the mean probability over TTA views (k x n logits -> n), computed in log space.
+
+    fastai 0.7's TTA averages the views' probabilities. Here ``log(mean p) - log(mean (1 - p))`` is taken
+    with log-sum-exp of log-sigmoids in float64, so the order of the mean probabilities is kept even
+    where every probability would round to 0 or 1.
+    """
+    v = np.asarray(views, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[None]
+    log_p = -np.logaddexp(0.0, -v)  # log sigmoid(v)
+    log_q = -np.logaddexp(0.0, v)  # log sigmoid(-v) = log(1 - p)
+    return np.logaddexp.reduce(log_p, axis=0) - np.logaddexp.reduce(log_q, axis=0)
+
+
+@dataclass(frozen=True)
+class AucResult:
+    """An AUC with its DeLong SD, or the reason there is none.
+
+    ``status``: None for a result; ``"tied"`` when every score is equal, so no ranking exists.
+    ``note``: a caveat on the SD (one positive or one negative: that side's variance is unknown).
+    """
+
+    auc: float | None
+    sd: float | None
+    status: str | None = None
+    note: str | None = None
+
+
+def score_auc(y_true: np.ndarray, scores: np.ndarray) -> AucResult:
+    """AUC and DeLong SD of one score vector, refusing a fully tied vector as a result."""
+    y, (s,) = _check(y_true, scores)
+    if s.size and np.all(s == s[0]):
+        return AucResult(None, None, status="tied")
+    aucs, cov = _delong(y, [s])
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    note = None
+    if min(n_pos, n_neg) == 1:
+        side = "positive" if n_pos == 1 else "negative"
+        note = f"one {side}: DeLong SD omits the {side}s' variance"
+        warnings.warn(f"the validation set has a single {side} image; the AUC's DeLong SD omits that side's "
+                      "variance and is too small", stacklevel=2)
+    return AucResult(float(aucs[0]), float(math.sqrt(max(cov[0, 0], 0.0))), note=note)

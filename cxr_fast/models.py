@@ -1,25 +1,46 @@
-"""The paper's models: torchvision ResNet34 and DenseNet121 with one input channel and one logit.
+"""The paper's models: torchvision ResNet34 and DenseNet121 with one gray input channel, in two recipes.
 
-ImageNet weights come only from a local file (``weights=PATH``) or the torch hub cache when the file
-is already there; the RGB stem is summed into one gray channel. Nothing is ever downloaded.
+``fastai07`` is what the paper trained (fastai 0.7's ``ConvLearner.pretrained``; sources cited below):
+the torchvision body cut before its pooling, then fastai 0.7's head
+``AdaptiveConcatPool2d -> Flatten -> [BatchNorm1d, Dropout(0.25), Linear(2*nf, 512), ReLU] ->
+[BatchNorm1d, Dropout(0.5), Linear(512, 2), LogSoftmax]``, its Linear layers Kaiming-normal with zero
+bias. ``modern`` is torchvision's own pooling and one linear logit.
+
+fastai 0.7 sources (repository fastai/fastai, folder old/fastai):
+- conv_learner.py (commit 24faf22): ``model_meta`` cuts resnet34 after 8 children and DenseNet at 0
+  (the whole ``features`` block, ending in ``norm5`` with no ReLU) (lines 12-18); DenseNet121's
+  ``nf`` is 2048 (line 19); ``xtra_fc=[512]`` and ``ps=[0.25, 0.5]`` (lines 39-40); concat pooling
+  and flatten (line 48); Kaiming-normal init of the head (line 58); each head block is
+  BatchNorm1d, Dropout, Linear, activation (lines 64-69); ReLU between, LogSoftmax last (lines 71-79).
+- torch_imports.py (commit a455d3e): ``dn121`` is ``densenet121(pre).features`` (line 84);
+  ``kaiming_normal`` is ``torch.nn.init.kaiming_normal_`` (line 29).
+- layers.py (commit e6b56de): concat pooling is ``cat([max, avg])`` (lines 4-10).
+- initializers.py: ``cond_init`` skips batch norms, fills biases with 0 (lines 4-7).
+
+Every model maps float [0, 1] images ``N x 1 x H x W`` to scores whose positive-class log-odds
+``positive_logit`` extracts. The head runs in float32 even under autocast: it is tiny, and bf16 logits
+(8 bits of mantissa) would tie many validation scores and blur the AUC.
 """
 
 from __future__ import annotations
 
-import warnings
+import contextlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cxr_fast.errors import CxrError
+from cxr_fast.vocabulary import ARCHS, RECIPES, check_choice
 
-ARCHS: tuple[str, ...] = ("resnet34", "densenet121")
-# torchvision's ImageNet checkpoint file names, as the hub cache stores them.
-_CACHE_FILES = {"resnet34": "resnet34-b627a593.pth", "densenet121": "densenet121-a639ec97.pth"}
+__all__ = ["ARCHS", "GRAY_MEAN", "GRAY_STD", "Normalize", "build_model", "positive_logit", "load_imagenet_state"]
+
 # ImageNet statistics averaged over RGB: the right normalisation once the stem is summed to gray.
 GRAY_MEAN = (0.485 + 0.456 + 0.406) / 3
 GRAY_STD = (0.229 + 0.224 + 0.225) / 3
+# fastai 0.7's head: one hidden layer of 512, dropout 0.25 before it and 0.5 before the output.
+FASTAI07_HIDDEN = 512
+FASTAI07_DROPOUT = (0.25, 0.5)
 
 
 class Normalize(nn.Module):
@@ -33,28 +54,52 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class ConcatPool(nn.Module):
+    """fastai 0.7's AdaptiveConcatPool2d plus Flatten: global max and global mean, concatenated."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
+
+
+class Float32Head(nn.Module):
+    """Runs the wrapped head with autocast off, in its weights' dtype (float32 unless the whole model
+    was cast), whatever precision the body ran in."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.head.parameters()).dtype
+        with contextlib.ExitStack() as stack:
+            # Whichever autocast is on (a meta-device memory count may run under the CPU's or CUDA's).
+            for device_type in ("cuda", "cpu"):
+                if torch.is_autocast_enabled(device_type):
+                    stack.enter_context(torch.autocast(device_type, enabled=False))
+            return self.head(x.to(dtype))
+
+
 def _backbone(arch: str) -> nn.Module:
+    """torchvision's network with a one-channel stem, no weights yet."""
     from torchvision import models
 
+    check_choice(arch, ARCHS, "architecture")
+    stem = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if arch == "resnet34":
-        return models.resnet34(weights=None)
-    if arch == "densenet121":
-        return models.densenet121(weights=None)
-    raise CxrError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+        net = models.resnet34(weights=None)
+        net.conv1 = stem
+    else:
+        net = models.densenet121(weights=None)
+        net.features.conv0 = stem
+    return net
 
 
 def _stem_name(arch: str) -> str:
     return "conv1.weight" if arch == "resnet34" else "features.conv0.weight"
 
 
-def _head_names(arch: str) -> tuple[str, str]:
+def _classifier_names(arch: str) -> tuple[str, str]:
     return ("fc.weight", "fc.bias") if arch == "resnet34" else ("classifier.weight", "classifier.bias")
-
-
-def find_cached_weights(arch: str) -> Path | None:
-    """torchvision's ImageNet file in the torch hub cache, if a previous download left it there."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / _CACHE_FILES[arch]
-    return path if path.is_file() else None
 
 
 def load_imagenet_state(arch: str, path: Path) -> dict[str, torch.Tensor]:
@@ -62,9 +107,11 @@ def load_imagenet_state(arch: str, path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise CxrError(f"cannot read weights {path}: {exc}") from None
+        raise CxrError(f"cannot read weights {path}: {str(exc).splitlines()[0][:200]}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CxrError(f"{path}: not a state dict")
     if arch == "densenet121":
         # torchvision's old DenseNet keys ('norm.1') -> current ('norm1').
         import re
@@ -76,35 +123,73 @@ def load_imagenet_state(arch: str, path: Path) -> dict[str, torch.Tensor]:
         raise CxrError(f"{path}: not a torchvision {arch} checkpoint (no {stem})")
     if state[stem].shape[1] == 3:
         state[stem] = state[stem].sum(dim=1, keepdim=True)
-    for key in _head_names(arch):
+    for key in _classifier_names(arch):
         state.pop(key, None)
     return state
 
 
-def build_model(arch: str = "resnet34", weights: str | Path | None = None, pretrained: bool = True) -> nn.Module:
-    """A one-channel, one-logit classifier; input float in [0, 1], N x 1 x H x W.
+def _load_weights(net: nn.Module, arch: str, path: Path) -> None:
+    missing, unexpected = net.load_state_dict(load_imagenet_state(arch, path), strict=False)
+    if unexpected or set(missing) - set(_classifier_names(arch)):
+        raise CxrError(f"{path}: does not match {arch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
-    ``weights``: a local ImageNet checkpoint. Otherwise the torch cache is used when it holds one;
-    otherwise the model starts from random init with a one-line warning (``pretrained=False`` skips that).
-    """
-    net = _backbone(arch)
+
+def _fastai07_head(n_features: int) -> nn.Sequential:
+    """fastai 0.7's default ConvLearner head for a single-label, two-class problem."""
+    p_hidden, p_out = FASTAI07_DROPOUT
+    head = nn.Sequential(
+        ConcatPool(),
+        nn.BatchNorm1d(2 * n_features), nn.Dropout(p_hidden), nn.Linear(2 * n_features, FASTAI07_HIDDEN), nn.ReLU(),
+        nn.BatchNorm1d(FASTAI07_HIDDEN), nn.Dropout(p_out), nn.Linear(FASTAI07_HIDDEN, 2), nn.LogSoftmax(dim=1),
+    )
+    for layer in head:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return head
+
+
+def _split(net: nn.Module, arch: str, recipe: str) -> tuple[nn.Module, nn.Module]:
+    """(body, head) of ``net`` for ``recipe``."""
+    if recipe == "fastai07":
+        if arch == "resnet34":
+            body = nn.Sequential(*list(net.children())[:8])  # conv1 .. layer4, as fastai's cut of 8
+            return body, _fastai07_head(net.fc.in_features)
+        return net.features, _fastai07_head(net.classifier.in_features)  # ends in norm5: no ReLU, as fastai
+    # modern: torchvision's forward up to its pooled features, then one logit.
     if arch == "resnet34":
-        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        net.fc = nn.Linear(net.fc.in_features, 1)
+        n = net.fc.in_features
+        net.fc = nn.Identity()
     else:
-        net.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        net.classifier = nn.Linear(net.classifier.in_features, 1)
-    source = Path(weights) if weights else (find_cached_weights(arch) if pretrained else None)
-    if weights and not Path(weights).is_file():
-        raise CxrError(f"weights file not found: {weights}")
-    if source is not None:
-        missing, unexpected = net.load_state_dict(load_imagenet_state(arch, source), strict=False)
-        if unexpected or set(missing) - set(_head_names(arch)):
-            raise CxrError(f"{source}: does not match {arch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    elif pretrained:
-        warnings.warn(
-            f"no ImageNet weights for {arch} (give --weights PATH or put {_CACHE_FILES[arch]} in the torch "
-            "cache); starting from random init",
-            stacklevel=2,
-        )
-    return nn.Sequential(Normalize(), net)
+        n = net.classifier.in_features
+        net.classifier = nn.Identity()
+    return net, nn.Linear(n, 1)
+
+
+def build_model(arch: str = "resnet34", recipe: str = "fastai07", weights: str | Path | None = None) -> nn.Module:
+    """``Normalize -> body -> float32 head`` for ``recipe``; ``weights``: an ImageNet state dict file.
+
+    Without ``weights`` the model has torch's default random init; choosing and recording the init is
+    ``cxr_fast.weights``'s job, so nothing here looks in a cache or downloads.
+    """
+    check_choice(recipe, RECIPES, "recipe")
+    net = _backbone(arch)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise CxrError(f"weights file not found: {path}")
+        _load_weights(net, arch, path)
+    body, head = _split(net, arch, recipe)
+    return nn.Sequential(Normalize(), body, Float32Head(head))
+
+
+def positive_logit(output: torch.Tensor) -> torch.Tensor:
+    """The positive class's log-odds (N, float32) from a model's output, for either recipe.
+
+    Two-way log-softmax (fastai07): log p1 - log p0, the logit itself, with no exp that could underflow.
+    One logit (modern): the value. Ranking metrics are computed on this, never on a rounded probability.
+    """
+    output = output.float()
+    if output.dim() == 2 and output.shape[1] == 2:
+        return output[:, 1] - output[:, 0]
+    return output.reshape(-1)

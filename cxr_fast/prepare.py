@@ -17,6 +17,15 @@ A cache resolution in progress is ``<res>.npy.partial`` plus ``<res>.state.npy``
 shared reader rejects (missing, truncated) are listed by name in the manifest and skipped, as
 ``verify`` reports them, instead of stopping the run. A store whose sources changed since it was
 made (size or mtime), or that holds other images or labels, is refused with an error naming it.
+
+Nothing in a store is trusted unchecked. The manifest records each file's size, sha256 and mtime
+(``files``); its image ids must be bare file names and its resolutions whole pixels, so no path it
+yields can leave the store. Opening a store (``open_store``) checks every finished file cheaply: size,
+the ``.npy`` header, links leading out, and the sha256 of any file whose mtime moved (a file
+overwritten in place). ``cxr-fast verify --store`` and every ``prepare`` that reuses a store check
+every sha256; ``prepare`` rebuilds the damaged parts it is asked for. Each damaged file is one line
+naming it and the command that rebuilds it. A ``prepare`` that fails with an error removes a store it
+started from nothing; an interrupted one (Ctrl-C, kill) keeps its work for the next run to resume.
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import stat
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -34,21 +46,75 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.reader import DataWarning, ImageError, is_inside, name_problem
 from cxr_fast.errors import CxrError
-from cxr_fast.io import atomic_path, write_json, write_text
+from cxr_fast.io import atomic_path, write_bytes, write_json, write_text
 from cxr_fast.parallel import imap_progress, mp_context
 from cxr_fast.paths import cache_dir
+from cxr_fast.vocabulary import check_res
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: every file's size, sha256 and mtime in the manifest
 FORMATS: tuple[str, ...] = ("jpeg", "cache", "ffcv")
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 _TODO, _DONE, _BAD = 0, 1, 2
 _CHECKPOINT_S = 3.0
+_HASH_BLOCK = 8 << 20
+_SAID = 20  # damaged files named one line each by a repairing prepare before one line sums up the rest
 
 
 class StaleStoreError(CxrError):
     """A store made from other files, images or labels than the ones asked for."""
+
+
+class DamagedStoreError(CxrError):
+    """A store file missing, cut short or changed since ``prepare`` wrote it: the data failed a check."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=1)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged file of a finished part (``fmt`` at ``res``; ``res`` is None for jpeg)."""
+
+    fmt: str
+    res: int | None
+    path: Path
+    reason: str
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path: str | Path, sha256: str | None = None) -> dict:
+    """What the manifest keeps of a file: size, sha256 (computed unless given) and mtime."""
+    st = os.stat(path)
+    return {"size": int(st.st_size), "sha256": sha256 or sha256_file(path), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _npy_problem(path: Path, shape: tuple[int, ...], size: int) -> str | None:
+    """Why the ``.npy`` at ``path`` is not a C-order uint8 array of ``shape`` filling ``size`` bytes, or None."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in readers:
+                return f"unknown .npy format version {version}"
+            found, fortran, dtype = readers[version](fh)
+            offset = fh.tell()
+    except (OSError, ValueError, SyntaxError) as exc:
+        return f"not a readable .npy ({exc})"
+    if tuple(found) != shape or dtype != np.uint8 or fortran:
+        return f"holds {tuple(found)} {dtype}, expected {shape} uint8"
+    if offset + int(np.prod(shape)) != size:
+        return f"{size} bytes where a {shape} array needs {offset + int(np.prod(shape))}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,13 +166,96 @@ class Store:
         """The ``N x res x res`` uint8 array, memory-mapped read-only (rows in manifest order)."""
         if not self.has("cache", res):
             raise CxrError(f"{self.root}: no {res} px cache; run cxr-fast prepare with --res {res} --format cache")
-        return np.load(self.cache_path(res), mmap_mode="r")
+        try:
+            return np.load(self.cache_path(res), mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DamagedStoreError(self.describe(Damage("cache", res, self.cache_path(res), str(exc)))) from None
 
     def jpeg_path(self, image_id: str) -> Path:
         return self.root / "jpeg" / (Path(image_id).stem + ".jpg")
 
     def ffcv_path(self, res: int) -> Path:
         return self.root / "ffcv" / f"{res}.beton"
+
+    def rel(self, path: Path) -> str:
+        """A store file's key in the manifest's ``files``: its path under the store, '/'-separated."""
+        return path.relative_to(self.root).as_posix()
+
+    # ------------------------------------------------------------------------- integrity
+
+    def parts(self) -> list[tuple[str, int | None]]:
+        """Finished parts, plus an unfinished jpeg part that already has files recorded."""
+        formats, files = self.manifest["formats"], self.manifest["files"]
+        out: list[tuple[str, int | None]] = []
+        if "jpeg" in formats or any(k.startswith("jpeg/") for k in files):
+            out.append(("jpeg", None))
+        return out + [(fmt, int(r)) for fmt in ("cache", "ffcv") for r in formats.get(fmt, [])]
+
+    def part_files(self, fmt: str, res: int | None = None) -> list[Path]:
+        """The files a part consists of (an unfinished jpeg part: the JPEGs recorded so far)."""
+        if fmt == "cache":
+            return [self.cache_path(int(res))]  # type: ignore[arg-type]
+        if fmt == "ffcv":
+            return [self.ffcv_path(int(res))]  # type: ignore[arg-type]
+        done, bad, files = self.has("jpeg"), self.manifest["bad"], self.manifest["files"]
+        jpegs = [self.jpeg_path(n) for n in self.manifest["image_ids"] if n not in bad]
+        if not done:
+            return [p for p in jpegs if self.rel(p) in files]
+        return [self.root / "jpeg" / "files.txt"] + jpegs
+
+    def damage(self, full: bool = False, parts: Iterable[tuple[str, int | None]] | None = None) -> list[Damage]:
+        """Files of ``parts`` (default: all) that are missing, lead out of the store, differ in size or
+        ``.npy`` header from what prepare wrote, or in sha256: checked when ``full`` or the mtime moved."""
+        out: list[Damage] = []
+        folders: dict[Path, bool] = {}
+        for fmt, res in self.parts() if parts is None else parts:
+            for path in self.part_files(fmt, res):
+                if path.parent not in folders:
+                    folders[path.parent] = is_inside(self.root, path.parent)
+                reason = self._file_problem(path, fmt, res, full) if folders[path.parent] else \
+                    f"its folder leads outside {self.root}"
+                if reason is not None:
+                    out.append(Damage(fmt, res, path, reason))
+        return out
+
+    def _file_problem(self, path: Path, fmt: str, res: int | None, full: bool) -> str | None:
+        record = self.manifest["files"].get(self.rel(path))
+        if record is None:
+            return "no checksum recorded"
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                if not is_inside(self.root, path):
+                    return f"a link leading outside {self.root}"
+                st = os.stat(path)
+        except FileNotFoundError:
+            return "missing"
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size != record["size"]:
+            return f"{st.st_size} bytes where {record['size']} were written (cut short or replaced)"
+        if fmt == "cache":
+            n, side = len(self.manifest["image_ids"]), int(res)  # type: ignore[arg-type]
+            problem = _npy_problem(path, (n, side, side), st.st_size)
+            if problem is not None:
+                return problem
+        if (full or st.st_mtime_ns != record["mtime_ns"]) and sha256_file(path) != record["sha256"]:
+            return "content differs from the sha256 recorded when it was written"
+        return None
+
+    def rebuild_hint(self, fmt: str, res: int | None) -> str:
+        """The command that rebuilds a damaged part (prepare repairs a store it reuses)."""
+        m = self.manifest
+        if not m.get("label"):
+            return f"delete {self.root}; the next run that uses it makes it again"
+        words = ["cxr-fast", "prepare", str(m["sources"].get("root", "DATA")), "--label", str(m["label"]),
+                 "--out", str(self.root), "--format", fmt] + (["--res", str(res)] if res is not None else []) + \
+                ["--size", str(m.get("size")), "--seed", str(m.get("seed")), "--split", str(m.get("split"))]
+        return f"`{shlex.join(words)}` rebuilds it"
+
+    def describe(self, d: Damage) -> str:
+        """One line for one damaged file: which, why, and how to rebuild it."""
+        return f"{d.path}: damaged ({d.reason}); {self.rebuild_hint(d.fmt, d.res)}"
 
     def positions(self, image_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of ``image_ids`` in this store, and a mask of the ones that are readable.
@@ -132,9 +281,12 @@ class Store:
         for key in ("sizes", "mtimes_ns"):
             changed = [ids[i] for i, (a, b) in enumerate(zip(old[key], now[key])) if a != b]
             if changed:
+                if old.get("root") != now["root"]:
+                    raise StaleStoreError(f"{self.root} was made from {old.get('root')}, not {now['root']}; "
+                                          f"give that data folder (--data), or prepare a store for this one")
                 raise StaleStoreError(
                     f"{self.root} is stale: {len(changed)} source image(s) changed since it was made "
-                    f"(first: {dataset.path_of(changed[0])}); delete the store or prepare into a new folder"
+                    f"(first: {changed[0]} in {dataset.root}); delete the store or prepare into a new folder"
                 )
 
 
@@ -146,28 +298,80 @@ def source_identity(dataset: NihDataset, image_ids: Sequence[str]) -> dict:
             st = os.stat(dataset.path_of(str(name)))
             sizes.append(int(st.st_size))
             mtimes.append(int(st.st_mtime_ns))
-        except OSError:
+        except (OSError, ImageError):  # missing, or a name leading outside the data folder
             sizes.append(-1)
             mtimes.append(-1)
     return {"root": str(Path(dataset.root).resolve()), "sizes": sizes, "mtimes_ns": mtimes}
 
 
-def open_store(path: str | Path, dataset: NihDataset | None = None) -> Store:
-    """Open a store; with ``dataset``, refuse it when its sources changed."""
+def open_store(path: str | Path, dataset: NihDataset | None = None, check: bool = True) -> Store:
+    """Open a store: refuse a manifest naming anything outside it, and (``check``) run the cheap check
+    of every finished file (``Store.damage``); with ``dataset``, refuse it when its sources changed."""
     root = Path(path)
     mf = root / MANIFEST
     if not mf.is_file():
         raise CxrError(f"{root} is not a cxr-fast store (no {MANIFEST}); make one with cxr-fast prepare")
     try:
         manifest = json.loads(mf.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CxrError(f"{mf}: unreadable store manifest ({exc})") from None
-    if manifest.get("version") != STORE_VERSION:
-        raise StaleStoreError(f"{root}: store version {manifest.get('version')} is not {STORE_VERSION}; prepare it again")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedStoreError(f"{mf}: unreadable store manifest ({exc}); delete {root} and prepare it again"
+                                ) from None
+    if not isinstance(manifest, dict) or manifest.get("version") != STORE_VERSION:
+        version = manifest.get("version") if isinstance(manifest, dict) else None
+        raise StaleStoreError(f"{root}: store version {version} is not {STORE_VERSION} (older stores keep no "
+                              "checksums); delete it and run cxr-fast prepare again")
+    _check_manifest(root, manifest)
     store = Store(root, manifest)
+    if check:
+        damaged = store.damage()
+        if damaged:
+            more = f" ({len(damaged) - 1} more: cxr-fast verify --store {root} lists them)" if len(damaged) > 1 else ""
+            raise DamagedStoreError(store.describe(damaged[0]) + more)
     if dataset is not None:
         store.check_fresh(dataset)
     return store
+
+
+def recorded_data_root(store: str | Path) -> Path | None:
+    """The data folder a store's manifest says it was made from; None without a readable manifest."""
+    try:
+        return Path(json.loads((Path(store) / MANIFEST).read_text(encoding="utf-8"))["sources"]["root"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_manifest(root: Path, m: dict) -> None:
+    """Refuse a manifest that could make the store read anything but its own files (ids are bare file
+    names, resolutions whole pixels), or that does not hang together; resolutions become ints."""
+
+    def refuse(what: str) -> None:
+        raise DamagedStoreError(f"{root / MANIFEST}: {what}; the store is refused: delete it and run cxr-fast "
+                                "prepare again")
+
+    ids = m.get("image_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        refuse("image_ids is not a list of names")
+    for name in ids:
+        problem = name_problem(name)
+        if problem is not None:
+            refuse(f"image id {name!r} is {problem}")
+    if len(set(ids)) != len(ids):
+        refuse("image ids repeat")
+    if not isinstance(m.get("targets"), list) or len(m["targets"]) != len(ids):
+        refuse("targets do not match the image ids")
+    if m.get("is_val") is not None and (not isinstance(m["is_val"], list) or len(m["is_val"]) != len(ids)):
+        refuse("is_val does not match the image ids")
+    for key in ("formats", "files", "bad", "sources"):
+        if not isinstance(m.get(key), dict):
+            refuse(f"{key} is missing or not a mapping")
+    if not set(m["formats"]) <= set(FORMATS) or not set(m["bad"]) <= set(ids):
+        refuse("formats or bad images name something the store does not hold")
+    for fmt in ("cache", "ffcv"):
+        if fmt in m["formats"]:
+            try:
+                m["formats"][fmt] = [check_res(r, f"{fmt} resolution") for r in m["formats"][fmt]]
+            except (CxrError, TypeError) as exc:
+                refuse(str(exc))
 
 
 def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
@@ -179,11 +383,8 @@ def _check_formats(formats: Iterable[str]) -> tuple[str, ...]:
 
 
 def _check_resolutions(resolutions: Iterable[int]) -> tuple[int, ...]:
-    out = tuple(sorted(set(int(r) for r in resolutions)))
-    for r in out:
-        if not 8 <= r <= 4096:
-            raise CxrError(f"resolution {r} is out of range (8 to 4096 px)")
-    return out
+    """Sorted, unique, each within the study's limits (``vocabulary.check_res``)."""
+    return tuple(sorted({check_res(r, "--res") for r in resolutions}))
 
 
 # ----------------------------------------------------------------------------- workers
@@ -195,23 +396,30 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _work(job: tuple[int, str, tuple[int, ...], str | None, int]) -> tuple[int, dict[int, np.ndarray] | None, str | None]:
-    """Decode one image once; return its resized copies and write its JPEG (atomically)."""
+def _work(job: tuple[int, str, tuple[int, ...], str | None, int]
+          ) -> tuple[int, dict[int, np.ndarray] | None, str | None, dict | None]:
+    """Decode one image once; return its resized copies, and write its JPEG (atomically) with the
+    JPEG's manifest record (hashed from the bytes written, no second read)."""
+    import io
+
     from PIL import Image
 
-    from cxr_fast.data.reader import ImageError, read_gray
+    from cxr_fast.data.reader import read_gray
     from cxr_fast.loaders.reference import resize_uint8
 
     row, path, resolutions, jpeg_out, quality = job
     try:
         gray = read_gray(path)
     except ImageError as exc:
-        return row, None, exc.reason
+        return row, None, exc.reason, None
     outs = {r: resize_uint8(gray, r) for r in resolutions}
+    record = None
     if jpeg_out is not None:
-        with atomic_path(jpeg_out) as tmp:
-            Image.fromarray(gray, mode="L").save(tmp, format="JPEG", quality=quality)
-    return row, outs, None
+        buf = io.BytesIO()
+        Image.fromarray(gray, mode="L").save(buf, format="JPEG", quality=quality)
+        write_bytes(jpeg_out, buf.getvalue())
+        record = file_record(jpeg_out, hashlib.sha256(buf.getvalue()).hexdigest())
+    return row, outs, None, record
 
 
 # ----------------------------------------------------------------------------- writing
@@ -230,12 +438,13 @@ def _manifest_for(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndarra
         "sources": source_identity(dataset, image_ids),
         "formats": {},
         "bad": {},
+        "files": {},
     }
 
 
 def _open_or_create(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndarray, out: Path, info: dict) -> Store:
     if (out / MANIFEST).exists():
-        store = open_store(out)
+        store = open_store(out, check=False)  # the caller runs the full check and repairs
         m = store.manifest
         if m["image_ids"] != [str(i) for i in image_ids] or m["targets"] != [float(t) for t in targets]:
             raise StaleStoreError(
@@ -300,11 +509,13 @@ class _CacheJob:
             with open(tmp, "wb") as fh:
                 np.save(fh, self.state)
 
-    def finish(self) -> None:
+    def finish(self) -> dict:
+        """Put the array under its final name; returns its manifest record."""
         self.array.flush()
         del self.array
         os.replace(self.partial, self.final)
         self.state_path.unlink(missing_ok=True)
+        return file_record(self.final)
 
 
 def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...], jpeg: bool, cfg: PrepareConfig) -> None:
@@ -317,18 +528,20 @@ def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...],
     for job in caches:
         for row in job.todo():
             needs.setdefault(int(row), []).append(job.res)
+    files = store.manifest["files"]
     jpeg_rows: set[int] = set()
     if jpeg and not store.has("jpeg"):
         (store.root / "jpeg").mkdir(parents=True, exist_ok=True)
-        jpeg_rows = {i for i, name in enumerate(ids) if name not in bad and not store.jpeg_path(name).exists()}
-    rows = sorted(set(needs) | jpeg_rows)
-    jobs = [(row, str(dataset.path_of(ids[row])), tuple(needs.get(row, ())),
-             str(store.jpeg_path(ids[row])) if row in jpeg_rows else None, cfg.jpeg_quality) for row in rows]
+        # A JPEG without a record was written by a killed run after its last checkpoint: write it again.
+        jpeg_rows = {i for i, name in enumerate(ids)
+                     if name not in bad and store.rel(store.jpeg_path(name)) not in files}
 
-    def record(result: tuple[int, dict | None, str | None]) -> None:
-        row, outs, reason = result
+    def record(result: tuple[int, dict | None, str | None, dict | None]) -> None:
+        row, outs, reason, jpeg_record = result
         if reason is not None:
             bad[ids[row]] = reason
+        if jpeg_record is not None:
+            files[store.rel(store.jpeg_path(ids[row]))] = jpeg_record
         for job in caches:
             if row in needs and job.res in needs[row]:
                 job.put(row, None if outs is None else outs[job.res])
@@ -338,6 +551,16 @@ def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...],
             job.checkpoint()
         store.manifest["bad"] = bad
         _save_manifest(store)
+
+    jobs = []
+    for row in sorted(set(needs) | jpeg_rows):
+        try:
+            source = str(dataset.path_of(ids[row]))
+        except ImageError as exc:  # a file that leads outside the data folder: never read
+            record((row, None, exc.reason, None))
+            continue
+        jobs.append((row, source, tuple(needs.get(row, ())),
+                     str(store.jpeg_path(ids[row])) if row in jpeg_rows else None, cfg.jpeg_quality))
 
     what = ", ".join([f"{r}px" for r in resolutions if any(j.res == r for j in caches)] + (["jpeg"] if jpeg_rows else []))
     last = time.monotonic()
@@ -351,12 +574,14 @@ def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...],
     finally:
         checkpoint()
     for job in caches:
-        job.finish()
+        files[store.rel(job.final)] = job.finish()
         store.manifest["formats"].setdefault("cache", [])
         store.manifest["formats"]["cache"] = sorted(set(store.manifest["formats"]["cache"]) | {job.res})
     if jpeg and not store.has("jpeg"):
         lines = [f"{store.jpeg_path(name).name} {i}" for i, name in enumerate(ids) if name not in bad]
-        write_text(store.root / "jpeg" / "files.txt", "\n".join(lines) + "\n")
+        listing = store.root / "jpeg" / "files.txt"
+        write_text(listing, "\n".join(lines) + "\n")
+        files[store.rel(listing)] = file_record(listing)
         store.manifest["formats"]["jpeg"] = {"quality": cfg.jpeg_quality}
     store.manifest["bad"] = bad
     _save_manifest(store)
@@ -367,6 +592,8 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
     """Make or finish the store ``out`` for these images and labels; returns it opened.
 
     ``info`` (label, split, seed, size, is_val) is recorded in the manifest for the user and ``train``.
+    An existing store gets the full check first (``_repair``). On an error a store this call started
+    from nothing is removed; an existing one keeps its finished parts, and an interrupt keeps all.
     """
     formats = _check_formats(cfg.formats)
     resolutions = _check_resolutions(cfg.resolutions)
@@ -378,24 +605,69 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
         raise CxrError("nothing to prepare: no images")
     if len(ids) != len(tg):
         raise CxrError(f"{len(ids)} images but {len(tg)} labels")
+    for name in ids:
+        if name_problem(name) is not None:  # a store names its files after its images
+            raise CxrError(f"image id {name!r} is {name_problem(name)}; a store holds images by file name only")
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise CxrError(f"{root} is a file, not a store folder")
     if root.is_dir() and not (root / MANIFEST).exists() and any(p.name != LOCK for p in root.iterdir()):
         raise CxrError(f"{root} exists and is not a cxr-fast store; choose an empty or new folder")
+    created = not root.exists()
     with _locked(root):
-        _remove_leftovers(root)
-        store = _open_or_create(dataset, ids, tg, root, info or {})
-        cache_res = resolutions if ("cache" in formats or "ffcv" in formats) else ()
-        _decode_all(store, dataset, cache_res, "jpeg" in formats, cfg)
-        if "ffcv" in formats:
-            for r in resolutions:
-                if not store.has("ffcv", r):
-                    write_beton(store, r, cfg)
-                    store.manifest["formats"].setdefault("ffcv", [])
-                    store.manifest["formats"]["ffcv"] = sorted(set(store.manifest["formats"]["ffcv"]) | {r})
-                    _save_manifest(store)
+        new = not (root / MANIFEST).exists()
+        try:
+            _remove_leftovers(root)
+            store = _open_or_create(dataset, ids, tg, root, info or {})
+            cache_res = resolutions if ("cache" in formats or "ffcv" in formats) else ()
+            if not new:
+                _repair(store, {(f, r) for f in formats for r in (cache_res if f != "jpeg" else (None,))})
+            _decode_all(store, dataset, cache_res, "jpeg" in formats, cfg)
+            if "ffcv" in formats:
+                for r in resolutions:
+                    if not store.has("ffcv", r):
+                        store.manifest["files"][store.rel(store.ffcv_path(r))] = file_record(write_beton(store, r, cfg))
+                        store.manifest["formats"].setdefault("ffcv", [])
+                        store.manifest["formats"]["ffcv"] = sorted(set(store.manifest["formats"]["ffcv"]) | {r})
+                        _save_manifest(store)
+        except Exception:
+            if new:  # nothing of it existed before this call: leave no half-made store behind
+                _discard(root, created)
+            raise
     return store
+
+
+def _repair(store: Store, wanted: set[tuple[str, int | None]]) -> None:
+    """Full check of a store about to be reused: each damaged file is forgotten and its part marked
+    undone, so this run rebuilds the parts it was asked for (``wanted``); one warning line per file."""
+    damaged = store.damage(full=True)
+    for i, d in enumerate(damaged):
+        store.manifest["files"].pop(store.rel(d.path), None)
+        formats = store.manifest["formats"]
+        if d.fmt == "jpeg":
+            formats.pop("jpeg", None)
+        elif d.res in formats.get(d.fmt, []):
+            formats[d.fmt] = [r for r in formats[d.fmt] if r != d.res]
+        action = "rebuilding it" if (d.fmt, d.res) in wanted else store.rebuild_hint(d.fmt, d.res)
+        if i < _SAID:
+            warnings.warn(f"{d.path}: damaged ({d.reason}); {action}", DataWarning, stacklevel=3)
+    if len(damaged) > _SAID:
+        warnings.warn(f"{store.root}: {len(damaged) - _SAID} more damaged file(s) handled the same way "
+                      f"(cxr-fast verify --store {store.root} lists every one)", DataWarning, stacklevel=3)
+    if damaged:
+        _save_manifest(store)
+
+
+def _discard(root: Path, created: bool) -> None:
+    """Remove a store that a failed call started: the folder if the call made it, else what it wrote."""
+    if created:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for child in root.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name != LOCK:
+            child.unlink(missing_ok=True)
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -412,13 +684,24 @@ def _locked(root: Path) -> Iterator[None]:
     work done instead of racing on the same partial files."""
     import fcntl
 
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    while True:
+        root.mkdir(parents=True, exist_ok=True)
+        fh = open(root / LOCK, "a+")
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            if os.fstat(fh.fileno()).st_ino == os.stat(root / LOCK).st_ino:
+                break  # still the store's lock file, not one a failed run removed while we waited
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 # ----------------------------------------------------------------------------- FFCV
@@ -522,9 +805,9 @@ def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequenc
                  store: str | Path | None = None, quiet: bool = True, workers: int | None = None) -> Store:
     """A store holding ``fmt`` (at ``res``) for these images, made now if missing.
 
-    With ``store`` given it is used (and extended with the missing format or resolution); a stale or
-    foreign one is an error. Without it the store lives in the cache folder, where a stale one is
-    rebuilt, since no user made it.
+    With ``store`` given it is used (and extended with the missing format or resolution); a stale,
+    damaged or foreign one is an error. Without it the store lives in the cache folder, where a stale
+    or damaged one is rebuilt, since no user made it.
     """
     ids = [str(i) for i in image_ids]
     tg = np.asarray(targets, dtype=np.float32)
@@ -544,7 +827,9 @@ def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequenc
             opened = open_store(root, dataset)
             if opened.has(fmt, res):
                 return opened
-        except StaleStoreError:
+        except (StaleStoreError, DamagedStoreError) as exc:
+            if isinstance(exc, DamagedStoreError):
+                warnings.warn(f"{exc}; remaking this cached store", DataWarning, stacklevel=2)
             shutil.rmtree(root)
     return prepare_store(dataset, ids, tg, root, cfg)
 

@@ -1,503 +1,154 @@
-"""The paper's tables and figures from a study folder: Table 2, Table 3, Figures 2-4, optionally beside the paper.
+"""The paper's tables, figures and other results from a study folder, optionally beside the paper.
 
 Reads only ``study.yaml``, ``results.jsonl`` and each run's ``predictions.npz``: no torch, so a report can
-be made anywhere the study folder is copied. A best resolution is starred only where it beats every
-other resolution of its label at p < .05: with DeLong's paired test when both runs scored the same
-validation images (every resolution of a label shares its subsample and validation set), else with the
-paper's unpaired z-test on the two AUCs and their DeLong SDs.
+be made anywhere the study folder is copied. Tables 2 and 3 star each label's highest AUC, as the paper
+did, and mark separately which other resolutions the best beats at p < .05, under the paper's unpaired
+z-test (†) and under DeLong's paired test (‡). The parts live in their own modules: ``report_data``
+(reading), ``report_stats`` (tests), ``report_sections`` (Table 1, Hernia 2,000, leakage, significance,
+architectures), ``report_provenance`` (init and recipe), ``report_against`` and ``report_figures``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
-
-import numpy as np
+from typing import Any
 
 from cxr_fast import paper_results
-from cxr_fast.errors import CxrError
-from cxr_fast.io import atomic_path, read_jsonl, write_text
+from cxr_fast.io import write_text
+from cxr_fast.report_against import against_section
+from cxr_fast.report_data import (Study, Variant, auc_of, init_of, labels, load_study, ordered, paper_label,
+                                  paper_variant, primary_variant, recipe_of, resolutions, sd_of, split_of,
+                                  variant_name, variants)
+from cxr_fast.report_figures import FIG3_REFERENCE, FIG4_LABELS, figure2, figure3, figure4, table3_variants
+from cxr_fast.report_format import DASH, Section, Table, auc_text, blank, fmt_auc, markdown, write_section
+from cxr_fast.report_provenance import cell_mark, check_one_init, provenance_note
+from cxr_fast.report_sections import (architecture_section, hernia_section, leakage_section, significance_section,
+                                      table1_section)
+from cxr_fast.report_stats import ALPHA, PAIRED, Z_TEST, Comparison, compare_resolutions
 
-ALPHA = 0.05
-DASH = "—"
-FIG3_REFERENCE = 320
-FIG4_LABELS = ("Mass", "Nodule")
+__all__ = ["Comparison", "ReportResult", "Section", "Study", "Table", "compare_resolutions", "load_study",
+           "make_report", "primary_variant", "table2", "table3", "variants"]
 
-Variant = tuple[str, int]  # (arch, epochs)
+STAR, DAGGER, DOUBLE_DAGGER, SECTION_MARK = "*", "†", "‡", "§"
+
+CSV_FIELDS = ["table", "label", "arch", "epochs", "res", "auc", "auc_sd", "auc_status", "best", "p_z_vs_best",
+              "sig_z", "p_paired_vs_best", "sig_paired", "auc_sd_note", "n_pos", "n_neg", "init", "weights_sha256",
+              "recipe", "split", "paper_auc", "paper_sd", "paper_best"]
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading
+# Tables 2 and 3
 
 
-@dataclass
-class Study:
-    root: Path
-    config: dict[str, Any]
-    rows: list[dict[str, Any]]  # one per cell, first row per cell id
-    expected: list[dict[str, Any]] = field(default_factory=list)  # cells the config names (label, res, arch, epochs)
-
-    def row(self, label: str, res: int, variant: Variant) -> dict[str, Any] | None:
-        for r in self.rows:
-            if (r["label"], int(r["res"]), r["arch"], int(r["epochs"])) == (label, res, variant[0], variant[1]):
-                return r
-        return None
+def _cell(row: dict[str, Any] | None, res: int, cmp: Comparison, table_rows: list[dict[str, Any]]) -> str:
+    """'0.812 ± 0.010*†‡§ [init random]': the AUC with the star, both tests' marks, the SD note, provenance."""
+    text = auc_text(row)
+    if row is None or auc_of(row) is None:
+        return text + (cell_mark(row, table_rows) if row is not None else "")
+    test = cmp.tests.get(res)
+    marks = (STAR if cmp.best_res == res else "") + (DAGGER if test and test.higher(Z_TEST) else "") \
+        + (DOUBLE_DAGGER if test and test.higher(PAIRED) else "") + (SECTION_MARK if row.get("auc_sd_note") else "")
+    return text + marks + cell_mark(row, table_rows)
 
 
-def load_study(root: str | Path) -> Study:
-    import yaml
-
-    root = Path(root)
-    results = root / "results.jsonl"
-    if not results.is_file():
-        raise CxrError(f"{root} is not a study folder (no results.jsonl); run `cxr-fast study CONFIG --out {root}`")
-    seen: dict[str, dict[str, Any]] = {}
-    for r in read_jsonl(results):
-        if isinstance(r, dict) and {"cell_id", "label", "res", "arch", "epochs"} <= set(r):
-            seen.setdefault(r["cell_id"], r)
-    config: dict[str, Any] = {}
-    if (root / "study.yaml").is_file():
-        config = yaml.safe_load((root / "study.yaml").read_text(encoding="utf-8")) or {}
-    expected = []
-    for g in config.get("grids") or []:
-        for label in g.get("labels", []):
-            for arch in g.get("archs", ["resnet34"]):
-                for res in g.get("resolutions", []):
-                    expected.append({"label": label, "res": int(res), "arch": arch, "epochs": int(g.get("epochs", 3)),
-                                     "grid": g.get("name")})
-    return Study(root, config, list(seen.values()), expected)
-
-
-def _cells(study: Study) -> list[dict[str, Any]]:
-    """Every (label, res, arch, epochs) the study names or holds, config order first."""
-    out, keys = [], set()
-    for c in [*study.expected, *study.rows]:
-        key = (c["label"], int(c["res"]), c["arch"], int(c["epochs"]))
-        if key not in keys:
-            keys.add(key)
-            out.append({"label": key[0], "res": key[1], "arch": key[2], "epochs": key[3], "grid": c.get("grid")})
+def _row_columns(row: dict[str, Any] | None) -> dict[str, Any]:
+    """The CSV columns copied from a row: counts, the SD caveat and provenance (empty for a missing cell)."""
+    keys = ("auc_status", "auc_sd_note", "n_pos", "n_neg", "weights_sha256")
+    out = {k: (row.get(k) if row.get(k) is not None else "") if row else "" for k in keys}
+    out.update(init=init_of(row) if row else "", recipe=recipe_of(row) if row else "",
+               split=split_of(row) if row else "")
     return out
 
 
-def _ordered(values: Iterable[Any]) -> list[Any]:
-    seen: list[Any] = []
-    for v in values:
-        if v not in seen:
-            seen.append(v)
-    return seen
+def _record(table: str, label: str, v: Variant, res: int, row: dict[str, Any] | None, cmp: Comparison,
+            compare: bool) -> dict[str, Any]:
+    """One CSV row of Table 2 or 3: our numbers, both tests against the best, provenance, the paper's value."""
+    test, auc = cmp.tests.get(res), auc_of(row)
+    rec = {"table": table, "label": label, "arch": v[0], "epochs": v[1], "res": res, "auc": blank(auc),
+           "auc_sd": blank(sd_of(row)), "best": int(cmp.best_res == res) if auc is not None else "",
+           "p_z_vs_best": blank(test.p if test else None),
+           "sig_z": int(test.higher(Z_TEST)) if test and test.p is not None else "",
+           "p_paired_vs_best": blank(test.p_paired if test else None),
+           "sig_paired": int(test.higher(PAIRED)) if test and test.p_paired is not None else "",
+           **_row_columns(row), "paper_auc": "", "paper_sd": "", "paper_best": ""}
+    pv = paper_variant(v)
+    p_auc = paper_results.paper_auc(label, res, *pv) if pv is not None else None
+    if compare and p_auc is not None:
+        rec.update(paper_auc=p_auc.auc, paper_sd=p_auc.sd, paper_best=int(p_auc.best))
+    return rec
 
 
-def variants(study: Study) -> list[Variant]:
-    """(arch, epochs) pairs present, the paper's A, B, C order first."""
-    found = _ordered((c["arch"], c["epochs"]) for c in _cells(study))
-    paper = [v for v in paper_results.TABLE3_VARIANTS.values() if v in found]
-    return paper + [v for v in found if v not in paper]
+def _paper_cell(label: str, res: int, v: Variant) -> str:
+    pv = paper_variant(v)
+    p = paper_results.paper_auc(label, res, *pv) if pv is not None else None
+    return fmt_auc(p.auc, p.sd) + (STAR if p.best else "") if p is not None else DASH
 
 
-def primary_variant(study: Study) -> Variant | None:
-    """Table 2's variant: the first architecture of the grid named ``table2``, else the most common variant."""
-    for g in study.config.get("grids") or []:
-        if g.get("name") == "table2":
-            return (g.get("archs", ["resnet34"])[0], int(g.get("epochs", 3)))
-    cells = _cells(study)
-    if not cells:
-        return None
-    counts: dict[Variant, int] = {}
-    for c in cells:
-        counts[(c["arch"], c["epochs"])] = counts.get((c["arch"], c["epochs"]), 0) + 1
-    return max(counts, key=lambda v: counts[v])  # ties: first seen (dicts keep order; max keeps the first)
+def table_rows(study: Study, columns: list[tuple[str, Variant]]) -> list[dict[str, Any]]:
+    """Every finished ordinary row a table shows: what its init check and provenance line cover."""
+    return [r for label, v in columns for res in resolutions(study, v) if (r := study.row(label, res, v)) is not None]
 
 
-def _labels(study: Study, variant: Variant) -> list[str]:
-    return _ordered(c["label"] for c in _cells(study) if (c["arch"], c["epochs"]) == variant)
-
-
-def _resolutions(study: Study, variant: Variant | None = None) -> list[int]:
-    return sorted({c["res"] for c in _cells(study) if variant is None or (c["arch"], c["epochs"]) == variant})
-
-
-# --------------------------------------------------------------------------------------------------
-# Statistics
-
-
-@dataclass
-class Comparison:
-    best_res: int | None
-    starred: bool
-    p_vs_best: dict[int, float]  # res -> p of (best vs res)
-    tests: dict[int, str]  # res -> "paired DeLong" | "z-test"
-
-
-def _predictions(study: Study, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    path = study.root / str(row.get("run_dir", "")) / "predictions.npz"
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return np.asarray(z["image_ids"]).astype(str), np.asarray(z["labels"]), np.asarray(z["scores"])
-
-
-def compare_resolutions(study: Study, label: str, variant: Variant) -> Comparison:
-    """Best resolution of a label and whether it beats each other resolution at p < ALPHA."""
-    from cxr_fast.metrics import auc_z_test, paired_delong_test
-
-    rows = {int(r["res"]): r for r in study.rows
-            if r["label"] == label and (r["arch"], int(r["epochs"])) == variant and _finite(r.get("auc"))}
-    if not rows:
-        return Comparison(None, False, {}, {})
-    best = max(rows, key=lambda res: (rows[res]["auc"], -res))
-    p_values: dict[int, float] = {}
-    tests: dict[int, str] = {}
-    best_pred = _predictions(study, rows[best])
-    for res, row in rows.items():
-        if res == best:
-            continue
-        other = _predictions(study, row)
-        p = None
-        if best_pred is not None and other is not None:
-            aligned = _align(best_pred, other)
-            if aligned is not None:
-                try:
-                    _, p = paired_delong_test(*aligned)
-                    tests[res] = "paired DeLong"
-                except CxrError:
-                    p = None
-        if p is None:
-            _, p = auc_z_test(rows[best]["auc"], rows[best].get("auc_sd") or 0.0, row["auc"], row.get("auc_sd") or 0.0)
-            tests[res] = "z-test"
-        p_values[res] = float(p)
-    starred = bool(p_values) and all(p < ALPHA for p in p_values.values()) and all(
-        rows[best]["auc"] > rows[r]["auc"] for r in p_values)
-    return Comparison(best, starred, p_values, tests)
-
-
-def _align(a: tuple[np.ndarray, np.ndarray, np.ndarray],
-           b: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(labels, scores_a, scores_b) on the same images in the same order, or None if the images differ."""
-    ids_a, y_a, s_a = a
-    ids_b, y_b, s_b = b
-    if len(ids_a) != len(ids_b) or set(ids_a.tolist()) != set(ids_b.tolist()) or len(set(ids_a.tolist())) != len(ids_a):
-        return None
-    order = {k: i for i, k in enumerate(ids_b.tolist())}
-    idx = np.array([order[k] for k in ids_a.tolist()])
-    if not np.array_equal(y_a, y_b[idx]):
-        return None
-    return y_a, s_a, s_b[idx]
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def ratio(study: Study, label: str, variant: Variant, res: int, ref: int) -> tuple[float, float] | None:
-    """AUC(res) / AUC(ref) in percent with a delta-method SD treating the two AUCs as independent."""
-    a, b = study.row(label, res, variant), study.row(label, ref, variant)
-    if a is None or b is None or not _finite(a.get("auc")) or not _finite(b.get("auc")) or b["auc"] <= 0:
-        return None
-    r = a["auc"] / b["auc"]
-    rel = math.hypot((a.get("auc_sd") or 0.0) / a["auc"] if a["auc"] else 0.0, (b.get("auc_sd") or 0.0) / b["auc"])
-    return 100.0 * r, 100.0 * r * rel
-
-
-def figure3_reference(study: Study, variant: Variant) -> int | None:
-    """320 px, the paper's reference, or the highest resolution present at or below it."""
-    present = sorted({int(r["res"]) for r in study.rows if (r["arch"], int(r["epochs"])) == variant})
-    below = [r for r in present if r <= FIG3_REFERENCE]
-    return below[-1] if below else None
-
-
-# --------------------------------------------------------------------------------------------------
-# Tables
-
-
-def _fmt(auc: float | None, sd: float | None, star: bool = False) -> str:
-    if not _finite(auc):
-        return DASH
-    sd_s = f" ± {sd:.3f}" if _finite(sd) else ""
-    return f"{auc:.3f}{sd_s}{'*' if star else ''}"
-
-
-def _markdown(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class Table:
-    name: str
-    title: str
-    markdown: str
-    records: list[dict[str, Any]]  # the CSV rows
-    notes: list[str]
-
-
-CSV_FIELDS = ["table", "label", "arch", "epochs", "res", "auc", "auc_sd", "best", "starred", "p_vs_best", "test",
-              "n_pos", "n_neg", "paper_auc", "paper_sd", "paper_best"]
-
-
-def _column_records(study: Study, table: str, label: str, variant: Variant, resolutions: list[int],
-                    compare: bool) -> tuple[list[dict[str, Any]], dict[int, str], dict[int, str]]:
-    """CSV records plus the Markdown cells (ours, paper's) of one label/variant column."""
-    cmp = compare_resolutions(study, label, variant)
-    records, ours, paper = [], {}, {}
-    for res in resolutions:
-        row = study.row(label, res, variant)
-        auc = row.get("auc") if row else None
-        sd = row.get("auc_sd") if row else None
-        is_best = cmp.best_res == res
-        pv = paper_variant(variant)
-        p_auc = paper_results.paper_auc(label, res, *pv) if pv is not None else None
-        rec = {"table": table, "label": label, "arch": variant[0], "epochs": variant[1], "res": res,
-               "auc": auc if _finite(auc) else "", "auc_sd": sd if _finite(sd) else "",
-               "best": int(is_best) if _finite(auc) else "", "starred": int(is_best and cmp.starred) if _finite(auc) else "",
-               "p_vs_best": cmp.p_vs_best.get(res, ""), "test": cmp.tests.get(res, ""),
-               "n_pos": row.get("n_pos", "") if row else "", "n_neg": row.get("n_neg", "") if row else "",
-               "paper_auc": "", "paper_sd": "", "paper_best": ""}
-        if compare and p_auc is not None:
-            rec.update(paper_auc=p_auc.auc, paper_sd=p_auc.sd, paper_best=int(p_auc.best))
-        records.append(rec)
-        ours[res] = _fmt(auc, sd, is_best and cmp.starred)
-        paper[res] = _fmt(p_auc.auc, p_auc.sd, p_auc.best) if p_auc is not None else DASH
-    return records, ours, paper
-
-
-def _variant_name(v: Variant) -> str:
-    return f"{v[0]} {v[1]} ep"
-
-
-def paper_variant(v: Variant) -> Variant | None:
-    """The paper's model closest to ours: the same architecture and epochs, else the same architecture with the
-    nearest epochs (a 1-epoch ResNet34 is compared with the paper's 3-epoch Table 2), else None."""
-    known = list(paper_results.TABLE3_VARIANTS.values())
-    if v in known:
-        return v
-    same = [k for k in known if k[0] == v[0]]
-    return min(same, key=lambda k: (abs(k[1] - v[1]), k[1])) if same else None
-
-
-def _paper_label(v: Variant) -> str:
-    letter = {k: n for n, k in paper_results.TABLE3_VARIANTS.items()}[v]
-    return f"paper {letter}: {_variant_name(v)}"
+def _table(study: Study, name: str, title: str, columns: list[tuple[str, Variant]],
+           heading: dict[tuple[str, Variant], str], compare: bool, with_paper: Any) -> Table:
+    """A resolution-by-column table of AUCs with marks, its CSV records and its notes."""
+    res_all = sorted({r for _, v in columns for r in resolutions(study, v)})
+    rows = table_rows(study, columns)
+    header, cols, records = ["Resolution"], [], []
+    for label, v in columns:
+        cmp = compare_resolutions(study, label, v)
+        header.append(heading[(label, v)])
+        cols.append({res: _cell(study.row(label, res, v), res, cmp, rows) for res in res_all})
+        records += [_record(name, label, v, res, study.row(label, res, v), cmp, compare) for res in res_all]
+        pv = paper_variant(v)
+        if compare and pv is not None and with_paper(label, pv):
+            header.append(f"{label} ({paper_label(pv)})")
+            cols.append({res: _paper_cell(label, res, v) for res in res_all})
+    body = [[f"{r} × {r}"] + [c[r] for c in cols] for r in res_all]
+    return Section(name, title, markdown(header, body), _notes(rows, compare, name), records, CSV_FIELDS)
 
 
 def table2(study: Study, compare: bool = False) -> Table | None:
     variant = primary_variant(study)
     if variant is None:
         return None
-    labels, resolutions = _labels(study, variant), _resolutions(study, variant)
-    header = ["Resolution"]
-    columns: list[dict[int, str]] = []
-    records: list[dict[str, Any]] = []
-    for label in labels:
-        recs, ours, paper = _column_records(study, "table2", label, variant, resolutions, compare)
-        records += recs
-        header.append(label)
-        columns.append(ours)
-        pv = paper_variant(variant)
-        if compare and pv is not None and paper_results.paper_auc(label, 32, *pv) is not None:
-            header.append(f"{label} ({_paper_label(pv)})")
-            columns.append(paper)
-    body = [[f"{r} × {r}"] + [col[r] for col in columns] for r in resolutions]
-    title = f"Table 2: AUC ± DeLong SD by resolution and label, {_variant_name(variant)}"
-    return Table("table2", title, _markdown(header, body), records, _notes(study, compare))
+    columns = [(label, variant) for label in labels(study, variant)]
+    title = f"Table 2: AUC ± DeLong SD by resolution and label, {variant_name(variant)}"
+    return _table(study, "table2", title, columns, {c: c[0] for c in columns}, compare,
+                  lambda label, pv: paper_results.paper_auc(label, 32, *pv) is not None)
 
 
 def table3(study: Study, compare: bool = False) -> Table | None:
-    present = [v for v in variants(study) if any(l in FIG4_LABELS for l in _labels(study, v))]
-    if not present:
+    columns = [(label, v) for v in table3_variants(study) for label in FIG4_LABELS if label in labels(study, v)]
+    if not columns:
         return None
-    resolutions = sorted({r for v in present for r in _resolutions(study, v)})
-    header = ["Resolution"]
-    columns: list[dict[int, str]] = []
-    records: list[dict[str, Any]] = []
-    for v in present:
-        for label in FIG4_LABELS:
-            if label not in _labels(study, v):
-                continue
-            recs, ours, paper = _column_records(study, "table3", label, v, resolutions, compare)
-            records += recs
-            header.append(f"{label} {_variant_name(v)}")
-            columns.append(ours)
-            pv = paper_variant(v)
-            if compare and pv is not None:
-                header.append(f"{label} ({_paper_label(pv)})")
-                columns.append(paper)
-    body = [[f"{r} × {r}"] + [col[r] for col in columns] for r in resolutions]
     title = "Table 3: Mass and Nodule AUC ± DeLong SD by architecture and epochs"
-    return Table("table3", title, _markdown(header, body), records, _notes(study, compare))
+    return _table(study, "table3", title, columns, {c: f"{c[0]} {variant_name(c[1])}" for c in columns}, compare,
+                  lambda label, pv: True)
 
 
-def _notes(study: Study, compare: bool) -> list[str]:
+def _notes(rows: list[dict[str, Any]], compare: bool, name: str) -> list[str]:
     notes = [
-        "Values are validation AUC ± DeLong SD; — marks a cell the study has not finished.",
-        f"* marks a label's best resolution only where it beats every other resolution at p < {ALPHA:g} "
-        "(paired DeLong test on the shared validation images; the unpaired z-test where predictions are missing).",
+        "Values are validation AUC ± DeLong SD; — marks a cell the study has not finished; 'tied' a model that gave "
+        "every validation image the same score (it ranked nothing), left out of the star and the tests.",
+        f"`{STAR}` marks each label's highest AUC (the paper's star, Table 2's footnote), significant or not.",
+        f"{DAGGER}: the best is significantly higher than this cell by the paper's {Z_TEST} (the two AUCs and their "
+        f"DeLong SDs, as if independent), p < {ALPHA:g}. {DOUBLE_DAGGER}: by the {PAIRED} on the validation images "
+        f"both runs scored, p < {ALPHA:g}. The p-values are in {name}.csv (p_z_vs_best, p_paired_vs_best).",
         "All resolutions of a label use one subsample and one validation set (same seed), so their AUCs are paired.",
     ]
+    for note in ordered(str(r["auc_sd_note"]) for r in rows if r.get("auc_sd_note")):
+        cells = [str(r.get("cell_id")) for r in rows if r.get("auc_sd_note") == note]
+        notes.append(f"{SECTION_MARK} {note} ({', '.join(cells)}).")
+    notes.append(provenance_note(rows))
     if compare:
         notes.append("'paper' columns are Sabottke & Spieler 2020 (A: Table 2, ResNet34 3 epochs; B, C: Table 3), "
                      "on real NIH data with ImageNet initialisation, for the paper's model closest to ours (same "
                      "architecture, nearest epochs); the paper's * marks its best resolution per label.")
     return notes
-
-
-def write_table(table: Table, out: Path) -> list[Path]:
-    md = f"## {table.title}\n\n{table.markdown}\n" + "".join(f"- {n}\n" for n in table.notes)
-    write_text(out / f"{table.name}.md", md)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(table.records)
-    write_text(out / f"{table.name}.csv", buf.getvalue())
-    return [out / f"{table.name}.md", out / f"{table.name}.csv"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Figures
-
-
-def _figure(width: float = 7.0, height: float = 4.5) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=120, layout="constrained")
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
-
-
-def _res_axis(ax: Any, resolutions: list[int]) -> None:
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(resolutions)
-    ax.set_xticklabels([str(r) for r in resolutions], rotation=45 if len(resolutions) > 5 else 0)
-    ax.minorticks_off()
-    ax.set_xlabel("input resolution (px)")
-    ax.grid(True, alpha=0.3)
-
-
-def figure2(study: Study, out: Path, compare: bool = False) -> Path | None:
-    """AUC against resolution, one line per label, DeLong SD error bars (the paper's Figure 2)."""
-    variant = primary_variant(study)
-    if variant is None:
-        return None
-    fig = _figure()
-    ax = fig.add_subplot()
-    resolutions = _resolutions(study, variant)
-    colors = _colors()
-    for i, label in enumerate(_labels(study, variant)):
-        pts = [(res, r["auc"], r.get("auc_sd") or 0.0) for res in resolutions
-               if (r := study.row(label, res, variant)) is not None and _finite(r.get("auc"))]
-        color = colors[i % len(colors)]
-        if pts:
-            x, y, e = zip(*pts)
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=color, label=label)
-        pv = paper_variant(variant)
-        if compare and pv is not None:
-            paper = [(res, p.auc) for res in paper_results.RESOLUTIONS
-                     if (p := paper_results.paper_auc(label, res, *pv)) is not None]
-            if paper:
-                px, py = zip(*paper)
-                ax.plot(px, py, linestyle="--", color=color, alpha=0.5, label=f"{label} ({_paper_label(pv)})")
-                resolutions = sorted(set(resolutions) | set(px))
-    _res_axis(ax, resolutions)
-    ax.set_ylabel("validation AUC")
-    ax.set_title(f"Figure 2: AUC vs resolution ({_variant_name(variant)}); bars = DeLong SD")
-    ax.legend(fontsize=8, ncols=2)
-    return _save(fig, out / "figure2.png")
-
-
-def figure3(study: Study, out: Path, compare: bool = False) -> tuple[Path | None, list[dict[str, Any]], int | None]:
-    """32 and 64 px AUC as a percentage of the reference resolution's AUC, per label (the paper's Figure 3)."""
-    variant = primary_variant(study)
-    if variant is None:
-        return None, [], None
-    ref = figure3_reference(study, variant)
-    if ref is None:
-        return None, [], None
-    labels = _labels(study, variant)
-    lows = [r for r in (32, 64) if r < ref]
-    records = []
-    for label in labels:
-        for low in lows:
-            got = ratio(study, label, variant, low, ref)
-            paper = None
-            pv = paper_variant(variant)
-            p_low = paper_results.paper_auc(label, low, *pv) if pv is not None else None
-            p_ref = paper_results.paper_auc(label, FIG3_REFERENCE, *pv) if pv is not None else None
-            if p_low is not None and p_ref is not None:
-                paper = 100.0 * p_low.auc / p_ref.auc
-            records.append({"label": label, "res": low, "reference": ref,
-                            "percent": got[0] if got else None, "percent_sd": got[1] if got else None,
-                            "paper_percent_of_320": paper})
-    if not lows:
-        return None, records, ref
-    fig = _figure()
-    ax = fig.add_subplot()
-    width = 0.8 / len(lows)
-    colors = _colors()
-    x = np.arange(len(labels))
-    for j, low in enumerate(lows):
-        vals = [next((r for r in records if r["label"] == lab and r["res"] == low), None) for lab in labels]
-        heights = [v["percent"] if v and v["percent"] is not None else np.nan for v in vals]
-        errs = [v["percent_sd"] if v and v["percent_sd"] is not None else 0.0 for v in vals]
-        pos = x - 0.4 + width * (j + 0.5)
-        ax.bar(pos, heights, width, yerr=errs, capsize=3, color=colors[j], label=f"{low} px")
-        if compare:
-            paper = [v["paper_percent_of_320"] if v and v["paper_percent_of_320"] is not None else np.nan for v in vals]
-            ax.scatter(pos, paper, marker="D", s=40, facecolor="white", edgecolor="black", zorder=3,
-                       label="paper (% of 320 px)" if j == 0 else None)
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=30, ha="right")
-    ax.axhline(100, color="gray", linewidth=0.8)
-    ax.set_ylabel(f"AUC as % of the {ref} px AUC")
-    source = "320 px, as in the paper" if ref == FIG3_REFERENCE else f"{ref} px: the highest resolution ≤ 320 in this study"
-    ax.set_title(f"Figure 3: low-resolution AUC as % of {source}", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
-    return _save(fig, out / "figure3.png"), records, ref
-
-
-def figure4(study: Study, out: Path, compare: bool = False) -> Path | None:
-    """Mass and Nodule AUC against resolution for each architecture/epochs variant (the paper's Figure 4)."""
-    present = [v for v in variants(study) if any(l in FIG4_LABELS for l in _labels(study, v))]
-    if not present:
-        return None
-    fig = _figure()
-    ax = fig.add_subplot()
-    resolutions = sorted({r for v in present for r in _resolutions(study, v)})
-    styles = ["-", "-.", ":", (0, (5, 1))]
-    colors = {"Mass": "tab:green", "Nodule": "tab:blue"}
-    for k, v in enumerate(present):
-        for label in FIG4_LABELS:
-            pts = [(res, r["auc"], r.get("auc_sd") or 0.0) for res in resolutions
-                   if (r := study.row(label, res, v)) is not None and _finite(r.get("auc"))]
-            if pts:
-                x, y, e = zip(*pts)
-                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=colors[label], linestyle=styles[k % len(styles)],
-                            label=f"{label} {_variant_name(v)}")
-            pv = paper_variant(v)
-            if compare and pv is not None:
-                paper = [(res, p.auc) for res in paper_results.RESOLUTIONS
-                         if (p := paper_results.paper_auc(label, res, *pv)) is not None]
-                if paper:
-                    px, py = zip(*paper)
-                    ax.plot(px, py, linestyle="--", color=colors[label], alpha=0.4, label=f"{label} ({_paper_label(pv)})")
-                    resolutions = sorted(set(resolutions) | set(px))
-    _res_axis(ax, resolutions)
-    ax.set_ylabel("validation AUC")
-    ax.set_title("Figure 4: Mass and Nodule by architecture; bars = DeLong SD")
-    ax.legend(fontsize=8)
-    return _save(fig, out / "figure4.png")
-
-
-def _colors() -> list[str]:
-    return [f"C{i}" for i in range(10)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,71 +159,99 @@ def _colors() -> list[str]:
 class ReportResult:
     out: Path
     files: list[Path]
-    tables: list[Table]
+    tables: list[Table]  # Tables 2 and 3
     figure3: list[dict[str, Any]]
     figure3_reference: int | None
+    sections: list[Section]  # every section of report.md, the tables included
 
 
-def make_report(study_dir: str | Path, out: str | Path | None = None, compare: bool = False) -> ReportResult:
+def check_inits(study: Study) -> None:
+    """Refuse Tables 2 and 3 whose cells started from different weights (``--mixed-init`` allows it)."""
+    v = primary_variant(study)
+    if v is not None:
+        check_one_init(study, "Table 2", table_rows(study, [(label, v) for label in labels(study, v)]))
+    t3 = [(label, w) for w in table3_variants(study) for label in FIG4_LABELS if label in labels(study, w)]
+    check_one_init(study, "Table 3", table_rows(study, t3))
+
+
+def make_report(study_dir: str | Path, out: str | Path | None = None, compare: bool = False,
+                mixed_init: bool = False, against: str | Path | None = None) -> ReportResult:
+    """Write every table, section and figure of a study folder (and, with ``against``, the two side by side)."""
     study = load_study(study_dir)
+    other = load_study(against) if against is not None else None
+    if not mixed_init:
+        check_inits(study)
     out_dir = Path(out) if out is not None else study.root / "report"
-    files: list[Path] = []
     tables = [t for t in (table2(study, compare), table3(study, compare)) if t is not None]
-    for t in tables:
-        files += write_table(t, out_dir)
-    for fig in (figure2(study, out_dir, compare), figure4(study, out_dir, compare)):
-        if fig is not None:
-            files.append(fig)
+    sections = tables + [s for s in (significance_section(study, compare), architecture_section(study, compare),
+                                     table1_section(study, compare), hernia_section(study, compare),
+                                     leakage_section(study, compare)) if s is not None]
+    if other is not None:
+        sections.append(against_section(study, other))
+    files: list[Path] = []
+    for s in sections:
+        files += write_section(s, out_dir)
+    files += [f for f in (figure2(study, out_dir, compare), figure4(study, out_dir, compare)) if f is not None]
     fig3, fig3_records, ref = figure3(study, out_dir, compare)
     if fig3 is not None:
         files.append(fig3)
     files.append(_write_all_results(study, out_dir))
-    figures = [f.name for f in files if f.suffix == ".png"]
-    files.append(_write_summary(study, out_dir, tables, fig3_records, ref, compare, figures))
-    return ReportResult(out_dir, sorted(set(files)), tables, fig3_records, ref)
+    figures = sorted(f.name for f in files if f.suffix == ".png")
+    files.append(_write_summary(study, out_dir, sections, fig3_records, ref, compare, figures))
+    return ReportResult(out_dir, sorted(set(files)), tables, fig3_records, ref, sections)
 
 
 def _write_all_results(study: Study, out: Path) -> Path:
     """Every row of the store, flat: the numbers behind the tables, nothing filtered."""
-    keys = _ordered(k for r in study.rows for k in r if k != "grids")
+    keys = ordered(k for r in study.rows for k in r if k != "grids")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    for r in sorted(study.rows, key=lambda r: (r["label"], r["arch"], int(r["epochs"]), int(r["res"]))):
+    for r in sorted(study.rows, key=lambda r: (r["label"], r["arch"], int(r["epochs"]), int(r["res"]),
+                                               str(r.get("variant_tag") or ""))):
         writer.writerow(r)
     write_text(out / "results.csv", buf.getvalue())
     return out / "results.csv"
 
 
-def _write_summary(study: Study, out: Path, tables: list[Table], fig3: list[dict[str, Any]], ref: int | None,
+def _figure3_text(fig3: list[dict[str, Any]], ref: int | None, compare: bool) -> list[str]:
+    source = "320 px (the paper's reference)" if ref == FIG3_REFERENCE else \
+        f"{ref} px, the highest resolution ≤ 320 px in this study (320 px was not run)"
+    lines = ["## Figure 3: low-resolution AUC as a percentage of the reference", "",
+             f"Reference: {source}. SD by the delta method, treating the two AUCs as independent.", ""]
+    header = ["Label", "Resolution", f"% of {ref} px"] + (["paper: % of 320 px"] if compare else [])
+    body = []
+    for r in fig3:
+        pct = f"{r['percent']:.1f} ± {r['percent_sd']:.1f}" if r["percent"] is not None else DASH
+        row = [r["label"], f"{r['res']} px", pct]
+        if compare:
+            row.append(f"{r['paper_percent_of_320']:.1f}" if r["paper_percent_of_320"] is not None else DASH)
+        body.append(row)
+    return lines + [markdown(header, body)]
+
+
+def _write_summary(study: Study, out: Path, sections: list[Section], fig3: list[dict[str, Any]], ref: int | None,
                    compare: bool, figures: list[str]) -> Path:
-    n_expected = len({(c["label"], c["res"], c["arch"], c["epochs"]) for c in study.expected}) or len(study.rows)
-    lines = [f"# Study report: {study.config.get('name', study.root.name)}", "",
+    expected = {(c["label"], c["res"], c["arch"], c["epochs"], c.get("grid")) for c in study.special_expected}
+    expected |= {(c["label"], c["res"], c["arch"], c["epochs"], None) for c in study.expected}
+    n_expected = len(expected) or len(study.rows)
+    lines = [f"# Study report: {study.name}", "",
              f"{len(study.rows)} of {n_expected} runs finished (study folder `{study.root}`).", ""]
     train = study.config.get("train") or {}
     if train:
-        shown = ", ".join(f"{k}={train[k]}" for k in ("data", "subsample_size", "val_fraction", "split", "seed",
-                                                      "batch_size", "lr", "tta") if k in train)
+        shown = ", ".join(f"{k}={train[k]}" for k in ("data", "subsample_size", "val_fraction", "split", "seed", "init",
+                                                      "recipe", "batch_size", "lr", "tta") if k in train)
         lines += [f"Settings: {shown}.", ""]
-    for t in tables:
-        lines += [f"## {t.title}", "", t.markdown] + [f"- {n}" for n in t.notes] + [""]
-    if fig3:
-        source = "320 px (the paper's reference)" if ref == FIG3_REFERENCE else \
-            f"{ref} px, the highest resolution ≤ 320 px in this study (320 px was not run)"
-        lines += ["## Figure 3: low-resolution AUC as a percentage of the reference", "",
-                  f"Reference: {source}. SD by the delta method, treating the two AUCs as independent.", ""]
-        header = ["Label", "Resolution", f"% of {ref} px"] + (["paper: % of 320 px"] if compare else [])
-        body = []
-        for r in fig3:
-            pct = f"{r['percent']:.1f} ± {r['percent_sd']:.1f}" if r["percent"] is not None else DASH
-            row = [r["label"], f"{r['res']} px", pct]
-            if compare:
-                row.append(f"{r['paper_percent_of_320']:.1f}" if r["paper_percent_of_320"] is not None else DASH)
-            body.append(row)
-        lines += [_markdown(header, body)]
+    lines += [provenance_note(study.rows), ""]
+    for s in sections:
+        lines.append(s.text())
+        if s.name == "table3" and fig3:  # Figure 3 after the tables it is drawn from
+            lines += _figure3_text(fig3, ref, compare)
+    if fig3 and not any(s.name == "table3" for s in sections):
+        lines += _figure3_text(fig3, ref, compare)
     about = {"figure2.png": "AUC vs resolution", "figure3.png": "low resolution as % of the reference",
              "figure4.png": "Mass and Nodule by architecture"}
     if figures:
-        lines += ["Figures: " + ", ".join(f"{f} ({about.get(f, '')})" for f in sorted(figures)) + ".", ""]
+        lines += ["Figures: " + ", ".join(f"{f} ({about.get(f, '')})" for f in figures) + ".", ""]
     write_text(out / "report.md", "\n".join(lines))
     return out / "report.md"

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from cxr_fast.errors import CxrError
+from cxr_fast.vocabulary import PRECISIONS
 
-PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
 
@@ -71,7 +71,7 @@ def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 5e-4, moment
 
 
 class TrainStep:
-    """Forward under autocast, weighted BCE, backward (scaled for fp16 on CUDA), step, zero_grad.
+    """Forward under autocast, the recipe's weighted loss, backward (scaled for fp16 on CUDA), step, zero_grad.
 
     Calling it returns the detached loss tensor; it does not synchronise, so a caller timing many
     steps pays one sync at the end rather than one per step.
@@ -85,7 +85,10 @@ class TrainStep:
         precision: str,
         device: torch.device | str,
         channels_last: bool = True,
+        recipe: str = "fastai07",
     ) -> None:
+        from cxr_fast.recipes import loss_function
+
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         self.dtype = autocast_dtype(self.precision, self.device)
@@ -94,7 +97,8 @@ class TrainStep:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.model.train()
         self.optimizer = optimizer
-        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(pos_weight)], device=self.device))
+        self.recipe = recipe
+        self.loss_fn = loss_function(recipe, pos_weight, self.device)
         use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler: torch.amp.GradScaler | None = torch.amp.GradScaler("cuda") if use_scaler else None
 
@@ -112,8 +116,8 @@ class TrainStep:
         images = self.prepare(images)
         labels = labels.to(self.device, non_blocking=True).float().view(-1)
         with self.autocast():
-            logits = self.model(images)
-        loss = self.loss_fn(logits.float().view(-1), labels)
+            output = self.model(images)
+        loss = self.loss_fn(output, labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -126,11 +130,14 @@ class TrainStep:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities (float32, N) for a batch, under the same autocast as training.
+        """Positive-class log-odds (float32, N) for a batch, under the same autocast as training.
 
-        The caller puts the model in eval mode first (batch-norm statistics), and back to train after.
+        Logits, not probabilities: a float32 sigmoid of a logit below about -104 is exactly 0, and a
+        vector of zeros ranks nothing. The caller puts the model in eval mode first, and back after.
         """
+        from cxr_fast.models import positive_logit
+
         images = self.prepare(images)
         with self.autocast():
-            logits = self.model(images)
-        return torch.sigmoid(logits.float().view(-1))
+            output = self.model(images)
+        return positive_logit(output)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 from cxr_fast.config import load_yaml
 from cxr_fast.errors import CxrError
 from cxr_fast.io import append_jsonl, read_jsonl, write_text
+from cxr_fast.vocabulary import ARCHS, check_choice, parse_resolutions
 
 STUDY_CONFIG = "study.yaml"
 RESULTS = "results.jsonl"
@@ -33,13 +34,15 @@ LOCK = ".study.lock"
 GRID_FIELDS = ("label", "res", "arch", "epochs", "out")
 # Settings that change speed, not results: excluded from a cell's fingerprint, so a study started on
 # one machine can be finished on another (or with another loader) without being refused.
-SPEED_ONLY = ("out", "device", "loader", "compile", "channels_last", "store", "num_workers")
+SPEED_ONLY = ("out", "device", "loader", "compile", "channels_last", "store", "workers")
 STORES = "stores"
 # The store format each loader reads (``cxr_fast.prepare``); auto picks resident first, which reads cache.
 STORE_FORMATS = {"auto": "cache", "resident": "cache", "cache": "cache", "ffcv": "ffcv", "dali": "jpeg"}
 # Metrics copied from a run into its result row.
-METRIC_KEYS = ("auc", "auc_sd", "accuracy", "n_pos", "n_neg", "n_val", "wall_s", "train_images_per_s",
-               "pos_weight", "precision", "device", "loader")
+METRIC_KEYS = ("auc", "auc_sd", "auc_status", "auc_sd_note", "accuracy", "n_pos", "n_neg", "n_val", "wall_s",
+               "train_images_per_s", "pos_weight", "precision", "device", "loader", "recipe", "init",
+               "weights_file", "weights_sha256", "split", "subsample_size", "seed", "val_leak_images",
+               "val_leak_share")
 
 RunFn = Callable[[Any], dict]
 
@@ -126,20 +129,13 @@ def _parse_grid(g: Any, where: str, fields_: set[str]) -> GridSpec:
     labels, resolutions = _as_list(g["labels"], where, "labels"), _as_list(g["resolutions"], where, "resolutions")
     archs = _as_list(g.get("archs", ["resnet34"]), where, "archs")
     labels = [canonical_label(str(x)) for x in labels]
-    try:
-        resolutions = [int(r) for r in resolutions]
-        epochs = int(g.get("epochs", 3))
-    except (TypeError, ValueError):
-        raise CxrError(f"{where}: resolutions and epochs must be whole numbers") from None
-    if any(r < 16 for r in resolutions):
-        raise CxrError(f"{where}: resolutions must be at least 16 px, got {resolutions}")
-    if epochs < 1:
-        raise CxrError(f"{where}: epochs must be at least 1, got {epochs}")
-    known_archs = ("resnet34", "densenet121")
-    bad = [a for a in archs if a not in known_archs]
-    if bad:
-        raise CxrError(f"{where}: unknown architecture(s) {bad}; choose from {', '.join(known_archs)}")
-    for key, values in (("labels", labels), ("resolutions", resolutions), ("archs", archs)):
+    resolutions = parse_resolutions(resolutions, f"{where}: resolutions")
+    epochs = g.get("epochs", 3)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise CxrError(f"{where}: epochs must be a whole number of at least 1, got {epochs!r}")
+    for a in archs:
+        check_choice(a, ARCHS, "architecture", where)
+    for key, values in (("labels", labels), ("archs", archs)):
         if len(set(values)) != len(values):
             raise CxrError(f"{where}: {key} repeat a value: {values}")
     train = _check_train(g.get("train") or {}, f"{where}.train", fields_)
@@ -184,22 +180,39 @@ class Cell:
     epochs: int
     settings: dict[str, Any]  # the resolved train block for this cell (no grid fields)
     grids: list[str]
+    tag: str = ""  # the grid's own result-changing overrides, e.g. "subsample_size=2000"; "" for none
 
     @property
     def cell_id(self) -> str:
-        """Stable across reruns and config reorderings; also the run folder below ``runs/``."""
-        return f"{self.label}/{self.arch}-e{self.epochs}/r{self.res}"
+        """Stable across reruns and config reorderings; also the run folder below ``runs/``.
+
+        A grid that overrides result-changing settings (the paper's 2,000-image Hernia run) gets its own
+        cells, so it never takes the place of the ordinary cell of the same label and resolution.
+        """
+        tag = f"-{self.tag}" if self.tag else ""
+        return f"{self.label}/{self.arch}-e{self.epochs}{tag}/r{self.res}"
 
     @property
     def fingerprint(self) -> str:
         """Hash of everything that changes the result, so a rerun with other settings is refused."""
-        keep = {k: v for k, v in sorted(self.settings.items()) if k not in SPEED_ONLY}
+        keep = {k: v for k, v in sorted(self.settings.items()) if k not in SPEED_ONLY and k != "weights"}
         keep.update(label=self.label, res=self.res, arch=self.arch, epochs=self.epochs)
         blob = json.dumps(keep, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def describe(self) -> str:
-        return f"{self.label} {self.res}px {self.arch} {self.epochs}ep"
+        return f"{self.label} {self.res}px {self.arch} {self.epochs}ep" + (f" ({self.tag})" if self.tag else "")
+
+
+def _variant_tag(overrides: dict[str, Any]) -> str:
+    """A grid's result-changing overrides as a folder-safe tag (speed-only settings do not count)."""
+    parts = []
+    for key, value in sorted(overrides.items()):
+        if key in SPEED_ONLY:
+            continue
+        text = "".join(c if c.isalnum() or c in ".-_" else "_" for c in str(value))
+        parts.append(f"{key}={text}")
+    return ",".join(parts)
 
 
 def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
@@ -218,10 +231,11 @@ def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
         if only and g.name not in only:
             continue
         settings = {**cfg.train, **g.train}
+        tag = _variant_tag({k: v for k, v in g.train.items() if cfg.train.get(k) != v})
         for label in g.labels:
             for arch in g.archs:
                 for res in g.resolutions:
-                    cell = Cell(label, res, arch, g.epochs, dict(settings), [g.name])
+                    cell = Cell(label, res, arch, g.epochs, dict(settings), [g.name], tag)
                     prior = cells.get(cell.cell_id)
                     if prior is None:
                         cells[cell.cell_id] = cell
@@ -262,6 +276,10 @@ class ResultsStore:
             return
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
+            import warnings
+
+            warnings.warn(f"{self.path}: dropped a torn last line (a run was killed while its row was written; "
+                          "that run is redone)", stacklevel=2)
             with open(self.path, "r+b") as fh:
                 fh.truncate(data.rfind(b"\n") + 1)
                 fh.flush()
@@ -284,7 +302,7 @@ def result_row(cell: Cell, metrics: dict[str, Any]) -> dict[str, Any]:
     """The store row of a finished cell; paths are relative to the study folder, so it can be moved."""
     row: dict[str, Any] = {
         "cell_id": cell.cell_id, "fingerprint": cell.fingerprint, "grids": list(cell.grids),
-        "label": cell.label, "res": cell.res, "arch": cell.arch, "epochs": cell.epochs,
+        "label": cell.label, "res": cell.res, "arch": cell.arch, "epochs": cell.epochs, "variant_tag": cell.tag,
         "run_dir": f"{RUNS}/{cell.cell_id}",
     }
     for key in METRIC_KEYS:
@@ -380,25 +398,88 @@ def study_lock(study_dir: Path) -> Iterator[None]:
         fh.close()
 
 
-def plan(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None) -> list[tuple[Cell, str]]:
-    """(cell, status) for every selected cell: done, partial (a run folder exists) or todo."""
+@dataclass
+class StudyPlan:
+    """Everything a study run decides before it writes: cells, their configs and status, the inits."""
+
+    cells: list[Cell]
+    status: dict[str, str]  # cell_id -> done | partial | todo
+    inits: dict[str, Any]  # cell_id -> cxr_fast.weights.InitChoice
+    notes: list[str] = field(default_factory=list)  # what a dry run could not check, said once
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if self.status[c.cell_id] != "done"]
+
+
+def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None, download: bool = True,
+           progress: bool = True) -> StudyPlan:
+    """Validate every cell, resolve every init and compare with finished rows; write nothing.
+
+    The same function serves ``--dry-run`` (``download=False``) and the real run, so a dry run refuses
+    exactly what a run would refuse. Each cell's settings are checked by ``cxr_fast.train.validate``, the
+    rules of ``cxr-fast train``; its init is resolved once per (arch, init, weights) and the weights'
+    sha256 joins the cell's settings, so the fingerprint (and a rerun's check) covers the weights.
+    A dry run never downloads: weights it cannot find are a note, and finished cells are then matched
+    by id only (the note says so).
+    """
+    from cxr_fast.train import validate
+    from cxr_fast.weights import resolve_for_runs
+
+    cells = expand(cfg, only)
+    for cell in cells:
+        validate(train_config(cell, study_dir), where=f"cell {cell.cell_id}")
+    keys = {c.cell_id: (c.arch, str(c.settings.get("init", "imagenet")), c.settings.get("weights")) for c in cells}
+    try:
+        choices = resolve_for_runs(list(keys.values()), download=download, progress=progress)
+    except CxrError as exc:
+        if download:
+            raise
+        return _undecided(cells, study_dir, f"{exc}; a run fetches them first, so finished cells were matched by "
+                                            "id only, not by settings")
+    inits = {cid: choices[key] for cid, key in keys.items()}
+    for cell in cells:
+        choice = inits[cell.cell_id]
+        pinned = cell.settings.get("weights_sha256")
+        if pinned and pinned != choice.weights_sha256:
+            raise CxrError(f"cell {cell.cell_id}: weights {choice.weights_file} do not have the pinned sha256 "
+                           f"{pinned[:12]}…")
+        cell.settings.update(weights=choice.weights_file, weights_sha256=choice.weights_sha256)
     done = ResultsStore(study_dir / RESULTS).finished()
-    out = []
-    for cell in expand(cfg, only):
-        if cell.cell_id in done:
-            status = "done"
+    status: dict[str, str] = {}
+    for cell in cells:
+        row = done.get(cell.cell_id)
+        if row is not None and row.get("fingerprint") != cell.fingerprint:
+            raise CxrError(f"{study_dir / RESULTS}: {cell.cell_id} was run with other settings "
+                           f"(fingerprint {row.get('fingerprint')} vs {cell.fingerprint}); "
+                           "use a new --out for a study with changed settings")
+        if row is not None:
+            status[cell.cell_id] = "done"
         elif (study_dir / RUNS / cell.cell_id).exists():
-            status = "partial"
+            status[cell.cell_id] = "partial"
         else:
-            status = "todo"
-        out.append((cell, status))
-    return out
+            status[cell.cell_id] = "todo"
+    return StudyPlan(cells, status, inits)
+
+
+def _undecided(cells: list[Cell], study_dir: Path, note: str) -> StudyPlan:
+    """A dry run's plan when the weights are not at hand: status by cell id, and the note that says so."""
+    done = ResultsStore(study_dir / RESULTS).finished()
+    status = {c.cell_id: "done" if c.cell_id in done else
+              "partial" if (study_dir / RUNS / c.cell_id).exists() else "todo" for c in cells}
+    return StudyPlan(cells, status, {}, [note])
+
+
+def plan(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None) -> StudyPlan:
+    """Every selected cell with its status (done, partial: a run folder exists, todo); nothing downloaded."""
+    return decide(cfg, Path(study_dir).resolve(), only, download=False, progress=False)
 
 
 def run_study(cfg: StudyConfig, study_dir: str | Path, executor: Any = None, only: Sequence[str] | None = None,
               run_fn: RunFn | None = None, progress: bool = True, prepare: bool | None = None) -> StudySummary:
     """Run every unfinished cell of ``cfg`` into ``study_dir`` and return what the store holds.
 
+    Everything is decided first (``decide``): a refused study leaves the folder as it was.
     ``run_fn(TrainConfig) -> metrics`` defaults to the real training (``train_cell``); tests pass a fake.
     ``executor`` defaults to ``LocalExecutor()`` (one run after another in this process).
     ``prepare`` (default: when training for real) decodes each label's images once into a shared store.
@@ -409,19 +490,13 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, executor: Any = None, onl
     executor = executor or LocalExecutor()
     prepare = (run_fn is None) if prepare is None else prepare
     run_fn = run_fn or train_cell
-    cells = expand(cfg, only)
+    decide(cfg, study_dir, only, progress=progress)  # refuse before the folder (or its lock) is made
     with study_lock(study_dir):
+        ResultsStore(study_dir / RESULTS).repair()
+        decided = decide(cfg, study_dir, only, progress=progress)  # again under the lock: the rows are final now
+        cells, todo = decided.cells, decided.todo
         write_text(study_dir / STUDY_CONFIG, _yaml(cfg.to_dict()))
         store = ResultsStore(study_dir / RESULTS)
-        store.repair()
-        done = store.finished()
-        for cell in cells:
-            row = done.get(cell.cell_id)
-            if row is not None and row.get("fingerprint") != cell.fingerprint:
-                raise CxrError(f"{study_dir / RESULTS}: {cell.cell_id} was run with other settings "
-                               f"(fingerprint {row.get('fingerprint')} vs {cell.fingerprint}); "
-                               "use a new --out for a study with changed settings")
-        todo = [c for c in cells if c.cell_id not in done]
         if prepare and todo:
             prepare_stores(todo, study_dir, quiet=not progress)
         by_id = {c.cell_id: c for c in todo}
@@ -435,7 +510,8 @@ def run_study(cfg: StudyConfig, study_dir: str | Path, executor: Any = None, onl
                 bar.finished(cell, row)
 
             executor.run(jobs, run_fn, on_done, on_start=lambda job: bar.started(by_id[job.key]))
-        rows = [r for cid, r in store.finished().items() if cid in {c.cell_id for c in cells}]
+        ids = {c.cell_id for c in cells}
+        rows = [r for cid, r in store.finished().items() if cid in ids]
     return StudySummary(len(cells), len(cells) - len(todo), len(todo), rows)
 
 
@@ -487,5 +563,7 @@ class _Progress:
             auc = row.get("auc")
             sd = row.get("auc_sd")
             score = f"AUC {auc:.3f} ± {sd:.3f}" if isinstance(auc, float) and isinstance(sd, float) else ""
+            if row.get("auc_status") == "tied":
+                score = "AUC tied (every score equal: no ranking)"
             self._p.console.print(f"[{self.completed}/{self.total}] {cell.describe()}: {score} "
                                   f"({row.get('wall_s', 0):.0f} s)")

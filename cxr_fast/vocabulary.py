@@ -19,6 +19,7 @@ ARCHS: tuple[str, ...] = ("resnet34", "densenet121")
 PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
 # fastai07: the paper's fastai 0.7 head, class-weighted NLL and transforms; modern: one logit, weighted BCE.
 RECIPES: tuple[str, ...] = ("fastai07", "modern")
+DEFAULT_RECIPE = "fastai07"  # what `train`, the bench and the memory model use unless told otherwise
 # imagenet: torchvision's ImageNet weights (or --weights FILE); random: torch's default init, said openly.
 INITS: tuple[str, ...] = ("imagenet", "random")
 

@@ -32,7 +32,10 @@ def available() -> tuple[bool, str]:
 
 
 def open_for(spec: LoaderSpec, fmt: str) -> Store:
-    """The store holding ``fmt`` at ``spec.res`` for the spec's images, made now if missing."""
+    """The store holding ``fmt`` at ``spec.res`` for the spec's images, made now if missing.
+
+    Opening runs the store's cheap check (sizes, ``.npy`` headers, the sha256 of files changed since they
+    were written): a damaged user store is one error line naming the file and how to rebuild it."""
     return ensure_store(spec.dataset, spec.image_ids, spec.targets, fmt, spec.res if fmt != "jpeg" else None,
                         store=spec.store, workers=spec.num_workers)
 

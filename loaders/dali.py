@@ -8,20 +8,26 @@ The graph (``dali_graph``), with each operator's device explicit:
     resize                    to ``res`` (shrunk by up to ``max_pad`` when padding), antialiased
                               linear; float output without augmentation (no rounding before the
                               model), uint8 through the augmentation (half the memory traffic)
-    brightness_contrast       brightness and contrast jitter around the image mean, saturating (train)
-    rotate                    up to 20 degrees, ``fill_value=0``: black corners (train)
-    crop_mirror_normalize     black padding back to ``res`` at a random place, horizontal flip,
-                              /255 to [0, 1], CHW float
+    brightness_contrast       the run's lighting around the image mean, saturating (train)
+    rotate                    up to ``max_rotate`` degrees, ``fill_value=0``: black corners (train)
+    crop_mirror_normalize     black padding back to ``res`` at a random place (when padding),
+                              horizontal flip, /255 to [0, 1], CHW float
+
+``spec.augmentation`` sets the strengths, probabilities and order (``cxr_fast.augment``). For
+``fastai07`` the lighting comes after the rotation, as fastai 0.7 ran it: additive brightness and
+fastai's contrast draw, centred on the rotated picture's mean (black corners included), which on a
+GPU is copied to the host for the operator's argument (a GPU->CPU transfer the dynamic executor
+allows). ``modern`` lights before rotating, centred on the image mean with CPU operators and on
+mid-grey with GPU ones, as it always did.
 
 Why JPEG, not PNG: DALI decodes PNG on the CPU even in ``mixed`` mode, which is what made the
 paper's loader slow; ``prepare`` turns each PNG into a quality-95 gray JPEG once. JPEG is lossy, so
 this backend is held to the reference pixels with a looser bound than the lossless ones: mean
 absolute error at most 0.5/255 and max at most 4/255 on the test images (``tests/test_loaders.py``;
 measured 0.1/255 mean, 1.8/255 max with DALI 2.4's CPU operators). The augmentation draws its own
-random numbers inside the graph: the same kinds and strengths as ``cxr_fast.augment``, not the same
-draws; contrast is centred on the image mean with CPU operators and on mid-grey with GPU ones.
-Without a GPU the same graph runs with CPU operators and ``device_id=None`` (how the tests run it).
-Batches reach torch through DALI's PyTorch plugin; labels come from the spec by position.
+random numbers inside the graph: the same kinds, strengths and order as ``cxr_fast.augment``, not
+the same draws. Without a GPU the same graph runs with CPU operators and ``device_id=None`` (how the
+tests run it). Batches reach torch through DALI's PyTorch plugin; labels come from the spec by position.
 """
 
 from __future__ import annotations
@@ -66,29 +72,63 @@ def dali_graph(files: list[str], labels: list[int], res: int, train: bool, augme
         return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
 
     affine = chance(cfg.p_affine)
-    lighting = chance(cfg.p_lighting)
-    # Black padding: resize to a smaller square, then pad back to res at a random place.
-    shrink = 1.0 - affine * fn.random.uniform(range=(0.0, cfg.max_pad))
-    side = shrink * float(res)
+    lit = chance(cfg.p_lighting)
+    pad = cfg.max_pad > 0
     # uint8 through the augmentation: half the memory traffic of float, and saturating arithmetic
     # clamps brightness/contrast to [0, 255] for free (rounding an augmented view costs nothing).
-    images = fn.resize(images, resize_x=side, resize_y=side, interp_type=types.INTERP_LINEAR, antialias=True)
-    brightness = 1.0 + lighting * fn.random.uniform(range=(-cfg.max_lighting, cfg.max_lighting))
-    contrast = 1.0 + lighting * fn.random.uniform(range=(-cfg.max_lighting, cfg.max_lighting))
-    # Contrast around the image mean on the CPU graph; on a GPU a reduction's output cannot feed an
-    # argument (those are CPU-side), so the centre is mid-grey there.
-    centre = 128.0 if gpu else fn.reductions.mean(images, dtype=types.FLOAT)
-    images = fn.brightness_contrast(images, brightness=brightness, contrast=contrast, contrast_center=centre,
-                                    dtype=types.UINT8)
+    if pad:  # black padding: resize to a smaller square, pad back to res at a random place below
+        side = (1.0 - affine * fn.random.uniform(range=(0.0, cfg.max_pad))) * float(res)
+        images = fn.resize(images, resize_x=side, resize_y=side, interp_type=types.INTERP_LINEAR, antialias=True)
+    else:
+        images = fn.resize(images, resize_x=res, resize_y=res, interp_type=types.INTERP_LINEAR, antialias=True)
+    if not cfg.lighting_last:
+        images = _light(images, cfg, lit, gpu)
     angle = affine * fn.random.uniform(range=(-cfg.max_rotate, cfg.max_rotate))
     images = fn.rotate(images, angle=angle, fill_value=0, keep_size=True, interp_type=types.INTERP_LINEAR)
+    where = {}
+    if pad:
+        where = dict(crop_h=res, crop_w=res, crop_pos_x=fn.random.uniform(range=(0.0, 1.0)),
+                     crop_pos_y=fn.random.uniform(range=(0.0, 1.0)), out_of_bounds_policy="pad", fill_values=0.0)
+    if cfg.lighting_last:  # fastai 0.7: light the rotated (and padded) picture, then flip
+        if pad:
+            images = fn.crop(images, **where)
+            where = {}
+        images = _light(images, cfg, lit, gpu)
     images = fn.crop_mirror_normalize(
-        images, crop_h=res, crop_w=res, crop_pos_x=fn.random.uniform(range=(0.0, 1.0)),
-        crop_pos_y=fn.random.uniform(range=(0.0, 1.0)), out_of_bounds_policy="pad", fill_values=0.0,
-        mirror=fn.random.coin_flip(probability=cfg.p_flip), mean=0.0, std=255.0, dtype=types.FLOAT,
-        output_layout="CHW",
+        images, **where, mirror=fn.random.coin_flip(probability=cfg.p_flip), mean=0.0, std=255.0,
+        dtype=types.FLOAT, output_layout="CHW",
     )
     return images, index
+
+
+def _light(images, cfg: AugmentConfig, lit, gpu: bool):
+    """``brightness_contrast`` with ``cfg``'s lighting on uint8 ``images``; ``lit`` is 1.0 where an image is lit.
+
+    DALI computes ``shift * 255 + brightness * (centre + contrast * (x - centre))`` and saturates to
+    uint8. fastai07: ``shift = b``, ``brightness = 1``, centre = the picture's mean, so it is fastai
+    0.7's ``clip((x - m) * c + m + b, 0, 1)`` (``cxr_fast.augment.FASTAI07``). multiplicative:
+    ``brightness = b``, ``shift = 0``.
+    """
+    from nvidia.dali import fn, types
+
+    size = cfg.max_lighting
+    if cfg.lighting == "fastai07":
+        shift = lit * fn.random.uniform(range=(-size, size))
+        r = lit * fn.random.uniform(range=(-size, size))
+        neg = fn.cast(r < 0.0, dtype=types.FLOAT)
+        contrast = neg / (1.0 - neg * r) + (1.0 - neg) * (1.0 + r)  # 1 / (1 - r) if r < 0 else 1 + r
+        centre = fn.reductions.mean(images, dtype=types.FLOAT)
+        if gpu:  # an operator's argument lives on the host: copy the per-image mean there
+            centre = centre.cpu()
+        return fn.brightness_contrast(images, brightness_shift=shift, contrast=contrast, contrast_center=centre,
+                                      dtype=types.UINT8)
+    brightness = 1.0 + lit * fn.random.uniform(range=(-size, size))
+    contrast = 1.0 + lit * fn.random.uniform(range=(-size, size))
+    # Around the image mean on the CPU graph; on a GPU this lighting keeps its mid-grey centre, so the
+    # modern recipe's GPU runs stay as they were.
+    centre = 128.0 if gpu else fn.reductions.mean(images, dtype=types.FLOAT)
+    return fn.brightness_contrast(images, brightness=brightness, contrast=contrast, contrast_center=centre,
+                                  dtype=types.UINT8)
 
 
 def build_pipeline(files: list[str], labels: list[int], spec: LoaderSpec, cfg: AugmentConfig = AugmentConfig()):

@@ -1,9 +1,12 @@
 """The baseline, the paper's way: a torch DataLoader that decodes each PNG per item, every epoch.
 
 Per item: the shared reader (a PIL decode, RGBA/16-bit handled), PIL's antialiased bilinear resize
-to ``res``, then torchvision transforms on the PIL image: brightness/contrast jitter, a random
-affine (rotation up to 20 degrees, shrink up to 10% with black fill) and a horizontal flip, in the
-same proportions as ``cxr_fast.augment``. Each item's draw is seeded from ``(seed, epoch, item)`` so a run repeats.
+to ``res``, then the run's augmentation (``spec.augmentation``) as torchvision transforms on the PIL
+image, with ``cxr_fast.augment``'s kinds, strengths, probabilities and order: for ``fastai07`` a
+rotation (black fill), then fastai 0.7's additive lighting around the rotated picture's mean, then a
+flip; for ``modern`` brightness/contrast jitter, then a rotation with a shrink of up to 10% (black
+fill), then a flip. Each item's draw is seeded from ``(seed, epoch, item)`` so a run repeats; the
+draws are the baseline's own, not ``cxr_fast.augment``'s, and the result is rounded to uint8.
 It is the yardstick the fast backends are measured against, not something to train with.
 """
 
@@ -30,16 +33,51 @@ def available() -> tuple[bool, str]:
     return True, "torch DataLoader + PIL decode per item"
 
 
+class _AdditiveLighting:
+    """fastai 0.7's lighting on a gray PIL image: ``clip((x - m) * c + m + b, 0, 1)``, ``m`` its mean.
+
+    ``b`` and ``r`` uniform in +-``max_lighting``, ``c = 1 + r`` or ``1 / (1 - r)`` (see
+    ``cxr_fast.augment.FASTAI07``); draws come from torch's global generator, which ``PilDataset``
+    seeds per item.
+    """
+
+    def __init__(self, max_lighting: float, p: float) -> None:
+        self.max_lighting, self.p = max_lighting, p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        u = torch.rand(3, dtype=torch.float64).tolist()
+        if u[0] >= self.p:
+            return img
+        b = (u[1] * 2 - 1) * self.max_lighting
+        r = (u[2] * 2 - 1) * self.max_lighting
+        c = 1.0 / (1.0 - r) if r < 0 else 1.0 + r
+        x = np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
+        m = float(x.mean(dtype=np.float64))
+        y = np.clip((x - m) * c + m + b, 0.0, 1.0)
+        return Image.fromarray(np.rint(y * 255.0).astype(np.uint8), mode="L")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_lighting={self.max_lighting}, p={self.p})"
+
+
 def _transforms(cfg: AugmentConfig):
+    """torchvision's version of ``cfg``: geometry, lighting and flip in ``cfg``'s order."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.RandomApply([T.ColorJitter(brightness=cfg.max_lighting, contrast=cfg.max_lighting)], p=cfg.p_lighting),
-        T.RandomApply([T.RandomAffine(degrees=cfg.max_rotate, scale=(1.0 - cfg.max_pad, 1.0),
-                                      translate=(cfg.max_pad / 2, cfg.max_pad / 2),
-                                      interpolation=T.InterpolationMode.BILINEAR, fill=0)], p=cfg.p_affine),
-        T.RandomHorizontalFlip(p=cfg.p_flip),
-    ])
+    bilinear = T.InterpolationMode.BILINEAR
+    if cfg.max_pad > 0:
+        geometry = T.RandomAffine(degrees=cfg.max_rotate, scale=(1.0 - cfg.max_pad, 1.0),
+                                  translate=(cfg.max_pad / 2, cfg.max_pad / 2), interpolation=bilinear, fill=0)
+    else:
+        geometry = T.RandomRotation(degrees=cfg.max_rotate, interpolation=bilinear, fill=0)
+    geometry = T.RandomApply([geometry], p=cfg.p_affine)
+    if cfg.lighting == "fastai07":
+        lighting = _AdditiveLighting(cfg.max_lighting, cfg.p_lighting)
+    else:
+        lighting = T.RandomApply([T.ColorJitter(brightness=cfg.max_lighting, contrast=cfg.max_lighting)],
+                                 p=cfg.p_lighting)
+    steps = [geometry, lighting] if cfg.lighting_last else [lighting, geometry]
+    return T.Compose(steps + [T.RandomHorizontalFlip(p=cfg.p_flip)])
 
 
 class PilDataset(torch.utils.data.Dataset):

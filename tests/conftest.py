@@ -16,6 +16,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path_factory.getbasetemp() / "cxr-fast-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _no_weights_download(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never need the network: an empty torch hub cache of their own, and torchvision's weights URL
+    pointed at a closed local port, so a test that forgets ``init: random`` fails fast, as offline."""
+    import cxr_fast.weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+    real = cxr_fast.weights.imagenet_url
+    monkeypatch.setattr(cxr_fast.weights, "imagenet_url",
+                        lambda arch: "http://127.0.0.1:9/" + real(arch).rsplit("/", 1)[-1])
+
+
 @pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """64 phantom images at 256 px (seed 0) in the NIH layout; made once per test session."""

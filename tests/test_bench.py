@@ -125,7 +125,7 @@ def test_config_file_matches_builtin_defaults():
 
 def test_config_errors_are_one_line(tmp_path, capsys):
     assert main(["bench", "--res", "abc"]) == 2
-    assert "resolutions" in capsys.readouterr().err
+    assert "a resolution is a whole number of pixels, got 'abc'" in capsys.readouterr().err
     assert main(["bench", "--arch", "vgg16", "--res", "32"]) == 2
     assert "unknown architecture" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"

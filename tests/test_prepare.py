@@ -13,7 +13,7 @@ from PIL import Image
 import cxr_fast.prepare as P
 from cxr_fast.cli import main
 from cxr_fast.data.nih import open_dataset
-from cxr_fast.data.reader import read_gray
+from cxr_fast.data.reader import DataWarning, read_gray
 from cxr_fast.errors import CxrError
 from cxr_fast.loaders import backend
 from cxr_fast.loaders.base import LoaderSpec
@@ -50,6 +50,10 @@ def test_prepare_writes_formats_and_lists_unreadable_images(data, tmp_path: Path
     assert jpeg.ndim == 2 and np.abs(jpeg.astype(int) - read_gray(ds.path_of(ids[1]))).mean() < 2
     assert not store.jpeg_path(bad_name).exists()
     assert not list((tmp_path / "store").rglob("*.partial")) and not list((tmp_path / "store").rglob(".*.tmp"))
+    written = {p.relative_to(tmp_path / "store").as_posix() for p in (tmp_path / "store").rglob("*.*")
+               if p.name not in (P.MANIFEST, P.LOCK)}
+    assert written == set(store.manifest["files"]), "every file the store holds has its checksum recorded"
+    assert not store.damage(full=True)
 
     # A loader over the store leaves the unreadable image out, and says so.
     spec = LoaderSpec(dataset=ds, image_ids=np.array(ids), targets=labels, res=32, batch_size=4, train=False,
@@ -125,6 +129,20 @@ def test_stale_store_is_detected_and_rejected(data, tmp_path: Path):
     assert float(first[2].mean()) < 0.1 and float(second[2].mean()) > 0.9
 
 
+def test_a_damaged_store_in_the_cache_folder_is_remade(data):
+    """No user made it, so a damaged on-demand store is rebuilt (said once), like a stale one."""
+    ds, ids, labels = data
+    ids, labels = ids[:-1], labels[:-1]
+    spec = LoaderSpec(dataset=ds, image_ids=np.array(ids), targets=labels, res=32, batch_size=8, train=False,
+                      device=torch.device("cpu"), num_workers=1)
+    first = torch.cat([x for x, _ in backend("cache").build(spec)])
+    npy = P.auto_store_dir(ds, ids, labels) / "cache" / "32.npy"
+    npy.write_bytes(npy.read_bytes()[:500])
+    with pytest.warns(DataWarning, match="32.npy: damaged .* remaking this cached store"):
+        second = torch.cat([x for x, _ in backend("cache").build(spec)])
+    assert torch.equal(first, second)
+
+
 def test_foreign_or_unknown_folders_are_refused(data, tmp_path: Path):
     ds, ids, labels = data
     out = tmp_path / "store"
@@ -169,9 +187,15 @@ def test_ffcv_writer_is_bounded_and_atomic(data, tmp_path: Path):
     pytest.importorskip("ffcv")
     ds, ids, labels = data
     out = tmp_path / "store"
+    hung = _cfg(resolutions=(32,), formats=("cache", "ffcv"), ffcv_timeout_s=0.01)
     with pytest.raises(CxrError, match="did not finish"):
-        P.prepare_store(ds, ids[:4], labels[:4], out, _cfg(resolutions=(32,), formats=("cache", "ffcv"),
-                                                            ffcv_timeout_s=0.01))
+        P.prepare_store(ds, ids[:4], labels[:4], out, hung)
+    assert not out.exists(), "a store started from nothing is removed when its run fails"
+    P.prepare_store(ds, ids[:4], labels[:4], out, _cfg(resolutions=(32,), formats=("cache",)))
+    with pytest.raises(CxrError, match="did not finish"):
+        P.prepare_store(ds, ids[:4], labels[:4], out, hung)
     assert not list((out / "ffcv").iterdir()), "a stopped write leaves nothing behind"
+    assert P.open_store(out).has("cache", 32), "an existing store keeps its finished parts"
     store = P.prepare_store(ds, ids[:4], labels[:4], out, _cfg(resolutions=(32,), formats=("ffcv",)))
     assert store.has("ffcv", 32) and store.ffcv_path(32).stat().st_size > 0
+    assert not P.open_store(out).damage(full=True), "the .beton is recorded with its checksum"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cxr_fast.cli import main
-from cxr_fast.data.reader import ImageError, read_gray, read_gray_with_info
+from cxr_fast.data.reader import ImageError, OutsideRootError, contained_path, read_gray, read_gray_with_info
 
 
 def test_rgba_is_converted_to_gray_by_luminance(tmp_path):
@@ -42,6 +42,18 @@ def test_truncated_and_missing_files_name_the_file(tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(ImageError, match="text.png: not a readable image"):
         read_gray(tmp_path / "text.png")
+
+
+def test_only_bare_names_inside_the_root_pass_the_gate(tmp_path):
+    """Links that stay inside the data folder are fine (tools deduplicate that way); names are file names."""
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "images" / "b.png").symlink_to("a.png")
+    assert contained_path(tmp_path, "b.png", tmp_path / "images") == tmp_path / "images" / "b.png"
+    (tmp_path / "images" / "c.png").symlink_to(tmp_path.parent)
+    for name in ("../a.png", "/etc/hosts", "images/a.png", "..", "", "a\\b.png", "c.png"):
+        with pytest.raises(OutsideRootError):
+            contained_path(tmp_path, name, tmp_path / "images")
 
 
 @pytest.fixture()

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The tiny grid: real training, one label with enough positives in the 64-image phantom, two resolutions.
 TINY_TRAIN = {"batch_size": 8, "subsample_size": 64, "val_fraction": 0.4, "max_batches": 1, "tta": 1,
-              "loader": "resident", "num_workers": 0, "pretrained": False, "seed": 0}
+              "loader": "resident", "workers": 0, "init": "random", "seed": 0}
 
 
 def tiny_config(data: Path, **train) -> dict:
@@ -36,7 +36,7 @@ def tiny_config(data: Path, **train) -> dict:
 
 def fake_config(n_labels: int = 2) -> dict:
     labels = ["Nodule", "Mass", "Effusion"][:n_labels]
-    return {"name": "fake", "train": {"lr": 5e-4, "data": "/nonexistent"},
+    return {"name": "fake", "train": {"lr": 5e-4, "data": "/nonexistent", "init": "random"},
             "grids": [{"name": "table2", "labels": labels, "resolutions": [32, 64], "epochs": 1}]}
 
 
@@ -73,7 +73,12 @@ def test_paper_config_is_the_papers_grid():
     cells = expand(cfg)
     t2 = [c for c in cells if "table2" in c.grids]
     t3 = [c for c in cells if "table3" in c.grids]
-    assert len(t2) == 8 * 9 and len(t3) == 2 * 9 * 2 and len(cells) == 108
+    hernia = [c for c in cells if "hernia2000" in c.grids]
+    assert len(t2) == 8 * 9 and len(t3) == 2 * 9 * 2 and len(hernia) == 1 and len(cells) == 109
+    # The 2,000-image Hernia run has its own cell: it never replaces Table 2's Hernia at 256 px.
+    assert hernia[0].cell_id == "Hernia/resnet34-e3-subsample_size=2000/r256"
+    assert hernia[0].settings["subsample_size"] == 2000 and (hernia[0].res, hernia[0].epochs) == (256, 3)
+    assert {(c.settings["recipe"], c.settings["init"]) for c in cells} == {("fastai07", "imagenet")}
     assert {c.res for c in cells} == {32, 64, 128, 224, 256, 320, 448, 512, 600}
     assert {c.epochs for c in t2} == {3} and {c.epochs for c in t3} == {10}
     assert {c.arch for c in t3} == {"resnet34", "densenet121"} and {c.label for c in t3} == {"Mass", "Nodule"}
@@ -82,6 +87,9 @@ def test_paper_config_is_the_papers_grid():
     assert (s["batch_size"], s["lr"], s["subsample_size"], s["val_fraction"], s["split"]) == (8, 5e-4, 20000, 0.2, "image")
     quick = expand(load_study(REPO / "configs" / "quick.yaml"))
     assert 2 <= len(quick) <= 12 and max(c.res for c in quick) <= 224
+    assert {(c.settings["recipe"], c.settings["init"]) for c in quick} == {("fastai07", "random")}  # said openly
+    patients = expand(load_study(REPO / "configs" / "paper-patients.yaml"))
+    assert len(patients) == 72 and {c.settings["split"] for c in patients} == {"patient"}
 
 
 def test_config_errors_name_the_problem():
@@ -117,7 +125,7 @@ def test_interrupted_study_resumes_with_every_cell_exactly_once(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, tmp_path, run_fn=first, progress=False)
     assert cell_ids(tmp_path) == ["Nodule/resnet34-e1/r32"]
-    statuses = {c.cell_id: s for c, s in plan(cfg, tmp_path)}
+    statuses = plan(cfg, tmp_path).status
     assert statuses["Nodule/resnet34-e1/r32"] == "done" and statuses["Mass/resnet34-e1/r64"] == "todo"
 
     second = FakeRun()

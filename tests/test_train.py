@@ -1,7 +1,8 @@
 """Training: the step learns, AMP paths run on the CPU, the run folder is complete and resumable.
 
-Run-folder tests swap ResNet34 for a tiny CNN (same one-channel, one-logit contract) so that two
-epochs cost well under a second on a 2-core CPU; the real ResNet34 is exercised by the step tests.
+Run-folder tests swap ResNet34 for a tiny CNN (same one-channel contract and the recipe's output: a
+two-way log-softmax for fastai07, one logit for modern) so that two epochs cost well under a second on
+a 2-core CPU; the real ResNet34 is exercised by the step tests.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from cxr_fast.train import TrainConfig, load_config, run_training
 REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 
 
-def _tiny_model(arch: str = "resnet34", weights=None, pretrained: bool = True) -> nn.Module:
+def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None) -> nn.Module:
+    out = [nn.Linear(16, 2), nn.LogSoftmax(dim=1)] if recipe == "fastai07" else [nn.Linear(16, 1)]
     return nn.Sequential(
         Normalize(), nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), *out,
     )
 
 
@@ -42,7 +44,7 @@ def tiny_net(monkeypatch):
 def _cfg(data, out, **kw) -> TrainConfig:
     # "No Finding" is about half the phantom's rows, so a 13-image validation set holds both classes.
     base = dict(label="No Finding", res=32, epochs=2, batch_size=8, lr=1e-2, loader="resident", data=str(data),
-                out=str(out), pretrained=False, tta=2, num_workers=1, device="cpu")
+                out=str(out), init="random", tta=2, workers=1, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -55,17 +57,18 @@ def test_a_tiny_model_overfits_a_tiny_batch():
     torch.manual_seed(0)
     model = nn.Sequential(Normalize(), nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                           nn.Linear(8 * 16 * 16, 1))
-    step = TrainStep(model, make_optimizer(model, "adam", lr=1e-3), pos_weight=2.0, precision="fp32", device="cpu")
+    step = TrainStep(model, make_optimizer(model, "adam", lr=1e-3), pos_weight=2.0, precision="fp32", device="cpu",
+                     recipe="modern")
     images = torch.rand(8, 1, 32, 32)
     labels = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1], dtype=torch.float32)
     losses = [float(step(images, labels)) for _ in range(60)]
     assert losses[-1] < 0.05 * losses[0], losses
-    assert ((step.predict(images) > 0.5).float() == labels).all()
+    assert ((step.predict(images) > 0).float() == labels).all()  # predict gives log-odds
 
 
 def test_resnet34_loss_falls_on_a_tiny_batch():
     torch.manual_seed(0)
-    model = build_model("resnet34", pretrained=False)
+    model = build_model("resnet34", "fastai07")
     step = TrainStep(model, make_optimizer(model, "adam", lr=1e-3), pos_weight=1.0, precision="fp32", device="cpu")
     images = torch.rand(4, 1, 32, 32)
     labels = torch.tensor([0, 1, 0, 1], dtype=torch.float32)
@@ -75,26 +78,29 @@ def test_resnet34_loss_falls_on_a_tiny_batch():
 
 def test_bf16_autocast_runs_on_cpu():
     torch.manual_seed(0)
-    model = build_model("resnet34", pretrained=False)
+    model = build_model("resnet34", "fastai07")
     step = TrainStep(model, make_optimizer(model), pos_weight=3.0, precision="bf16", device="cpu")
     assert step.dtype == torch.bfloat16 and step.scaler is None
-    seen = []
-    hook = model[1].conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    before = model[1].fc.weight.detach().clone()
+    seen, head_in = [], []
+    conv1, last = model[1][0], model[2].head[7]
+    hook = conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    hook2 = last.register_forward_hook(lambda m, i, o: head_in.append(o.dtype))
+    before = last.weight.detach().clone()
     loss = step(torch.rand(4, 1, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0]))
-    hook.remove()
-    assert seen == [torch.bfloat16]  # the convolution really ran in bf16
+    hook.remove(), hook2.remove()
+    assert seen == [torch.bfloat16]  # the convolution really ran in bf16 ...
+    assert head_in == [torch.float32]  # ... and the head in float32
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert not torch.equal(before, model[1].fc.weight)  # and the optimizer stepped
-    assert model[1].fc.weight.grad is None  # zero_grad(set_to_none=True)
-    assert model[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(before, last.weight)  # and the optimizer stepped
+    assert last.weight.grad is None  # zero_grad(set_to_none=True)
+    assert conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_grad_scaler_only_for_fp16_on_cuda():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 1))
     for precision in ("fp32", "bf16", "fp16"):
-        assert TrainStep(model, make_optimizer(model), 1.0, precision, "cpu").scaler is None
-    loss = TrainStep(model, make_optimizer(model), 1.0, "fp16", "cpu", channels_last=False)(
+        assert TrainStep(model, make_optimizer(model), 1.0, precision, "cpu", recipe="modern").scaler is None
+    loss = TrainStep(model, make_optimizer(model), 1.0, "fp16", "cpu", channels_last=False, recipe="modern")(
         torch.rand(2, 1, 2, 2), torch.tensor([0.0, 1.0]))
     assert torch.isfinite(loss)
 
@@ -124,18 +130,35 @@ def test_optimizers():
         make_optimizer(net, "sgd", lr=0)
 
 
-def test_pos_weight_weights_positive_errors():
+def test_modern_recipe_pos_weight_weights_positive_errors():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 1))
     with torch.no_grad():
         model[1].weight.zero_()
         model[1].bias.zero_()
-    one = TrainStep(model, make_optimizer(model, lr=1e-9), 1.0, "fp32", "cpu", channels_last=False)
-    five = TrainStep(model, make_optimizer(model, lr=1e-9), 5.0, "fp32", "cpu", channels_last=False)
+    one = TrainStep(model, make_optimizer(model, lr=1e-9), 1.0, "fp32", "cpu", channels_last=False, recipe="modern")
+    five = TrainStep(model, make_optimizer(model, lr=1e-9), 5.0, "fp32", "cpu", channels_last=False, recipe="modern")
     x = torch.zeros(2, 1, 2, 2)
     y = torch.tensor([1.0, 0.0])
     # logit 0: per-image loss log 2; the positive counts 5x -> mean (5 + 1) / 2 * log 2.
     assert float(one(x, y)) == pytest.approx(np.log(2))
     assert float(five(x, y)) == pytest.approx(3 * np.log(2))
+
+
+def test_fastai07_loss_is_class_weighted_nll_normalised_by_the_batch_weights():
+    # A fixed two-way output for 4 images, 1 positive and 3 negatives, loss weight w = 7.
+    torch.manual_seed(0)
+    logits = torch.randn(4, 2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2), nn.LogSoftmax(dim=1))
+    step = TrainStep(model, make_optimizer(model, lr=1e-9), 7.0, "fp32", "cpu", channels_last=False)
+    log_p = logits.log_softmax(dim=1)
+    y = torch.tensor([1, 0, 0, 0])
+    # By hand: sum_i w[y_i] * -log p_i[y_i] / sum_i w[y_i], with w = [1, 7].
+    w = [7.0 if t == 1 else 1.0 for t in y.tolist()]
+    by_hand = sum(wi * -float(log_p[i, t]) for i, (wi, t) in enumerate(zip(w, y.tolist()))) / sum(w)
+    assert float(step.loss_fn(log_p, y.float())) == pytest.approx(by_hand, rel=1e-6)
+    # ... which is not the batch mean the modern recipe takes: the two recipes weigh a batch differently.
+    batch_mean = sum(wi * -float(log_p[i, t]) for i, (wi, t) in enumerate(zip(w, y.tolist()))) / 4
+    assert by_hand != pytest.approx(batch_mean)
 
 
 # --- config ----------------------------------------------------------------------------------------------
@@ -197,7 +220,7 @@ def test_run_folder_and_resume_after_a_kill(tiny_phantom, tmp_path, tiny_net):
     assert list(a["image_ids"]) and len(a["image_ids"]) == len(a["labels"]) == len(a["scores"])
     auc, var = delong_auc_variance(a["labels"], a["scores"])
     assert metrics["auc"] == pytest.approx(auc) and metrics["auc_sd"] == pytest.approx(np.sqrt(var))
-    assert metrics["accuracy"] == pytest.approx(accuracy(a["labels"], a["scores"]))
+    assert metrics["accuracy"] == pytest.approx(accuracy(a["labels"], a["scores"], threshold=0.0))  # log-odds
     assert (metrics["n_pos"], metrics["n_neg"]) == (int(a["labels"].sum()), int((1 - a["labels"]).sum()))
     assert 0 < metrics["n_pos"] and 0 < metrics["n_neg"]
     assert metrics["tta"] == 2 and "auc_plain" in metrics  # TTA scores differ from the plain view's
@@ -240,14 +263,14 @@ def test_max_batches_caps_an_epoch(tiny_phantom, tmp_path, tiny_net):
 def test_cli_train_prints_one_line_and_errors_are_one_line(tiny_phantom, tmp_path, tiny_net, capsys):
     out = tmp_path / "cli-run"
     code = main(["train", "--label", "No Finding", "--res", "32", "--epochs", "1", "--data", str(tiny_phantom),
-                 "--out", str(out), "--loader", "resident", "--tta", "0", "--no-pretrained", "--device", "cpu",
+                 "--out", str(out), "--loader", "resident", "--tta", "0", "--init", "random", "--device", "cpu",
                  "--precision", "bf16", "--no-channels-last", "--lr", "0.01", "--quiet"])
     text = capsys.readouterr().out
     assert code == 0 and "AUC" in text and "bf16" in text and str(out) in text
     saved = (out / "config.yaml").read_text()
     assert "precision: bf16" in saved and "channels_last: false" in saved
     assert main(["train", "--res", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "res must be positive" in capsys.readouterr().err
+    assert "resolution 0 is out of range" in capsys.readouterr().err
 
 
 # --- lr-find -------------------------------------------------------------------------------------------------
@@ -269,11 +292,13 @@ def test_lr_suggestion_on_a_known_curve():
 
 def test_cli_lr_find(tiny_phantom, tmp_path, tiny_net, capsys):
     code = main(["lr-find", "--label", "No Finding", "--res", "32", "--data", str(tiny_phantom), "--loader",
-                 "resident", "--device", "cpu", "--num-iter", "12", "--out", str(tmp_path / "lr"), "--quiet"])
+                 "resident", "--device", "cpu", "--num-iter", "12", "--out", str(tmp_path / "lr"), "--quiet",
+                 "--init", "random"])
     assert code == 0 and "suggested lr" in capsys.readouterr().out
     assert (tmp_path / "lr" / "lr_find.png").is_file() and (tmp_path / "lr" / "lr_find.json").is_file()
     assert main(["lr-find", "--start-lr", "1", "--end-lr", "0.1", "--data", str(tiny_phantom), "--res", "32",
-                 "--label", "No Finding", "--loader", "resident", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+                 "--label", "No Finding", "--loader", "resident", "--out", str(tmp_path / "bad"), "--quiet",
+                 "--init", "random"]) == 2
     assert "start_lr" in capsys.readouterr().err
 
 

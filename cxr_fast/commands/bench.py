@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from cxr_fast.vocabulary import ARCHS
+
 HELP = "throughput and batch-size limits per resolution: loaders, training step, memory"
 DESCRIPTION = (
     "For each resolution: images/s of every available loader backend (and its ratio to the PIL "
@@ -54,7 +56,7 @@ def cpu_effort() -> Effort:
 @dataclass
 class BenchConfig:
     res: list[int] = field(default_factory=lambda: [224])
-    archs: list[str] = field(default_factory=lambda: ["resnet34", "densenet121"])
+    archs: list[str] = field(default_factory=lambda: list(ARCHS))
     loaders: list[str] = field(default_factory=lambda: ["all"])
     label: str = "Nodule"
     precision: str = "auto"
@@ -99,21 +101,9 @@ def load_config(path: str | None = None, **flags: Any) -> BenchConfig:
 
 
 def _res_list(value: Any, source: str = "--res") -> list[int]:
-    from cxr_fast.bench.memory import PAPER_RESOLUTIONS
-    from cxr_fast.errors import CxrError
+    from cxr_fast.vocabulary import parse_resolutions
 
-    if isinstance(value, str):
-        if value.strip().lower() == "all":
-            return list(PAPER_RESOLUTIONS)
-        try:
-            value = [int(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise CxrError(f"{source}: resolutions must be integers or 'all', got {value!r}") from None
-    if isinstance(value, int):
-        value = [value]
-    if not isinstance(value, list) or not value or any(not isinstance(v, int) or not 16 <= v <= 4096 for v in value):
-        raise CxrError(f"{source}: resolutions must be integers from 16 to 4096 px, got {value!r}")
-    return value
+    return parse_resolutions(value, source)
 
 
 def _validate(cfg: BenchConfig) -> None:
@@ -299,8 +289,9 @@ def _run_sections(cfg, effort, archs, device, on_gpu, precision, mem_precision, 
                 except Exception as exc:  # noqa: BLE001
                     limit_note = f"batch search failed: {_reason(exc)}"
                     say(f"{res}px {arch}: {limit_note}")
+            search_failed = limit_note.startswith("batch search failed")
             rows.append(make_row(
-                machine, arch=arch, res=res, kind="batch_limit", status="ok",
+                machine, arch=arch, res=res, kind="batch_limit", status="error" if search_failed else "ok",
                 batch_size=synth.batch_size if synth else bs,
                 precision=mem_precision, channels_last=cfg.channels_last, optimizer=cfg.optimizer,
                 max_batch_predicted=predicted_bs, gpu_gb=predict_gb, param_count=prof.n_params,
@@ -427,10 +418,13 @@ def _training(ctx: _Context, arch: str, res: int, bs: int, best: dict | None, pr
 
 
 def _train_spec(dataset, ids, targets, res: int, bs: int, device, cfg: BenchConfig):
+    from cxr_fast.augment import augment_config
     from cxr_fast.loaders.base import LoaderSpec
+    from cxr_fast.vocabulary import DEFAULT_RECIPE
 
     return LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=res, batch_size=bs, train=True,
-                      device=device, seed=0, channels_last=cfg.channels_last, drop_last=True, augment=True)
+                      device=device, seed=0, channels_last=cfg.channels_last, drop_last=True, augment=True,
+                      augmentation=augment_config(DEFAULT_RECIPE))
 
 
 def _synth_row(make_row, machine, arch, res, bs, synth, prof, common) -> dict:
@@ -619,4 +613,24 @@ def run(args: argparse.Namespace) -> int:
     print_tables(doc, console)
     console.print(f"wrote {paths['json']} and {paths['csv']}" + (f" and {cfg.json}" if cfg.json else "")
                   + f" in {doc['wall_s']:.0f} s", highlight=False)
+    failed = failed_sections(doc)
+    if failed:
+        import sys
+
+        print(f"cxr-fast bench: error: {len(failed)} section(s) failed: {'; '.join(failed[:3])}"
+              + (" ..." if len(failed) > 3 else "") + " (rows with status error/oom in the results)", file=sys.stderr)
+        return 1
     return 0
+
+
+def failed_sections(doc: dict) -> list[str]:
+    """'600px resnet34 train_loader (cache): reason' for every row that errored, so the exit code can say so.
+
+    A loader that cannot run here is 'skipped' (its reason is shown), not failed.
+    """
+    out = []
+    for r in doc.get("rows", []):
+        if r.get("status") in ("error", "oom"):
+            what = f"{r.get('res')}px {r.get('arch') or ''} {r.get('kind')}".replace("  ", " ")
+            out.append(f"{what} ({r.get('backend')}): {r.get('reason')}" if r.get("backend") else f"{what}: {r.get('reason')}")
+    return out

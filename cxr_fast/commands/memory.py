@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_fast.bench.memory import DEFAULT_GPU_GB
+from cxr_fast.vocabulary import ARCHS
+
 HELP = "predict the largest training batch per resolution and GPU size (no GPU needed)"
 DESCRIPTION = (
     "Counts the bytes autograd saves per image (saved-tensor hooks on the meta device, so nothing is "
@@ -31,23 +34,11 @@ def _csv(kind, allowed=None):
     return parse
 
 
-def parse_res(text: str) -> list[int]:
-    """``all`` -> the paper's nine resolutions; otherwise a comma list of positive integers."""
-    from cxr_fast.bench.memory import PAPER_RESOLUTIONS
-
-    if text.strip().lower() == "all":
-        return list(PAPER_RESOLUTIONS)
-    values = _csv(int)(text)
-    if any(v < 16 or v > 4096 for v in values):
-        raise argparse.ArgumentTypeError(f"resolutions must be 16..4096 px, got {text!r}")
-    return values
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", type=_csv(str, ("resnet34", "densenet121")), default=["resnet34", "densenet121"],
+    parser.add_argument("--arch", type=_csv(str, ARCHS), default=list(ARCHS),
                         help="architectures, comma separated")
-    parser.add_argument("--res", type=parse_res, default="all", help="resolutions, comma separated, or 'all' (the paper's nine)")
-    parser.add_argument("--gpu-gb", type=_csv(float), default=[11, 16, 24, 40, 80, 141],
+    parser.add_argument("--res", default="all", help="resolutions, comma separated, or 'all' (the paper's nine)")
+    parser.add_argument("--gpu-gb", type=_csv(float), default=list(DEFAULT_GPU_GB),
                         help="card sizes in GiB, comma separated")
     parser.add_argument("--precision", type=_csv(str, ("amp", "fp32", "both")), default=["amp"],
                         help="amp (fp16/bf16 activations), fp32, or both")
@@ -129,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.io import write_json
 
     console = Console()
-    res = args.res if isinstance(args.res, list) else parse_res(args.res)
+    from cxr_fast.vocabulary import parse_resolutions
+
+    res = parse_resolutions(args.res, "--res")
     precisions = _precisions(args.precision)
     if any(g <= 0 for g in args.gpu_gb):
         from cxr_fast.errors import CxrError

@@ -10,15 +10,10 @@ DESCRIPTION = (
     "train/validation) once, with the shared reader, into STORE: 'jpeg' (8-bit gray JPEG for DALI's GPU "
     "decoder), 'cache' (one memory-mapped uint8 array per resolution, antialiased bilinear resize done "
     "once), 'ffcv' (a .beton per resolution, needs FFCV). A second run resumes; unreadable images are "
-    "listed by name and skipped; a store made from other files or labels is refused."
+    "listed by name and skipped; a store made from other files or labels is refused. Every file's sha256 is "
+    "recorded; a run that finds a store checks them all and rebuilds damaged parts. Without DATA, an existing "
+    "STORE's own data folder is used."
 )
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _words(text: str) -> list[str]:
@@ -27,11 +22,12 @@ def _words(text: str) -> list[str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", nargs="?", default=None,
-                        help="NIH-layout dataset folder (default: the built-in phantom)")
+                        help="NIH-layout dataset folder (default: the one an existing STORE was made from, "
+                        "else the built-in phantom)")
     parser.add_argument("--label", required=True, help="finding whose subsample to prepare, e.g. Nodule")
     parser.add_argument("--out", required=True, metavar="STORE", help="store folder to create or resume")
-    parser.add_argument("--res", type=_ints, default=[32, 64, 128, 224, 256, 320, 448, 512, 600],
-                        help="resolutions for cache and ffcv, comma-separated")
+    parser.add_argument("--res", default="all",
+                        help="resolutions for cache and ffcv, comma-separated, or 'all' (the paper's nine)")
     parser.add_argument("--format", type=_words, default=["jpeg", "cache"], dest="formats",
                         help="store formats, comma-separated: jpeg, cache, ffcv")
     parser.add_argument("--size", type=int, default=20_000, help="subsample size (the paper: 20,000)")
@@ -47,11 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.data.source import resolve_dataset
     from cxr_fast.errors import CxrError
     from cxr_fast.prepare import PrepareConfig, prepare_subsample
+    from cxr_fast.vocabulary import parse_resolutions
 
     if not 1 <= args.quality <= 100:
         raise CxrError(f"--quality must be 1 to 100, got {args.quality}")
-    dataset = resolve_dataset(args.data, quiet=args.quiet)
-    cfg = PrepareConfig(resolutions=tuple(args.res), formats=tuple(args.formats), jpeg_quality=args.quality,
+    resolutions = parse_resolutions(args.res)
+    dataset = resolve_dataset(args.data, quiet=args.quiet, store=args.out)
+    cfg = PrepareConfig(resolutions=tuple(resolutions), formats=tuple(args.formats), jpeg_quality=args.quality,
                         workers=args.workers, quiet=args.quiet)
     store = prepare_subsample(dataset, args.label, args.out, cfg, size=args.size, seed=args.seed, split=args.split)
     m = store.manifest

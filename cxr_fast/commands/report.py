@@ -1,15 +1,18 @@
-"""``cxr-fast report``: the paper's Tables 2 and 3 and Figures 2-4 from a study folder."""
+"""``cxr-fast report``: the paper's tables, figures and other results from a study folder."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "make the paper's Tables 2-3 (Markdown, CSV) and Figures 2-4 (PNG) from a study folder"
+HELP = "make the paper's Tables 1-3 (Markdown, CSV), Figures 2-4 (PNG) and its other results from a study folder"
 DESCRIPTION = (
-    "Read a study folder (from `cxr-fast study`) and write Table 2 and Table 3 as Markdown and CSV (AUC ± DeLong "
-    "SD; * where the best resolution of a label beats every other at p < .05, paired DeLong test), Figure 2 "
-    "(AUC vs resolution), Figure 3 (32 and 64 px as % of 320 px) and Figure 4 (Mass and Nodule by "
-    "architecture) as PNG, plus report.md. Unfinished cells show as —."
+    "Read a study folder (from `cxr-fast study`) and write, as Markdown and CSV: Tables 2 and 3 (AUC ± DeLong SD; "
+    "* on each label's highest AUC, as in the paper; † where the best is significantly higher by the paper's "
+    "unpaired z-test, ‡ by the paired DeLong test, p < .05), whether each label's best beats all others under "
+    "each test, Table 3's architectures compared, Table 1 (AUC and accuracy at 64 and 320 px, loss weight), the "
+    "Hernia run on a 2,000-image subsample, and the share of validation images whose patient is in training; "
+    "Figures 2-4 as PNG; and report.md with all of it. Every table names its cells' init and recipe, and cells of "
+    "different inits are refused in one table unless --mixed-init. Unfinished cells show as — or 'not run'."
 )
 
 
@@ -17,7 +20,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", metavar="DIR", help="study folder (holds results.jsonl)")
     parser.add_argument("--out", metavar="DIR", help="where to write the report (default DIR/report)")
     parser.add_argument("--compare-paper", action="store_true",
-                        help="put the paper's published numbers beside ours (tables and figures)")
+                        help="put the paper's published numbers beside ours (tables, sections and figures)")
+    parser.add_argument("--mixed-init", action="store_true",
+                        help="allow cells of different inits (imagenet, random, other weights) in one table, "
+                             "each marked, instead of refusing")
+    parser.add_argument("--against", metavar="DIR",
+                        help="a second study folder to set beside this one, cell by cell, with the z-test "
+                             "(e.g. the patient-wise split of configs/paper-patients.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,8 +35,13 @@ def run(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from cxr_fast.report import make_report
 
-    result = make_report(args.study, args.out, compare=args.compare_paper)
+    result = make_report(args.study, args.out, compare=args.compare_paper, mixed_init=args.mixed_init,
+                         against=args.against)
     for t in result.tables:
-        print(f"{t.title}\n\n{t.markdown}")
+        init = next((n for n in t.notes if n.startswith("Init")), "")
+        print(f"{t.title}\n\n{t.markdown}\n{init}\n")
+    against = next((s for s in result.sections if s.name == "against"), None)
+    if against is not None:
+        print(f"{against.title}\n\n{against.markdown}")
     print("wrote " + ", ".join(str(p) for p in result.files))
     return 0

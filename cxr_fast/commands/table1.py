@@ -32,12 +32,14 @@ def run(args: argparse.Namespace) -> int:
     path = args.metadata or BUNDLED_METADATA
     meta = read_metadata(path)
     rows = table1(meta, size=args.size, seed=args.seed)
-    table = Table(title=f"Table 1 columns: {Path(path).name}, {len(meta)} images")
+    repeats = f" ({len(meta.duplicates)} repeated rows dropped)" if meta.duplicates else ""
+    table = Table(title=f"Table 1 columns: {Path(path).name}, {len(meta)} images{repeats}")
     for col in ("label", "positives", "single-finding", "subsample", "loss weight"):
         table.add_column(col, justify="left" if col == "label" else "right")
     for r in rows:
         table.add_row(r["label"], str(r["positives"]), str(r["single_finding"]), str(r["subsample"]), f"{r['loss_weight']:.3f}")
     Console().print(table)
     if args.json:
-        write_json(args.json, {"metadata": str(path), "n_images": len(meta), "rows": rows})
+        write_json(args.json, {"metadata": str(path), "n_images": len(meta),
+                               "duplicates_dropped": len(meta.duplicates), "rows": rows})
     return 0

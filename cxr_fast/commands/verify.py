@@ -1,45 +1,87 @@
-"""``cxr-fast verify DATA``: is every image usable? Exit 0 if so, 1 otherwise."""
+"""``cxr-fast verify [DATA] [--store DIR]``: is every image, and every store file, usable? Exit 0 if so, 1 otherwise."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "check that every image the metadata names decodes (missing, truncated, RGBA, 16-bit)"
+HELP = "check that every image the metadata names decodes, and that a prepared store is intact"
 DESCRIPTION = (
     "Decode every image named in DATA's Data_Entry_2017*.csv with the reader all stages use. RGBA images are "
-    "converted to gray by luminance and 16-bit ones scaled to 8 bits (both counted); missing or unreadable files "
-    "are listed by name. Exit status 0 when every image is usable, 1 otherwise."
+    "converted to gray by luminance and 16-bit ones scaled to 8 bits (both counted); missing or unreadable files, "
+    "names that lead outside DATA, repeated metadata rows and images of no chest X-ray's shape (a side under 64 px, "
+    "or longer than 4:1) are listed by name. With --store DIR, every file of a prepared store is checked against "
+    "the sha256 recorded when it was written; each damaged file is one line saying how to rebuild it. "
+    "Exit status 0 when everything is usable, 1 otherwise."
 )
+_SHOWN = 50  # lines per kind of problem before '... and N more (see --json)'
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="dataset folder in the NIH layout (metadata CSV + images/)")
+    p.add_argument("data", nargs="?", default=None, help="dataset folder in the NIH layout (metadata CSV + images/)")
+    p.add_argument("--store", metavar="DIR", help="also (or only) check a store made by cxr-fast prepare, file by file")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def _print_some(lines: list[str]) -> None:
+    for line in lines[:_SHOWN]:
+        print(f"  {line}")
+    if len(lines) > _SHOWN:
+        print(f"  ... and {len(lines) - _SHOWN} more (see --json)")
+
+
+def _verify_data(args: argparse.Namespace) -> tuple[bool, dict]:
+    import warnings
 
     from cxr_fast.data.nih import open_dataset
+    from cxr_fast.data.reader import DataWarning
     from cxr_fast.data.verify import verify_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # the rows other commands skip are listed below instead
+        dataset = open_dataset(args.data)
+    report = verify_dataset(dataset, workers=args.workers, quiet=args.quiet)
+    print(f"{report.n_ok}/{report.n_images} images usable in {report.root} "
+          f"({report.rgba_converted} RGBA converted to gray, {report.scaled_16bit} 16-bit scaled to 8-bit)")
+    _print_some([f"missing: {name}" for name in report.missing])
+    _print_some([f"unreadable: {bad['image']}: {bad['reason']}" for bad in report.unreadable])
+    _print_some([f"outside the data folder: {bad['image']}: {bad['reason']}" for bad in report.outside])
+    _print_some([f"odd shape: {bad['image']}: {bad['reason']}" for bad in report.odd_shape])
+    if report.duplicates:
+        print(f"{len(report.duplicates)} repeated Image Index row(s) in {dataset.metadata.source} "
+              "(other commands keep the first of each):")
+        _print_some([f"repeated: {name}" for name in report.duplicates])
+    return report.usable, report.to_json()
+
+
+def _verify_store(path: str) -> tuple[bool, dict]:
+    from cxr_fast.prepare import open_store
+
+    store = open_store(path, check=False)  # a manifest naming files outside the store is refused here
+    files = sum(len(store.part_files(fmt, res)) for fmt, res in store.parts())
+    damaged = store.damage(full=True)
+    print(f"{files - len(damaged)}/{files} store files intact in {store.root} (sha256 checked)")
+    for d in damaged:
+        print(f"  {store.describe(d)}")
+    return not damaged, {"root": str(store.root), "files": files, "intact": not damaged,
+                         "damaged": [{"file": str(d.path), "reason": d.reason,
+                                      "rebuild": store.rebuild_hint(d.fmt, d.res)} for d in damaged]}
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxr_fast.errors import CxrError
     from cxr_fast.io import write_json
 
-    report = verify_dataset(open_dataset(args.data), workers=args.workers, quiet=args.quiet)
-    console = Console()
-    console.print(
-        f"{report.n_ok}/{report.n_images} images usable in {report.root} "
-        f"({report.rgba_converted} RGBA converted to gray, {report.scaled_16bit} 16-bit scaled to 8-bit)"
-    )
-    for name in report.missing[:50]:
-        console.print(f"  missing: {name}")
-    for bad in report.unreadable[:50]:
-        console.print(f"  unreadable: {bad['image']}: {bad['reason']}")
-    hidden = len(report.missing) + len(report.unreadable) - min(50, len(report.missing)) - min(50, len(report.unreadable))
-    if hidden > 0:
-        console.print(f"  ... and {hidden} more (see --json)")
+    if args.data is None and args.store is None:
+        raise CxrError("give a data folder, --store DIR, or both")
+    ok, out = True, {}
+    if args.data is not None:
+        ok, out = _verify_data(args)
+    if args.store is not None:
+        store_ok, out["store"] = _verify_store(args.store)
+        ok = ok and store_ok
     if args.json:
-        write_json(args.json, report.to_json())
-        console.print(f"report written to {args.json}")
-    return 0 if report.usable else 1
+        write_json(args.json, out)
+        print(f"report written to {args.json}")
+    return 0 if ok else 1

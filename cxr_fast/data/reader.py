@@ -3,10 +3,16 @@
 About 500 of the real ChestX-ray14 PNGs are RGBA and a few are 16-bit; both are converted here
 (RGBA by ITU-R 601 luminance, 16-bit by scaling the full range to 8 bits) so that ``verify``,
 ``prepare`` and every loader see the same pixels.
+
+Also the one gate for where a file may be read from (``contained_path``): an image name from a
+metadata file or a store manifest is a bare file name, and the file it names, links followed, stays
+inside its root folder (the dataset, or the store). The metadata is third-party text: without the
+gate a name like ``../../home/me/x.png`` or a link in ``images/`` would be read into a store.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +32,46 @@ class ImageError(CxrError):
         super().__init__(f"{path}: {reason}", exit_code=1)
         self.path = str(path)
         self.reason = reason
+
+
+class OutsideRootError(ImageError):
+    """A name that is not a bare file name, or a file that resolves (links followed) outside its root."""
+
+
+class DataWarning(UserWarning):
+    """Rows or files left out of the data, said once with a count and an example."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a bare file name (a separator, ``..``, an absolute path, NUL), or None."""
+    if not name or name in (".", ".."):
+        return "not a file name"
+    if "/" in name or "\\" in name:  # both separators, whatever the platform: the CSV may come from Windows
+        return "not a bare file name (has a path separator)"
+    if "\0" in name:
+        return "not a file name (has a NUL byte)"
+    return None
+
+
+def is_inside(root: str | Path, path: str | Path) -> bool:
+    """Whether ``path``, every link followed, lies inside ``root`` (itself resolved)."""
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def contained_path(root: str | Path, name: str, folder: str | Path | None = None) -> Path:
+    """``folder/name`` (``folder`` defaults to ``root``) when ``name`` is a bare file name and the file,
+    links followed, stays inside ``root``; otherwise ``OutsideRootError`` naming it.
+
+    Every lookup of an image or store file by a name read from a file goes through here.
+    """
+    problem = name_problem(name)
+    if problem is not None:
+        raise OutsideRootError(repr(name), problem)
+    path = Path(root if folder is None else folder) / name
+    if not is_inside(root, path):
+        raise OutsideRootError(path, f"resolves outside {root}")
+    return path
 
 
 @dataclass(frozen=True)

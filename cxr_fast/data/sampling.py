@@ -45,8 +45,21 @@ class Subsample:
 
     @property
     def train_pos_weight(self) -> float:
-        """negatives/positives of the training part: the weight a training run uses."""
+        """negatives/positives of the training part (the paper used the whole subsample's: ``pos_weight``)."""
         return _ratio(self.targets[~self.is_val])
+
+    @property
+    def val_leak(self) -> tuple[int, float]:
+        """(images, share) of validation images whose patient also has an image in training.
+
+        The paper split images, not patients; this measures how much of its validation set a model
+        may have seen the patient of (59-74% on the real metadata with seed 0).
+        """
+        val = self.is_val
+        if not val.any():
+            return 0, 0.0
+        shared = np.isin(self.patient_ids[val], self.patient_ids[~val])
+        return int(shared.sum()), float(shared.mean())
 
     def part(self, part: Literal["train", "val"]) -> tuple[np.ndarray, np.ndarray]:
         """(image_ids, targets) of the training or validation part."""

@@ -69,13 +69,26 @@ def parse_phantom_spec(text: str) -> dict:
     return kwargs
 
 
-def data_root(data: str | Path | None, quiet: bool = False) -> Path:
-    """The folder ``data`` names: itself, or a built-in phantom (None, ``phantom`` or ``phantom:...``)."""
+def data_root(data: str | Path | None, quiet: bool = False, store: str | Path | None = None) -> Path:
+    """The folder ``data`` names: itself, or a built-in phantom (None, ``phantom`` or ``phantom:...``).
+
+    With no ``data`` and a prepared ``store``, the folder the store was made from: looked up before
+    any phantom is made, since a phantom could never match that store.
+    """
+    if data is None and store is not None:
+        from cxr_fast.prepare import recorded_data_root
+
+        recorded = recorded_data_root(store)
+        if recorded is not None:
+            if not recorded.is_dir():
+                raise CxrError(f"{store} was made from {recorded}, which is not here; give its data folder (--data)")
+            return recorded
     if is_phantom_spec(data):
         return default_phantom(quiet=quiet, **parse_phantom_spec(str(data or PHANTOM)))
     return Path(data)
 
 
-def resolve_dataset(data: str | Path | None, quiet: bool = False) -> NihDataset:
-    """Open ``data`` as an NIH-layout folder, or a built-in phantom (None, ``phantom`` or ``phantom:n=...``)."""
-    return open_dataset(data_root(data, quiet=quiet))
+def resolve_dataset(data: str | Path | None, quiet: bool = False, store: str | Path | None = None) -> NihDataset:
+    """Open ``data`` as an NIH-layout folder, or a built-in phantom (None, ``phantom`` or ``phantom:n=...``);
+    with no ``data`` and a prepared ``store``, the folder that store was made from."""
+    return open_dataset(data_root(data, quiet=quiet, store=store))

@@ -8,11 +8,11 @@ size never poisons the next measurement.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass, field
 from typing import Callable
 
 from cxr_fast.errors import CxrError
+from cxr_fast.runtime import free_memory
 
 
 @dataclass
@@ -120,16 +120,6 @@ def guarded(run: Callable[[int], None], cleanup: Callable[[], None]) -> Callable
     return try_batch
 
 
-def cuda_cleanup(device=None) -> None:
-    """Release everything a failed step left: Python references, then the allocator's cached blocks."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-
-
 def cuda_try_batch(arch: str, res: int, precision: str = "auto", channels_last: bool = True,
                    optimizer: str = "sgd", device: str = "cuda", steps: int = 2,
                    peaks: dict[int, int] | None = None) -> Callable[[int], bool]:
@@ -170,7 +160,7 @@ def cuda_try_batch(arch: str, res: int, precision: str = "auto", channels_last: 
                 trainer.optimizer.state.clear()
             trainer = None
 
-    return guarded(run, lambda: cuda_cleanup(dev))
+    return guarded(run, lambda: free_memory(dev))
 
 
 def measure_max_batch(arch: str, res: int, precision: str = "auto", channels_last: bool = True,
@@ -196,7 +186,7 @@ def measure_max_batch(arch: str, res: int, precision: str = "auto", channels_las
     finally:
         if memory_fraction is not None:
             torch.cuda.set_per_process_memory_fraction(1.0, dev)
-        cuda_cleanup(dev)
+        free_memory(dev)
     out = result.to_dict()
     out.update(
         arch=arch, res=res, precision=precision, channels_last=channels_last, optimizer=optimizer,

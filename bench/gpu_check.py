@@ -1,7 +1,9 @@
-"""One-shot GPU check: run this once on a lent GPU; it measures what a CPU cannot and writes it down.
+"""One-shot GPU check: run it once on a GPU host; it measures what a CPU cannot and writes it down.
 
-    python bench/gpu_check.py                  # results under $OUT (else ./bench-results/)
-    python bench/gpu_check.py --out DIR --budget-s 420
+    cxr-fast gpu-check                       # results under $OUT (else ./bench-results/)
+    cxr-fast gpu-check --out DIR --budget-s 420
+
+On a bare GPU host without internet, install the checkout first: ``pip install --no-deps -e .``.
 
 In order, each step timed, JSON rewritten after every step (a kill keeps what was done):
 1. the CUDA context's own memory (what PyTorch's allocator never sees);
@@ -21,21 +23,21 @@ settings, to check the script itself on a machine without a GPU (no limits are m
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import re
-import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-REPO = Path(__file__).resolve().parents[1]
+from cxr_fast.errors import CxrError, one_line
+from cxr_fast.vocabulary import ARCHS, parse_resolutions
+
 LIMIT_RES = (128, 224, 448, 600)
 EMULATED_GB = 11.0
 FULL_CARD_RES = 600
-ARCHS = ("resnet34", "densenet121")
 
 
 class Check:
@@ -73,7 +75,7 @@ class Check:
         except Exception as exc:  # noqa: BLE001 - a failed step is recorded, the others still run
             traceback.print_exc()
             self.doc["steps"][name] = {"status": "error", "seconds": round(time.perf_counter() - t, 1),
-                                       "error": f"{type(exc).__name__}: {exc}"[:500]}
+                                       "error": one_line(exc, 500)}
             result = None
         self.save()
         return result
@@ -128,7 +130,7 @@ def measure_limits(device, total_bytes: int, archs, resolutions, left: Callable[
         except Exception as exc:  # noqa: BLE001 - one failed search must not lose the others
             traceback.print_exc()
             rows.append({"arch": arch, "res": res, "emulated_gb": gb, "predicted": predicted,
-                         "status": f"error: {type(exc).__name__}: {exc}"[:300]})
+                         "status": f"error: {one_line(exc)}"})
             continue
         measured = m["max_ok"]
         row = {
@@ -154,7 +156,8 @@ def measure_limits(device, total_bytes: int, archs, resolutions, left: Callable[
 
 def run_bench_all(cfg_kwargs: dict, resolutions, left: Callable[[], float], per_res_s: float, on_row) -> dict:
     """``cxr-fast bench`` one resolution at a time, so a time budget can stop it between resolutions."""
-    from cxr_fast.commands.bench import BenchConfig, run_bench
+    from cxr_fast.bench.config import BenchConfig
+    from cxr_fast.bench.pipeline import run_bench
 
     doc: dict | None = None
     for res in resolutions:
@@ -227,61 +230,36 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
 
 
-def ensure_importable() -> None:
-    """Run from a bare checkout too (a lent GPU machine may not have the package installed): map
-    ``loaders/`` and ``bench/`` to ``cxr_fast.loaders`` / ``cxr_fast.bench`` as pyproject does."""
-    import importlib
-    import importlib.util
+@dataclass
+class GpuCheckOptions:
+    """What ``cxr-fast gpu-check`` measures and for how long (its flags)."""
 
-    try:
-        importlib.import_module("cxr_fast.loaders")
-        importlib.import_module("cxr_fast.bench")
-        return
-    except ModuleNotFoundError:
-        pass
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    import cxr_fast
-
-    for sub in ("loaders", "bench"):
-        name = f"cxr_fast.{sub}"
-        if name in sys.modules:
-            continue
-        folder = REPO / sub
-        spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
-                                                      submodule_search_locations=[str(folder)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        setattr(cxr_fast, sub, module)
+    out: str | None = None  # results folder; None: $OUT, else ./bench-results/
+    budget_s: float = 420.0  # stop starting new work after this many seconds
+    res: str = "all"  # bench resolutions
+    limit_res: str = ",".join(map(str, LIMIT_RES))  # resolutions of the batch-limit check
+    archs: str = ",".join(ARCHS)
+    skip_limits: bool = False
+    skip_bench: bool = False
+    cpu_smoke: bool = False  # tiny CPU run of the check itself (no GPU needed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", help="results folder (default: $OUT, else ./bench-results/)")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new work after this many seconds")
-    ap.add_argument("--res", default="all", help="bench resolutions (default all nine)")
-    ap.add_argument("--limit-res", default=",".join(map(str, LIMIT_RES)), help="resolutions for the limit check")
-    ap.add_argument("--archs", default=",".join(ARCHS))
-    ap.add_argument("--skip-limits", action="store_true")
-    ap.add_argument("--skip-bench", action="store_true")
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run of this script itself (no GPU needed)")
-    args = ap.parse_args(argv)
-
-    ensure_importable()
+def run_gpu_check(args: GpuCheckOptions) -> int:
+    """Every step in order within the budget; the JSON is rewritten after each. 0 when every step ran."""
     import torch
 
     from cxr_fast.bench import memory
+    from cxr_fast.bench.config import Effort
+    from cxr_fast.bench.pipeline import bench_subset
     from cxr_fast.bench.results_io import machine_info, write_results
-    from cxr_fast.commands.bench import Effort, _res_list, bench_subset
 
     if not args.cpu_smoke and not torch.cuda.is_available():
-        print("gpu_check: no CUDA GPU here; use --cpu-smoke to test the script on the CPU", file=sys.stderr)
-        return 2
+        raise CxrError("no CUDA GPU here; the GPU check measures what a CPU cannot (--cpu-smoke checks the "
+                       "command itself on the CPU)")
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    resolutions = _res_list(args.res)
-    limit_res = _res_list(args.limit_res)
+    resolutions = parse_resolutions(args.res, "--res")
+    limit_res = parse_resolutions(args.limit_res, "--limit-res")
     machine = machine_info(device)
     date = dt.date.today().isoformat()
     out = Path(args.out or os.environ.get("OUT") or "bench-results")
@@ -293,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                                "fed_over_synthetic": ">= 0.95 at every resolution",
                                "loader_vs_appetite": ">= 2x ResNet34 AMP channels-last training images/s"}}
     check = Check(out, args.budget_s, doc)
-    print(f"gpu_check on {machine['device_name']} -> {out}", flush=True)
+    print(f"gpu-check on {machine['device_name']} -> {out}", flush=True)
 
     if device.type == "cuda":
         doc["context"] = check.step("context", lambda: context_overhead(device))
@@ -356,7 +334,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {check.path}", flush=True)
     failed = [k for k, v in doc["steps"].items() if v["status"] == "error"]
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

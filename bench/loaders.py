@@ -22,22 +22,25 @@ The rate counts a batch as delivered when it is on the device (CUDA synchronised
 training receives: float32 in [0, 1], augmented, channels-last. ``machine_info()`` describes the host.
 
 From a shell, the loader table alone: ``python -m cxr_fast.bench.loaders --res 600 --json PATH``
-(how ``bench/results/loaders-cpu-600.json`` was made).
+(how ``results/loaders-cpu-600.json`` was made).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from cxr_fast.augment import augment_config
 from cxr_fast.data.source import resolve_dataset
+from cxr_fast.errors import one_line
+from cxr_fast.feed import make_loader
 from cxr_fast.loaders import BACKENDS, availability, backend
 from cxr_fast.loaders.base import LoaderSpec
+from cxr_fast.runtime import sync
 from cxr_fast.vocabulary import DEFAULT_RECIPE
 
 
@@ -62,11 +65,6 @@ def machine_info(device: torch.device | None = None) -> dict:
     return info
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(loader, device: torch.device, warmup_batches: int, min_seconds: float, min_batches: int) -> tuple[int, float]:
     """Images delivered and seconds taken after the warm-up; runs whole epochs until both minimums are met."""
     epoch, seen_batches, images, t0 = 0, 0, 0, None
@@ -76,12 +74,12 @@ def measure(loader, device: torch.device, warmup_batches: int, min_seconds: floa
             seen_batches += 1
             if t0 is None:
                 if seen_batches >= warmup_batches:
-                    _sync(device)
+                    sync(device)
                     t0 = time.perf_counter()
                 continue
             images += int(x.shape[0])
             if images and seen_batches - warmup_batches >= min_batches:
-                _sync(device)
+                sync(device)
                 elapsed = time.perf_counter() - t0
                 if elapsed >= min_seconds:
                     return images, elapsed
@@ -106,16 +104,26 @@ def bench_loaders(
     seed: int = 0,
     quiet: bool = False,
     progress: Callable[[str], None] | None = None,
+    dataset: Any = None,
+    image_ids: Any = None,
+    targets: Any = None,
 ) -> list[dict]:
-    """Measure each backend (see the module docstring); pil first, then the rest in registry order."""
+    """Measure each backend (see the module docstring); pil first, then the rest in registry order.
+
+    ``dataset`` (and ``image_ids``/``targets``): already opened and picked by the caller, so a bench over
+    many resolutions opens and parses the data once; otherwise from ``data``, ``n_images`` and ``label``.
+    """
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = list(BACKENDS) if not backends or list(backends) == ["all"] else list(dict.fromkeys(backends))
     for n in names:
         backend(n)  # unknown names fail now, before any work
     names = ["pil"] + [n for n in names if n != "pil"]
-    dataset = resolve_dataset(data, quiet=quiet)
-    ids = dataset.metadata.image_ids[: n_images] if n_images else dataset.metadata.image_ids
-    targets = dataset.metadata.has(label)[: len(ids)].astype(np.float32)
+    if dataset is None:
+        dataset = resolve_dataset(data, quiet=quiet)
+    ids = image_ids if image_ids is not None else (
+        dataset.metadata.image_ids[: n_images] if n_images else dataset.metadata.image_ids)
+    if targets is None:
+        targets = dataset.metadata.has(label)[: len(ids)].astype(np.float32)
     avail = availability()
     say = progress or (lambda _m: None)
     rows: list[dict] = []
@@ -134,12 +142,12 @@ def bench_loaders(
         say(f"{name}: setting up")
         try:
             t = time.perf_counter()
-            loader = backend(name).build(spec)
+            loader = make_loader(name, spec)
             row["setup_s"] = round(time.perf_counter() - t, 3)
             say(f"{name}: measuring")
             images, seconds = measure(loader, dev, warmup_batches, min_seconds, min_batches)
         except Exception as exc:  # one broken backend must not hide the others' numbers
-            row["error"] = f"{type(exc).__name__}: {exc}"
+            row["error"] = one_line(exc, 500)
             say(f"{name}: failed ({row['error']})")
             continue
         finally:

@@ -19,7 +19,7 @@ the ``meta`` device (shapes and dtypes only, no data, no compute) inside
 - ``WORKSPACE_FRACTION`` covers cuDNN/cuBLAS workspaces, the caching allocator's rounding and
   fragmentation; ``CUDA_CONTEXT_BYTES`` is what the CUDA context and library handles take before
   PyTorch's allocator sees a byte. Both constants are starting points to be checked against a real
-  card with ``bench/gpu_check.py`` (which compares them with ``bench.batch_search``).
+  card with ``cxr-fast gpu-check`` (which compares them with ``bench.batch_search``).
 
 AMP on ``meta``: ``torch.autocast`` does not support the ``meta`` device (and ``cuda`` autocast
 disables itself without CUDA), so by default the reduced-precision case is computed by casting the

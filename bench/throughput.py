@@ -18,6 +18,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from cxr_fast.runtime import cycle, sync
+
 
 @dataclass
 class Measurement:
@@ -39,11 +41,6 @@ class Measurement:
         return d
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build_trainer(arch: str, device: torch.device | str, precision: str = "auto", channels_last: bool = True,
                   optimizer: str = "sgd", lr: float = 5e-4):
     """A fresh random-init model (weights do not change speed) inside the project's TrainStep."""
@@ -61,7 +58,7 @@ def _timed(trainer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], warmup
     for _ in range(warmup):
         images, labels = next(batches)
         trainer(images, labels)
-    synchronize(device)
+    sync(device)
     base = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -75,7 +72,7 @@ def _timed(trainer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], warmup
         trainer(images, labels)
         n += int(labels.shape[0])
         steps += 1
-    synchronize(device)
+    sync(device)
     seconds = time.perf_counter() - start
     peak = per_sample = None
     if device.type == "cuda":
@@ -95,21 +92,6 @@ def synthetic_batches(batch_size: int, res: int, device: torch.device, channels_
     labels = (torch.rand(batch_size, generator=gen) > 0.5).float().to(device)
     while True:
         yield images, labels
-
-
-def cycle(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches from a loader, advancing its epoch when it runs out (short loaders, long runs)."""
-    epoch = 0
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise RuntimeError("loader yielded no batches")
-        epoch += 1
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
 
 
 def synthetic_throughput(trainer, res: int, batch_size: int, warmup: int = 2, iters: int = 10,
@@ -145,7 +127,7 @@ def paired_throughput(trainer, res: int, batch_size: int, loader: Iterable, warm
     next(fed_batches)  # the loader's start-up, untimed
     for _ in range(warmup):
         trainer(*next(synth_batches))
-    synchronize(device)
+    sync(device)
     totals = {"synthetic": [0, 0.0], "loader": [0, 0.0]}
     steps = 0
     start = time.perf_counter()
@@ -154,7 +136,7 @@ def paired_throughput(trainer, res: int, batch_size: int, loader: Iterable, warm
             t = time.perf_counter()
             images, labels = next(batches)
             trainer(images, labels)
-            synchronize(device)
+            sync(device)
             totals[name][0] += int(labels.shape[0])
             totals[name][1] += time.perf_counter() - t
         steps += 1

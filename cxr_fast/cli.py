@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "bench": "cxr_fast.commands.bench",
     "train": "cxr_fast.commands.train",
     "memory": "cxr_fast.commands.memory",
+    "gpu-check": "cxr_fast.commands.gpu_check",
     "study": "cxr_fast.commands.study",
     "report": "cxr_fast.commands.report",
     "prepare": "cxr_fast.commands.prepare",

@@ -13,27 +13,13 @@ import copy
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json
-
-
-def _batches(loader: Any) -> Iterable[tuple[Any, Any]]:
-    """Cycle over a loader, a new epoch (shuffle) each pass, until the caller stops."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise CxrError("the training loader yielded no batches")
-        epoch += 1
+from cxr_fast.runtime import cycle
 
 
 def _check_range(start_lr: float, end_lr: float, num_iter: int) -> None:
@@ -53,7 +39,7 @@ def lr_range_test(step: Any, loader: Any, start_lr: float = 1e-7, end_lr: float 
     lrs, losses, smoothed = [], [], []
     avg, best, stopped = 0.0, math.inf, False
     try:
-        for i, (images, labels) in enumerate(_batches(loader)):
+        for i, (images, labels) in enumerate(cycle(loader)):
             if i >= num_iter:
                 break
             lr = start_lr * ratio ** (i / (num_iter - 1))

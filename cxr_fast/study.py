@@ -522,28 +522,30 @@ def _yaml(data: dict[str, Any]) -> str:
 
 
 class _Progress:
-    """A rich progress line over runs, plus one printed line per finished run (kept in logs)."""
+    """The study's progress line over runs, plus one printed line per finished run (kept in logs)."""
 
     def __init__(self, total: int, completed: int, enabled: bool) -> None:
-        self.enabled = enabled
+        from cxr_fast.progress import Bar
+
         self.total, self.completed = total, completed
         self.running: list[str] = []
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+
+            self.bar = Bar(True, "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn())
+        else:
+            self.bar = Bar(False)
 
     def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-            self._p = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn())
-            self._p.__enter__()
-            self._task = self._p.add_task("runs", total=self.total, completed=self.completed)
-            if self.completed:
-                self._p.console.print(f"{self.completed} of {self.total} runs already finished; skipping them")
+        self.bar.__enter__()
+        self._task = self.bar.add("runs", self.total, completed=self.completed)
+        if self.completed:
+            self.bar.print(f"{self.completed} of {self.total} runs already finished; skipping them")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._p.__exit__(*exc)
+        self.bar.__exit__(*exc)
 
     def _describe(self) -> str:
         shown = ", ".join(self.running[:2]) + (f" +{len(self.running) - 2} more" if len(self.running) > 2 else "")
@@ -551,19 +553,15 @@ class _Progress:
 
     def started(self, cell: Cell) -> None:
         self.running.append(cell.describe())
-        if self.enabled:
-            self._p.update(self._task, description=self._describe())
+        self.bar.update(self._task, description=self._describe())
 
     def finished(self, cell: Cell, row: dict[str, Any]) -> None:
         if cell.describe() in self.running:
             self.running.remove(cell.describe())
         self.completed += 1
-        if self.enabled:
-            self._p.update(self._task, advance=1, description=self._describe())
-            auc = row.get("auc")
-            sd = row.get("auc_sd")
-            score = f"AUC {auc:.3f} ± {sd:.3f}" if isinstance(auc, float) and isinstance(sd, float) else ""
-            if row.get("auc_status") == "tied":
-                score = "AUC tied (every score equal: no ranking)"
-            self._p.console.print(f"[{self.completed}/{self.total}] {cell.describe()}: {score} "
-                                  f"({row.get('wall_s', 0):.0f} s)")
+        self.bar.update(self._task, advance=1, description=self._describe())
+        auc, sd = row.get("auc"), row.get("auc_sd")
+        score = f"AUC {auc:.3f} ± {sd:.3f}" if isinstance(auc, float) and isinstance(sd, float) else ""
+        if row.get("auc_status") == "tied":
+            score = "AUC tied (every score equal: no ranking)"
+        self.bar.print(f"[{self.completed}/{self.total}] {cell.describe()}: {score} ({row.get('wall_s', 0):.0f} s)")

@@ -31,6 +31,7 @@ import numpy as np
 from cxr_fast.config import check_types, from_dict, load_yaml, save_yaml, to_dict
 from cxr_fast.errors import CxrError
 from cxr_fast.io import append_jsonl, atomic_path, read_jsonl, write_json, write_text
+from cxr_fast.runtime import sync
 from cxr_fast.vocabulary import ARCHS, DEFAULT_RECIPE, INITS, PRECISIONS, RECIPES, check_choice, check_res
 
 CONFIG_NAME = "config.yaml"
@@ -157,13 +158,6 @@ def peak_memory_mb(device: Any) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _rng_state() -> dict[str, Any]:
     import torch
 
@@ -182,39 +176,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class _Progress:
-    """A rich progress bar per epoch with loss and images/s; silent when ``enabled`` is False."""
+def _epoch_bar(enabled: bool) -> Any:
+    """A bar per epoch with the running loss and images/s."""
+    from cxr_fast.progress import Bar
 
-    def __init__(self, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    if not enabled:
+        return Bar(False)
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeElapsedColumn(),
-                transient=False,
-            )
-
-    def __enter__(self) -> "_Progress":
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def add(self, description: str, total: int) -> Any:
-        return None if self.bar is None else self.bar.add_task(description, total=total, loss=float("nan"), ips=0.0)
-
-    def update(self, task: Any, **fields: Any) -> None:
-        if self.bar is not None and task is not None:
-            self.bar.update(task, **fields)
-
-    def print(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(text)
+    return Bar(True, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"), TimeElapsedColumn())
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -346,14 +317,15 @@ def build_parts(cfg: TrainConfig, device: Any, precision: str, quiet: bool = Fal
 
     from cxr_fast.data.sampling import subsample
     from cxr_fast.data.source import resolve_dataset
-    from cxr_fast.loaders import build_loader
+    from cxr_fast.store import data_of
+    from cxr_fast.feed import make_loader
     from cxr_fast.loaders.base import LoaderSpec
     from cxr_fast.metrics import _check
     from cxr_fast.models import build_model
     from cxr_fast.recipes import augmentation
     from cxr_fast.step import TrainStep, make_optimizer
 
-    dataset = resolve_dataset(cfg.data, quiet=quiet, store=cfg.store)  # --store alone names its data
+    dataset = resolve_dataset(data_of(cfg.data, cfg.store), quiet=quiet)  # --store alone names its data
     sub = subsample(dataset.metadata, cfg.label, size=cfg.subsample_size, seed=cfg.seed,
                     val_fraction=cfg.val_fraction, split=cfg.split,  # type: ignore[arg-type]
                     official_split=dataset.official_split)
@@ -380,8 +352,8 @@ def build_parts(cfg: TrainConfig, device: Any, precision: str, quiet: bool = Fal
                           augment=cfg.augment and train, store=Path(cfg.store) if cfg.store else None,
                           num_workers=cfg.workers, augmentation=aug)
 
-    train_loader = build_loader(cfg.loader, spec(train_ids, train_targets, True))
-    val_loader = build_loader(cfg.loader, spec(val_ids, val_targets, False)) if need_val else None
+    train_loader = make_loader(cfg.loader, spec(train_ids, train_targets, True))
+    val_loader = make_loader(cfg.loader, spec(val_ids, val_targets, False)) if need_val else None
     loader_name = type(train_loader).__module__.rsplit(".", 1)[-1]
     return RunParts(dataset, sub, model, optimizer, step, train_loader, val_loader, loader_name, pos_weight, aug)
 
@@ -457,13 +429,14 @@ def _train_epochs(cfg: TrainConfig, plan: RunPlan, parts: RunParts, first_epoch:
     device, step = parts.step.device, parts.step
     out = plan.out
     n_batches = len(parts.train_loader) if cfg.max_batches is None else min(len(parts.train_loader), cfg.max_batches)
-    with _Progress(progress) as bar:
+    with _epoch_bar(progress) as bar:
         for epoch in range(first_epoch, cfg.epochs):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             parts.train_loader.set_epoch(epoch)
-            task = bar.add(f"{parts.sub.label} {cfg.res}px epoch {epoch + 1}/{cfg.epochs}", n_batches)
-            _sync(device)
+            task = bar.add(f"{parts.sub.label} {cfg.res}px epoch {epoch + 1}/{cfg.epochs}", n_batches,
+                           loss=float("nan"), ips=0.0)
+            sync(device)
             t0 = time.perf_counter()
             loss_sum, seen = torch.zeros((), device=device), 0
             spread = torch.zeros((), device=device)  # largest max - min of a batch: 0 means constant inputs
@@ -474,10 +447,10 @@ def _train_epochs(cfg: TrainConfig, plan: RunPlan, parts: RunParts, first_epoch:
                 loss = step(images, labels)
                 loss_sum += loss * len(labels)
                 seen += len(labels)
-                if bar.bar is not None and (i % 10 == 0 or i == n_batches - 1):
+                if bar.enabled and (i % 10 == 0 or i == n_batches - 1):
                     elapsed = time.perf_counter() - t0
                     bar.update(task, completed=i + 1, loss=float(loss), ips=seen / max(elapsed, 1e-9))
-            _sync(device)
+            sync(device)
             epoch_time = time.perf_counter() - t0
             clock.train_s += epoch_time
             clock.train_images += seen

@@ -102,17 +102,30 @@ def resolve_init(arch: str, init: str, weights: str | Path | None = None, downlo
     return InitChoice("imagenet", str(path), sha, source)
 
 
+def _offline_error(url: str, arch: str, exc: BaseException) -> CxrError:
+    reason = str(getattr(exc, "reason", exc)).splitlines()[0][:160]
+    return CxrError(f"cannot download ImageNet weights for {arch} from {url} ({reason}); "
+                    "give --weights PATH (a torchvision state dict) or use --init random")
+
+
 def _download(url: str, arch: str, progress: bool) -> None:
-    """Fetch ``url`` into the hub cache as torchvision does (atomic: torch writes a temp file, then renames)."""
+    """Fetch ``url`` into the hub cache as torchvision does (atomic: torch writes a temp file, then renames).
+
+    A HEAD request first, so an offline machine gets one line and no half-made cache folder.
+    """
+    import urllib.request
+
     import torch
 
     try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=20).close()
+    except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
+        raise _offline_error(url, arch, exc) from None
+    try:
         torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True, map_location="cpu",
                                            weights_only=True)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a hash mismatch is a RuntimeError
-        reason = str(getattr(exc, "reason", exc)).splitlines()[0][:160]
-        raise CxrError(f"cannot download ImageNet weights for {arch} from {url} ({reason}); "
-                       "give --weights PATH (a torchvision state dict) or use --init random") from None
+    except (OSError, RuntimeError) as exc:  # a dropped connection; a hash mismatch is a RuntimeError
+        raise _offline_error(url, arch, exc) from None
 
 
 def resolve_for_runs(pairs: list[tuple[str, str, str | None]], download: bool = True,

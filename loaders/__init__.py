@@ -1,4 +1,8 @@
-"""Loader backends, one module each, behind the contract in ``cxr_fast.loaders.base``."""
+"""Loader backends, one module each, behind the contract in ``cxr_fast.loaders.base``.
+
+Backends only read: ``cxr_fast.feed.make_loader`` prepares the store a backend reads (``STORE_FORMAT``)
+and builds it.
+"""
 
 from __future__ import annotations
 
@@ -32,16 +36,3 @@ def availability() -> dict[str, tuple[bool, str]]:
         except ImportError as exc:
             out[name] = (False, f"not importable: {exc}")
     return out
-
-
-def build_loader(name: str, spec: "object"):
-    """Build backend ``name`` ('auto' = the first available in preference order) for ``spec``."""
-    if name == "auto":
-        for candidate, (ok, _) in availability().items():
-            if ok:
-                return backend(candidate).build(spec)
-        raise CxrError("no loader backend is available")
-    ok, reason = backend(name).available()
-    if not ok:
-        raise CxrError(f"loader {name!r} cannot run here: {reason}")
-    return backend(name).build(spec)

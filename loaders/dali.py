@@ -39,9 +39,10 @@ import torch
 
 from cxr_fast.augment import AugmentConfig
 from cxr_fast.loaders.base import LoaderSpec
-from cxr_fast.loaders.cache import n_batches, open_for, rows_for
+from cxr_fast.loaders.common import n_batches, open_for, rows_for
 
 NAME = "dali"
+STORE_FORMAT = "jpeg"  # what cxr_fast.feed.make_loader prepares for this backend
 
 
 def available() -> tuple[bool, str]:

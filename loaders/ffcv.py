@@ -12,7 +12,6 @@ up by the stored row, so they travel with their images through FFCV's shuffling.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Iterator
 
 import numpy as np
@@ -20,25 +19,16 @@ import torch
 
 from cxr_fast.augment import AugmentConfig, OutputPool, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
-from cxr_fast.loaders.cache import finish, n_batches, open_for, rows_for
+from cxr_fast.loaders.common import finish, n_batches, open_for, rows_for
+from cxr_fast.runtime import keep_torch_threads
 
 NAME = "ffcv"
-
-
-@contextlib.contextmanager
-def _keep_torch_threads() -> Iterator[None]:
-    """FFCV 1.0.2 calls ``torch.set_num_threads(1)`` when imported (and its own count when loading):
-    without this, merely asking whether FFCV is available would make the whole process single-threaded."""
-    n = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+STORE_FORMAT = "ffcv"  # what cxr_fast.feed.make_loader prepares for this backend
 
 
 def available() -> tuple[bool, str]:
     try:
-        with _keep_torch_threads():
+        with keep_torch_threads():
             import ffcv  # noqa: F401
             from ffcv.loader import Loader  # noqa: F401
     except Exception as exc:  # ImportError, or a missing native library (turbojpeg, opencv)
@@ -48,7 +38,7 @@ def available() -> tuple[bool, str]:
 
 class FfcvLoader:
     def __init__(self, spec: LoaderSpec, cfg: AugmentConfig = AugmentConfig()) -> None:
-        with _keep_torch_threads():
+        with keep_torch_threads():
             self._init(spec, cfg)
 
     def _init(self, spec: LoaderSpec, cfg: AugmentConfig) -> None:
@@ -88,7 +78,7 @@ class FfcvLoader:
         spec = self.spec
         gen = epoch_generator(spec.seed, self.epoch) if spec.train and spec.augment else None
         self.loader.next_epoch = self.epoch  # FFCV's order for this epoch: seed + epoch
-        with _keep_torch_threads():
+        with keep_torch_threads():
             batches = iter(self.loader)  # FFCV sets its thread count for the epoch
         for images, rows in batches:
             x = images[:, None].to(spec.device, non_blocking=True)

@@ -21,8 +21,10 @@ from PIL import Image
 from cxr_fast.augment import AugmentConfig
 from cxr_fast.data.reader import read_gray
 from cxr_fast.loaders.base import LoaderSpec
+from cxr_fast.loaders.common import n_batches
 
 NAME = "pil"
+STORE_FORMAT = None  # reads the PNGs themselves, the baseline
 
 
 def available() -> tuple[bool, str]:
@@ -118,8 +120,7 @@ class PilLoader:
         self.workers = spec.num_workers if spec.num_workers is not None else (os.cpu_count() or 1)
 
     def __len__(self) -> int:
-        n, b = len(self.dataset), self.spec.batch_size
-        return n // b if self.spec.drop_last else -(-n // b)
+        return n_batches(len(self.dataset), self.spec)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

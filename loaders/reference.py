@@ -2,8 +2,8 @@
 
 One definition of "the right image at ``res``" keeps the backends honest: a store, a GPU decoder or a
 baseline that drifts from it (wrong interpolation, forgotten antialiasing, a channel mix-up) fails
-``tests/test_loaders.py``. ``prepare`` uses the same resize, so the uint8 cache differs from the
-reference by rounding only.
+``tests/test_loaders.py``. ``prepare`` uses the same resize (``cxr_fast.data.resize``), so the uint8
+cache differs from the reference by rounding only.
 """
 
 from __future__ import annotations
@@ -13,28 +13,10 @@ from typing import Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cxr_fast.data.nih import NihDataset
 from cxr_fast.data.reader import read_gray
-
-
-def resize(images: torch.Tensor, res: int) -> torch.Tensor:
-    """Float ``N x C x H x W`` -> ``N x C x res x res``: bilinear, antialiased, half-pixel centres.
-
-    Antialiasing matters on the way down (1024 -> 32 averages 32x32 source pixels, as PIL does);
-    without it, small resolutions alias the rib pattern. Same size in and out returns the input.
-    """
-    if images.shape[-2:] == (res, res):
-        return images
-    return F.interpolate(images, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
-
-
-def resize_uint8(gray: np.ndarray, res: int) -> np.ndarray:
-    """HxW uint8 -> res x res uint8 via the reference resize, rounded to nearest (what stores keep)."""
-    x = torch.from_numpy(np.require(gray, np.uint8, ["C", "W"])).to(torch.float32).div_(255.0)[None, None]
-    y = resize(x, res)[0, 0]
-    return y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+from cxr_fast.data.resize import resize, resize_uint8  # noqa: F401 - the reference resize, re-exported
 
 
 def reference_image(path: str | Path, res: int) -> torch.Tensor:

@@ -15,9 +15,10 @@ import torch
 
 from cxr_fast.augment import AugmentConfig, OutputPool, cpu_path, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
-from cxr_fast.loaders.cache import batch_slices, epoch_order, finish, n_batches, open_for, rows_for
+from cxr_fast.loaders.common import batch_slices, epoch_order, finish, n_batches, open_for, rows_for
 
 NAME = "resident"
+STORE_FORMAT = "cache"  # what cxr_fast.feed.make_loader prepares for this backend
 
 
 def available() -> tuple[bool, str]:

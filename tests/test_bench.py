@@ -11,7 +11,8 @@ import pytest
 from cxr_fast.bench import memory
 from cxr_fast.bench.results_io import KINDS, MACHINE_FIELDS, ROW_FIELDS, make_row
 from cxr_fast.cli import main
-from cxr_fast.commands.bench import BenchConfig, Effort, load_config, run_bench
+from cxr_fast.bench.config import BenchConfig, Effort, load_config
+from cxr_fast.bench.pipeline import run_bench
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,7 +184,7 @@ def test_cpu_threads_drop_to_one_on_a_busy_machine(monkeypatch):
 
     import torch
 
-    from cxr_fast.commands.bench import _cpu_threads
+    from cxr_fast.bench.pipeline import cpu_threads as _cpu_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.9, 3.0, 2.0))
@@ -196,3 +197,13 @@ def test_cpu_threads_drop_to_one_on_a_busy_machine(monkeypatch):
 def test_threads_flag_is_validated(capsys):
     assert main(["bench", "--res", "32", "--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_gpu_check_without_a_gpu_is_one_line_exit_2(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the check would run for real")
+    assert main(["gpu-check", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA GPU here" in err

@@ -42,10 +42,10 @@ from cxr_fast.cli import main
 from cxr_fast.data.nih import open_dataset, read_metadata
 from cxr_fast.data.reader import DataWarning, OutsideRootError
 from cxr_fast.errors import CxrError
-from cxr_fast.loaders import backend
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.models import Normalize
 from cxr_fast.train import TrainConfig, run_training
+from cxr_fast.feed import make_loader
 from imagesets import HEADER, make_dataset
 
 CPU = torch.device("cpu")
@@ -435,7 +435,7 @@ def test_npy_overwritten_in_place_is_refused_when_a_loader_opens_it(prepared):
     root, store = prepared
     _overwrite_in_place(store / "cache" / "32.npy", keep_mtime=False)
     with pytest.raises(CxrError, match=r"32\.npy: damaged \(content differs.*cxr-fast prepare"):
-        backend("cache").build(_cache_spec(root, store))
+        make_loader("cache", _cache_spec(root, store))
 
 
 def test_truncated_npy_is_one_line_naming_it(prepared, capsys):
@@ -443,7 +443,7 @@ def test_truncated_npy_is_one_line_naming_it(prepared, capsys):
     npy = store / "cache" / "48.npy"
     npy.write_bytes(npy.read_bytes()[:1000])
     with pytest.raises(CxrError, match=r"48\.npy: damaged \(1000 bytes where"):
-        backend("resident").build(_cache_spec(root, store, res=48))
+        make_loader("resident", _cache_spec(root, store, res=48))
     assert main(["verify", "--store", str(store)]) == 1
     lines = [line for line in capsys.readouterr().out.splitlines() if "damaged" in line]
     assert len(lines) == 1 and "48.npy" in lines[0] and "rebuilds it" in lines[0]
@@ -569,7 +569,9 @@ def test_prepare_without_data_uses_the_folder_the_store_was_made_from(prepared, 
     monkeypatch.setattr(source, "default_phantom", no_phantom)
     assert _prepare(None, store, "--res", "64", "--format", "cache") == 0
     assert P.open_store(store).cache_resolutions == [32, 48, 64]
-    assert source.resolve_dataset(None, store=store).root == root.resolve()
+    from cxr_fast.store import data_of
+
+    assert Path(data_of(None, store)) == root.resolve()  # what train --store uses without --data
 
 
 def test_prepare_uses_the_shared_resolution_limits(tmp_path: Path, capsys):

@@ -23,6 +23,7 @@ from cxr_fast.data.nih import open_dataset
 from cxr_fast.loaders import BACKENDS, availability, backend
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.reference import reference_batch
+from cxr_fast.feed import make_loader
 from imagesets import make_dataset
 
 TOLERANCE = {
@@ -81,7 +82,7 @@ def test_backend_matches_reference_pixels(name: str, images640):
     ds, ids, labels = images640
     tol = TOLERANCE[name]
     for res in (32, 224, 600):
-        loader = backend(name).build(_spec(images640, res, train=False))
+        loader = make_loader(name, _spec(images640, res, train=False))
         x, y, n = _collect(loader)
         assert n == len(loader) == 3
         assert x.shape == (len(ids), 1, res, res) and x.dtype == torch.float32 and x.device == CPU
@@ -106,7 +107,7 @@ def _label_from_pixels(x: torch.Tensor) -> torch.Tensor:
 def test_train_mode_shuffles_augments_repeats_and_keeps_labels(name: str, images640):
     _need(name)
     ds, ids, labels = images640
-    first = backend(name).build(_spec(images640, 64, train=True, seed=7))
+    first = make_loader(name, _spec(images640, 64, train=True, seed=7))
     x0, y0, n0 = _collect(first)
     assert n0 == len(first) == 3 and x0.shape == (len(ids), 1, 64, 64)
     assert float(x0.min()) >= 0.0 and float(x0.max()) <= 1.0
@@ -117,7 +118,7 @@ def test_train_mode_shuffles_augments_repeats_and_keeps_labels(name: str, images
     distances = torch.cdist(x0.flatten(1), plain.flatten(1))
     assert float(distances.min()) > 0.05
 
-    again = backend(name).build(_spec(images640, 64, train=True, seed=7))
+    again = make_loader(name, _spec(images640, 64, train=True, seed=7))
     x1, y1, _ = _collect(again)
     assert torch.equal(x0, x1) and torch.equal(y0, y1), "the same seed must give the same batches"
 
@@ -138,7 +139,7 @@ def test_shuffling_keeps_each_label_with_its_own_image(name: str, images640):
     index_labels = np.arange(len(ids), dtype=np.float32)
     spec = LoaderSpec(dataset=ds, image_ids=ids, targets=index_labels, res=32, batch_size=3, train=True,
                       device=CPU, seed=3, augment=False, num_workers=0)
-    x, y, _ = _collect(backend(name).build(spec))
+    x, y, _ = _collect(make_loader(name, spec))
     plain = reference_batch(ds, ids, 32)
     nearest = torch.cdist(x.flatten(1), plain.flatten(1)).argmin(1)
     assert torch.equal(nearest.float(), y)
@@ -148,7 +149,7 @@ def test_shuffling_keeps_each_label_with_its_own_image(name: str, images640):
 def test_drop_last_and_length(images640):
     spec = _spec(images640, 32, train=True, batch_size=3)
     spec.drop_last = True
-    loader = backend("resident").build(spec)
+    loader = make_loader("resident", spec)
     x, _, n = _collect(loader)
     assert n == len(loader) == 2 and x.shape[0] == 6
 
@@ -158,7 +159,7 @@ def test_explicit_store_is_used(images640, tmp_path: Path):
 
     spec = _spec(images640, 32, train=False)
     spec.store = tmp_path / "store"
-    backend("cache").build(spec)
+    make_loader("cache", spec)
     store = open_store(spec.store)
     assert store.has("cache", 32) and store.image_ids.tolist() == list(images640[1])
 

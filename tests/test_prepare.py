@@ -15,9 +15,10 @@ from cxr_fast.cli import main
 from cxr_fast.data.nih import open_dataset
 from cxr_fast.data.reader import DataWarning, read_gray
 from cxr_fast.errors import CxrError
-from cxr_fast.loaders import backend
 from cxr_fast.loaders.base import LoaderSpec
-from cxr_fast.loaders.reference import reference_batch, resize_uint8
+from cxr_fast.data.resize import resize_uint8
+from cxr_fast.loaders.reference import reference_batch
+from cxr_fast.feed import make_loader
 from imagesets import make_dataset
 
 
@@ -59,7 +60,7 @@ def test_prepare_writes_formats_and_lists_unreadable_images(data, tmp_path: Path
     spec = LoaderSpec(dataset=ds, image_ids=np.array(ids), targets=labels, res=32, batch_size=4, train=False,
                       device=torch.device("cpu"), store=tmp_path / "store")
     with pytest.warns(UserWarning, match=bad_name):
-        loader = backend("cache").build(spec)
+        loader = make_loader("cache", spec)
     x = torch.cat([b for b, _ in loader])
     assert x.shape[0] == len(ids) - 1
     assert float((x - reference_batch(ds, ids[:-1], 32)).abs().max()) <= 0.5 / 255 + 1e-6
@@ -118,14 +119,14 @@ def test_stale_store_is_detected_and_rejected(data, tmp_path: Path):
     spec = LoaderSpec(dataset=ds, image_ids=np.array(ids), targets=labels, res=32, batch_size=8, train=False,
                       device=torch.device("cpu"), store=out)
     with pytest.raises(CxrError, match="stale"):
-        backend("resident").build(spec)
+        make_loader("resident", spec)
 
     # A store in the cache folder, made on demand, is rebuilt instead: the new pixels come through.
     spec.store = None
-    first = torch.cat([x for x, _ in backend("resident").build(spec)])
+    first = torch.cat([x for x, _ in make_loader("resident", spec)])
     Image.fromarray(np.full((128, 128), 250, dtype=np.uint8)).save(changed)
     os.utime(changed, ns=(os.stat(changed).st_atime_ns, os.stat(changed).st_mtime_ns + 2 * 10**9))
-    second = torch.cat([x for x, _ in backend("resident").build(spec)])
+    second = torch.cat([x for x, _ in make_loader("resident", spec)])
     assert float(first[2].mean()) < 0.1 and float(second[2].mean()) > 0.9
 
 
@@ -135,11 +136,11 @@ def test_a_damaged_store_in_the_cache_folder_is_remade(data):
     ids, labels = ids[:-1], labels[:-1]
     spec = LoaderSpec(dataset=ds, image_ids=np.array(ids), targets=labels, res=32, batch_size=8, train=False,
                       device=torch.device("cpu"), num_workers=1)
-    first = torch.cat([x for x, _ in backend("cache").build(spec)])
+    first = torch.cat([x for x, _ in make_loader("cache", spec)])
     npy = P.auto_store_dir(ds, ids, labels) / "cache" / "32.npy"
     npy.write_bytes(npy.read_bytes()[:500])
     with pytest.warns(DataWarning, match="32.npy: damaged .* remaking this cached store"):
-        second = torch.cat([x for x, _ in backend("cache").build(spec)])
+        second = torch.cat([x for x, _ in make_loader("cache", spec)])
     assert torch.equal(first, second)
 
 
@@ -162,7 +163,7 @@ def test_foreign_or_unknown_folders_are_refused(data, tmp_path: Path):
     spec = LoaderSpec(dataset=ds, image_ids=np.array(ids[:5]), targets=labels[:5], res=32, batch_size=2,
                       train=False, device=torch.device("cpu"), store=out)
     with pytest.raises(CxrError, match="does not hold"):
-        backend("cache").build(spec)
+        make_loader("cache", spec)
 
 
 def test_prepare_command(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -286,3 +286,31 @@ def test_cli_dry_run_lists_cells(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "36 cells" in out and "Mass/densenet121-e10/r600" in out and "Emphysema" not in out
     assert not (tmp_path / RESULTS).exists()
+
+
+def test_weights_file_sha256_is_in_every_record_and_in_the_fingerprint(tiny_phantom, tmp_path, one_thread):
+    import hashlib
+
+    import torch
+    from torchvision import models as tv
+
+    torch.manual_seed(0)
+    weights = tmp_path / "r34.pth"
+    torch.save(tv.resnet34(weights=None).state_dict(), weights)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    grid = {"name": "table2", "labels": ["Infiltration"], "resolutions": [32], "archs": ["resnet34"], "epochs": 1}
+    cfg = parse_study({"name": "w", "train": {**TINY_TRAIN, "data": str(tiny_phantom), "init": "imagenet",
+                                             "weights": str(weights)}, "grids": [grid]})
+    run_study(cfg, tmp_path / "study", progress=False)
+    [row] = read_jsonl(tmp_path / "study" / RESULTS)
+    run = tmp_path / "study" / row["run_dir"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert row["init"] == metrics["init"] == config["init"] == "imagenet"
+    assert row["weights_sha256"] == metrics["weights_sha256"] == config["weights_sha256"] == sha
+    # Other weights are other settings: the finished cell refuses them.
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in torch.load(weights).items()}, weights)
+    with pytest.raises(CxrError, match="other settings"):
+        run_study(cfg, tmp_path / "study", progress=False)

@@ -43,12 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.data.source import resolve_dataset
     from cxr_fast.errors import CxrError
     from cxr_fast.prepare import PrepareConfig, prepare_subsample
+    from cxr_fast.store import data_of
     from cxr_fast.vocabulary import parse_resolutions
 
     if not 1 <= args.quality <= 100:
         raise CxrError(f"--quality must be 1 to 100, got {args.quality}")
     resolutions = parse_resolutions(args.res)
-    dataset = resolve_dataset(args.data, quiet=args.quiet, store=args.out)
+    dataset = resolve_dataset(data_of(args.data, args.out), quiet=args.quiet)
     cfg = PrepareConfig(resolutions=tuple(resolutions), formats=tuple(args.formats), jpeg_quality=args.quality,
                         workers=args.workers, quiet=args.quiet)
     store = prepare_subsample(dataset, args.label, args.out, cfg, size=args.size, seed=args.seed, split=args.split)

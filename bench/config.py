@@ -1,0 +1,102 @@
+"""``cxr-fast bench`` settings: dataclasses with the built-in defaults (``configs/bench.yaml`` writes them
+out), then a YAML file, then command-line flags. Nothing global: ``load_config`` returns the object the
+run uses, and it is saved with the results."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from cxr_fast.errors import CxrError
+from cxr_fast.vocabulary import ARCHS, PRECISIONS, check_choice, parse_resolutions
+
+
+@dataclass
+class Effort:
+    """How hard to measure on one kind of device (the CPU gets a small, few-minute version)."""
+
+    archs: list[str] | None = None  # None: the top-level archs
+    batch_size: int | None = None  # training batch; None: min(256, 80% of the predicted max for the card)
+    warmup: int = 5  # untimed training steps
+    iters: int = 20  # timed training steps, at least ...
+    train_seconds: float = 2.0  # ... and at least this long (small resolutions take more steps)
+    loader_warmup: int = 2  # untimed loader-fed training steps (after one untimed start-up batch)
+    loader_batch_size: int = 256
+    loader_batches: int = 20  # at least this many timed loader batches per backend
+    loader_seconds: float = 5.0  # ... and at least this long
+    n_images: int | None = 2000  # images the loaders hold (None: the whole dataset)
+    paired: bool = False  # interleave synthetic and loader-fed steps (a shared CPU: same interference for both)
+    measure_limit: bool = True  # measured max batch (GPU only)
+    limit_cap: int = 2048
+
+
+def cpu_effort() -> Effort:
+    return Effort(archs=["resnet34"], batch_size=2, warmup=1, iters=2, train_seconds=3.0, loader_warmup=0,
+                  loader_batch_size=8, loader_batches=3, loader_seconds=1.0, n_images=600, paired=True,
+                  measure_limit=False, limit_cap=0)
+
+
+@dataclass
+class BenchConfig:
+    res: list[int] = field(default_factory=lambda: [224])
+    archs: list[str] = field(default_factory=lambda: list(ARCHS))
+    loaders: list[str] = field(default_factory=lambda: ["all"])
+    label: str = "Nodule"
+    precision: str = "auto"
+    channels_last: bool = True
+    optimizer: str = "sgd"
+    device: str = "auto"
+    predict_gpu_gb: float = 11.0  # the card the prediction is for when not on a GPU (the paper's)
+    data: str | None = None
+    out: str | None = None
+    json: str | None = None
+    batch_size: int | None = None  # overrides the effort's training batch size
+    threads: int | None = None  # CPU intra-op threads; None: torch's default, or 1 when the machine is busy
+    cpu: Effort = field(default_factory=cpu_effort)
+    gpu: Effort = field(default_factory=Effort)
+
+
+def load_config(path: str | None = None, **flags: Any) -> BenchConfig:
+    """Defaults, then the YAML file (if given), then the command-line flags that were set."""
+    from cxr_fast.config import from_dict, load_yaml, override
+
+    cfg = BenchConfig()
+    if path:
+        data = load_yaml(path)
+        for key in ("cpu", "gpu"):
+            if key in data:
+                if not isinstance(data[key], dict):
+                    raise CxrError(f"{path}: '{key}' must be a mapping of settings")
+                base = cpu_effort() if key == "cpu" else Effort()
+                merged = {**dataclasses.asdict(base), **data[key]}
+                data[key] = from_dict(Effort, merged, f"{path} [{key}]")
+        if "res" in data:
+            data["res"] = parse_resolutions(data["res"], path)
+        for key in ("archs", "loaders"):
+            if isinstance(data.get(key), str):
+                data[key] = [s.strip() for s in data[key].split(",") if s.strip()]
+        cfg = from_dict(BenchConfig, {**dataclasses.asdict(cfg), **data, "cpu": data.get("cpu", cfg.cpu),
+                                      "gpu": data.get("gpu", cfg.gpu)}, path)
+    cfg = override(cfg, **flags)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: BenchConfig) -> None:
+    """Every setting by the shared vocabulary, before anything is measured."""
+    from cxr_fast.loaders import BACKENDS
+
+    cfg.res = parse_resolutions(cfg.res, "--res")
+    for arch in list(cfg.archs) + list(cfg.cpu.archs or []) + list(cfg.gpu.archs or []):
+        check_choice(arch, ARCHS, "architecture")
+    for name in cfg.loaders:
+        check_choice(name, ("all", *BACKENDS), "loader")
+    check_choice(cfg.optimizer, ("sgd", "adam"), "optimizer")
+    check_choice(cfg.precision, ("auto", *PRECISIONS), "precision")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise CxrError(f"--batch-size must be 1 or more, got {cfg.batch_size}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise CxrError(f"--threads must be 1 or more, got {cfg.threads}")
+    if cfg.predict_gpu_gb <= 0:
+        raise CxrError(f"predict_gpu_gb must be positive, got {cfg.predict_gpu_gb}")

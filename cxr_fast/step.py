@@ -98,6 +98,7 @@ class TrainStep:
         self.model.train()
         self.optimizer = optimizer
         self.recipe = recipe
+        self.pos_weight = float(pos_weight)  # the positive class's loss weight (recorded by the run)
         self.loss_fn = loss_function(recipe, pos_weight, self.device)
         use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler: torch.amp.GradScaler | None = torch.amp.GradScaler("cuda") if use_scaler else None

@@ -321,3 +321,19 @@ def test_lr_find_writes_plot_and_json_and_restores_the_model(tiny_phantom, tmp_p
     lr_range_test(step, batches, start_lr=1e-4, end_lr=1.0, num_iter=5)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_the_run_weighs_positives_by_table_1s_subsample_weight(real_metadata, tiny_phantom, tmp_path, tiny_net):
+    # The paper's Table 1 weight is negatives/positives of the whole 20,000-image subsample, not of its
+    # training part: on the real metadata they differ (Hernia 87.106 against 85.957).
+    from cxr_fast.data.nih import read_metadata
+    from cxr_fast.data.sampling import subsample
+    from cxr_fast.train import build_parts
+
+    hernia = subsample(read_metadata(real_metadata), "Hernia", seed=0)
+    assert round(hernia.pos_weight, 3) == 87.106 and round(hernia.train_pos_weight, 3) != 87.106
+    cfg = _cfg(tiny_phantom, tmp_path / "run")
+    parts = build_parts(cfg, torch.device("cpu"), "fp32", quiet=True)
+    assert parts.pos_weight == pytest.approx(parts.sub.pos_weight)
+    assert parts.pos_weight != pytest.approx(parts.sub.train_pos_weight)
+    assert parts.step.pos_weight == pytest.approx(parts.pos_weight)

@@ -13,7 +13,10 @@ In order, each step timed, JSON rewritten after every step (a kill keeps what wa
    prediction (``bench.memory``): ResNet34 and DenseNet121 at several resolutions under an emulated
    11 GiB card (``set_per_process_memory_fraction``, compared on the same allocator budget), and at
    600 px on the whole card (compared with the CUDA context included). Goal: within 10%;
-5. ``cxr-fast bench`` at the nine resolutions with quick settings: loader images/s per backend,
+5. the device profile ``cxr-fast plan`` reads (``bench.calibrate``: timed training and evaluation steps
+   at batch 8 per architecture and limit resolution, the launch cost, the bandwidth), written to
+   ``device-profile.json`` and into the cache, where it replaces the card's datasheet model;
+6. ``cxr-fast bench`` at the nine resolutions with quick settings: loader images/s per backend,
    training images/s synthetic vs fed by the best loader (goal: >= 95%), and each loader's rate
    against what ResNet34 (AMP, channels-last) consumes (goal: >= 2x).
 Then it prints a short table. It stops starting new work when ``--budget-s`` is spent, so the whole
@@ -154,6 +157,22 @@ def measure_limits(device, total_bytes: int, archs, resolutions, left: Callable[
     return rows
 
 
+def measure_profile(device, out: Path, archs, resolutions, smoke: bool = False) -> dict:
+    """The measured device profile for ``cxr-fast plan`` (timed steps at the paper's batch size 8),
+    saved in the cache, where it replaces the modelled card, and beside the check's results."""
+    from cxr_fast.bench import devices
+    from cxr_fast.bench.calibrate import calibrate
+
+    points = [(a, 32 if smoke else r) for a in archs for r in ((32,) if smoke else resolutions)]
+    profile = calibrate(points, batch=2 if smoke else 8, device=str(device), min_seconds=0.0 if smoke else 1.0,
+                        say=lambda m: print(f"    {m}", flush=True))
+    cached = None if smoke else devices.save_profile(profile)  # a smoke run must not replace a calibration
+    copy = devices.save_profile(profile, out / "device-profile.json")
+    return {"name": profile.name, "card": profile.card, "launch_s": profile.launch_s,
+            "bandwidth": profile.bandwidth, "points": len(profile.points), "cache": str(cached) if cached else None,
+            "file": str(copy)}
+
+
 def run_bench_all(cfg_kwargs: dict, resolutions, left: Callable[[], float], per_res_s: float, on_row) -> dict:
     """``cxr-fast bench`` one resolution at a time, so a time budget can stop it between resolutions."""
     from cxr_fast.bench.config import BenchConfig
@@ -241,6 +260,7 @@ class GpuCheckOptions:
     archs: str = ",".join(ARCHS)
     skip_limits: bool = False
     skip_bench: bool = False
+    skip_profile: bool = False  # the device profile `cxr-fast plan` uses (bench.calibrate)
     cpu_smoke: bool = False  # tiny CPU run of the check itself (no GPU needed)
 
 
@@ -312,6 +332,12 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
         doc["limits"] = check.step("limits", lambda: measure_limits(device, total, archs, limit_res,
                                                                     lambda: check.left() - reserve),
                                    min_left_s=60 + reserve)
+
+    if not args.skip_profile:
+        reserve = 0.0 if args.skip_bench else 25.0 * len(resolutions)
+        doc["device_profile"] = check.step("device-profile", lambda: measure_profile(device, out, archs, limit_res,
+                                                                                   args.cpu_smoke),
+                                           min_left_s=30 + reserve)
 
     if not args.skip_bench:
         cfg_kwargs = dict(archs=archs, loaders=["all"], label=label, device=str(device), data=None,

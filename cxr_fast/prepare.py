@@ -18,6 +18,13 @@ shared reader rejects (missing, truncated) are listed by name in the manifest an
 ``verify`` reports them, instead of stopping the run. A store whose sources changed since it was
 made (size or mtime), or that holds other images or labels, is refused with an error naming it.
 
+Images held in NIH's ``images_NNN.tar.gz`` archives (``data.archives``) are streamed, one worker per
+archive, and decoded straight into the store: no PNG is written to disk, and the store is byte for byte
+the one the extracted folder gives. An archive that breaks is named with the member where it did; what
+was decoded before is kept (even in a new store) and a rerun after a fresh fetch finishes the rest. A
+member that failed to decode in an archive that then proved broken is not judged: it is left to do.
+(Such a store records no source sizes or mtimes, as for missing files: an archive is checked by fetch.)
+
 Nothing in a store is trusted unchecked. The manifest records each file's size, sha256 and mtime
 (``files``); its image ids must be bare file names and its resolutions whole pixels, so no path it
 yields can leave the store. Opening a store (``open_store``) checks every finished file cheaply: size,
@@ -42,6 +49,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from cxr_fast.data.archives import Finished, imap_members
 from cxr_fast.data.nih import NihDataset
 from cxr_fast.data.reader import DataWarning, ImageError, name_problem
 from cxr_fast.errors import CxrError
@@ -56,6 +64,13 @@ LOCK = ".lock"
 _TODO, _DONE, _BAD = 0, 1, 2
 _CHECKPOINT_S = 3.0
 _SAID = 20  # damaged files named one line each by a repairing prepare before one line sums up the rest
+
+
+class UnfinishedStoreError(CxrError):
+    """The store could not be finished (an archive broke) but keeps what was decoded: never discarded."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=1)
 
 
 @dataclass(frozen=True)
@@ -96,18 +111,37 @@ def _work(job: tuple[int, str, tuple[int, ...], str | None, int]
           ) -> tuple[int, dict[int, np.ndarray] | None, str | None, dict | None]:
     """Decode one image once; return its resized copies, and write its JPEG (atomically) with the
     JPEG's manifest record (hashed from the bytes written, no second read)."""
-    import io
-
-    from PIL import Image
-
     from cxr_fast.data.reader import read_gray
-    from cxr_fast.loaders.reference import resize_uint8
 
     row, path, resolutions, jpeg_out, quality = job
     try:
         gray = read_gray(path)
     except ImageError as exc:
         return row, None, exc.reason, None
+    return _outputs(row, gray, resolutions, jpeg_out, quality)
+
+
+def _work_member(job: tuple[int, str, tuple[int, ...], str | None, int], data: bytes
+                 ) -> tuple[int, dict[int, np.ndarray] | None, str | None, dict | None]:
+    """``_work`` for an archive member already read into memory: same reader, same outputs."""
+    from cxr_fast.data.reader import decode_gray_with_info
+
+    row, where, resolutions, jpeg_out, quality = job
+    try:
+        gray = decode_gray_with_info(data, where)[0]
+    except ImageError as exc:
+        return row, None, exc.reason, None
+    return _outputs(row, gray, resolutions, jpeg_out, quality)
+
+
+def _outputs(row: int, gray: np.ndarray, resolutions: tuple[int, ...], jpeg_out: str | None, quality: int
+             ) -> tuple[int, dict[int, np.ndarray], None, dict | None]:
+    import io
+
+    from PIL import Image
+
+    from cxr_fast.loaders.reference import resize_uint8
+
     outs = {r: resize_uint8(gray, r) for r in resolutions}
     record = None
     if jpeg_out is not None:
@@ -249,17 +283,29 @@ def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...],
         _save_manifest(store)
 
     jobs = []
+    archives = dataset.archives
+    held: dict[str, dict[str, tuple]] = {}  # archive -> member -> job
+    broken = dict(archives.broken) if archives is not None else {}
+    left = 0  # rows left to do because an archive broke
     for row in sorted(set(needs) | jpeg_rows):
         try:
             source = str(dataset.path_of(ids[row]))
         except ImageError as exc:  # a file that leads outside the data folder: never read
             record((row, None, exc.reason, None))
             continue
-        jobs.append((row, source, tuple(needs.get(row, ())),
-                     str(store.jpeg_path(ids[row])) if row in jpeg_rows else None, cfg.jpeg_quality))
+        job = (row, source, tuple(needs.get(row, ())),
+               str(store.jpeg_path(ids[row])) if row in jpeg_rows else None, cfg.jpeg_quality)
+        member = archives.member_at(source) if archives is not None else None
+        if member is not None:
+            held.setdefault(member[0], {})[member[1]] = job
+        elif broken and not os.path.lexists(source):
+            left += 1  # may lie past where a broken archive stopped: not missing yet
+        else:
+            jobs.append(job)
 
     what = ", ".join([f"{r}px" for r in resolutions if any(j.res == r for j in caches)] + (["jpeg"] if jpeg_rows else []))
     last = time.monotonic()
+    parked: dict[str, list] = {}  # archive -> rows that failed to decode, judged once the archive reads to its end
     try:
         for result in imap_progress(_work, jobs, f"decoding once -> {what}", workers=cfg.workers,
                                     quiet=cfg.quiet or not jobs, initializer=_init_worker):
@@ -267,8 +313,33 @@ def _decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...],
             if time.monotonic() - last > _CHECKPOINT_S:
                 checkpoint()
                 last = time.monotonic()
+        for event in imap_members(_work_member, list(held.items()), f"decoding once from archives -> {what}",
+                                  workers=cfg.workers, quiet=cfg.quiet or not held, initializer=_init_worker):
+            if not isinstance(event, Finished):
+                if event.result[2] is None:
+                    record(event.result)
+                else:
+                    parked.setdefault(event.archive, []).append(event.result)
+            elif event.problem is None:
+                for result in parked.pop(event.archive, []):
+                    record(result)
+                for job in event.unread:  # listed, yet not there: the archive changed since it was listed
+                    record((job[0], None, f"not in {Path(event.archive).name}, whose listing has it", None))
+            else:
+                broken[event.archive] = event.problem
+                left += len(event.unread) + len(parked.pop(event.archive, []))
+            if time.monotonic() - last > _CHECKPOINT_S:
+                checkpoint()
+                last = time.monotonic()
     finally:
         checkpoint()
+    if broken:
+        first = broken[min(broken)]
+        more = f" ({len(broken) - 1} more broken archive(s))" if len(broken) > 1 else ""
+        done = int((caches[0].state == _DONE).sum()) if caches else sum(k.startswith("jpeg/") for k in files)
+        raise UnfinishedStoreError(
+            f"{first}{more}; kept in {store.root}: {done} image(s) decoded, {left} left to do: fetch the archive "
+            f"again (cxr-fast fetch nih {dataset.root}) and rerun prepare, or move it away to go on without its images")
     for job in caches:
         files[store.rel(job.final)] = job.finish()
         store.manifest["formats"].setdefault("cache", [])
@@ -326,8 +397,8 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
                         store.manifest["formats"].setdefault("ffcv", [])
                         store.manifest["formats"]["ffcv"] = sorted(set(store.manifest["formats"]["ffcv"]) | {r})
                         _save_manifest(store)
-        except Exception:
-            if new:  # nothing of it existed before this call: leave no half-made store behind
+        except Exception as exc:
+            if new and not isinstance(exc, UnfinishedStoreError):  # leave no half-made store behind
                 _discard(root, created)
             raise
     return store

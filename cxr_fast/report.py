@@ -5,7 +5,8 @@ be made anywhere the study folder is copied. Tables 2 and 3 star each label's hi
 did, and mark separately which other resolutions the best beats at p < .05, under the paper's unpaired
 z-test (†) and under DeLong's paired test (‡). The parts live in their own modules: ``report_data``
 (reading), ``report_stats`` (tests), ``report_sections`` (Table 1, Hernia 2,000, leakage, significance,
-architectures), ``report_provenance`` (init and recipe), ``report_against`` and ``report_figures``.
+architectures), ``report_controls`` (the control study's two answers), ``report_json`` (every cell for
+machines), ``report_provenance`` (init and recipe), ``report_against`` and ``report_figures``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from cxr_fast import paper_results
 from cxr_fast.io import write_text
 from cxr_fast.report_against import against_section
+from cxr_fast.report_controls import control_roles, controls_section
 from cxr_fast.report_data import (Study, Variant, auc_of, init_of, labels, load_study, ordered, paper_label,
                                   paper_variant, primary_variant, recipe_of, resolutions, sd_of, split_of,
                                   variant_name, variants)
@@ -163,6 +165,7 @@ class ReportResult:
     figure3: list[dict[str, Any]]
     figure3_reference: int | None
     sections: list[Section]  # every section of report.md, the tables included
+    json: Path | None = None  # the --json document, when asked for
 
 
 def check_inits(study: Study) -> None:
@@ -175,30 +178,43 @@ def check_inits(study: Study) -> None:
 
 
 def make_report(study_dir: str | Path, out: str | Path | None = None, compare: bool = False,
-                mixed_init: bool = False, against: str | Path | None = None) -> ReportResult:
-    """Write every table, section and figure of a study folder (and, with ``against``, the two side by side)."""
+                mixed_init: bool = False, against: str | Path | None = None,
+                json_path: str | Path | None = None) -> ReportResult:
+    """Write every table, section and figure of a study folder (and, with ``against``, the two side by side);
+    ``json_path``: also every cell and the controls' answers as JSON (``report_json``)."""
+    from cxr_fast.bench.plan_report import planned_vs_actual
+    from cxr_fast.report_json import write_report_json
+
     study = load_study(study_dir)
     other = load_study(against) if against is not None else None
     if not mixed_init:
         check_inits(study)
     out_dir = Path(out) if out is not None else study.root / "report"
     tables = [t for t in (table2(study, compare), table3(study, compare)) if t is not None]
-    sections = tables + [s for s in (significance_section(study, compare), architecture_section(study, compare),
-                                     table1_section(study, compare), hernia_section(study, compare),
-                                     leakage_section(study, compare)) if s is not None]
+    sections = tables[:1] + [s for s in (controls_section(study),) if s is not None] + tables[1:]
+    sections += [s for s in (significance_section(study, compare), architecture_section(study, compare),
+                             table1_section(study, compare), hernia_section(study, compare),
+                             leakage_section(study, compare)) if s is not None]
+    planned = planned_vs_actual(study.root)
+    if planned is not None and planned["rows"]:
+        sections.append(Section("plan", planned["title"], planned["markdown"], records=planned["rows"],
+                                fields=planned["fields"]))
     if other is not None:
         sections.append(against_section(study, other))
     files: list[Path] = []
     for s in sections:
         files += write_section(s, out_dir)
-    files += [f for f in (figure2(study, out_dir, compare), figure4(study, out_dir, compare)) if f is not None]
+    files += [f for f in (figure2(study, out_dir, compare, control_roles(study)), figure4(study, out_dir, compare))
+              if f is not None]
     fig3, fig3_records, ref = figure3(study, out_dir, compare)
     if fig3 is not None:
         files.append(fig3)
     files.append(_write_all_results(study, out_dir))
     figures = sorted(f.name for f in files if f.suffix == ".png")
     files.append(_write_summary(study, out_dir, sections, fig3_records, ref, compare, figures))
-    return ReportResult(out_dir, sorted(set(files)), tables, fig3_records, ref, sections)
+    written = write_report_json(study, json_path) if json_path is not None else None
+    return ReportResult(out_dir, sorted(set(files + ([written] if written else []))), tables, fig3_records, ref,
+                        sections, written)
 
 
 def _write_all_results(study: Study, out: Path) -> Path:
@@ -230,13 +246,29 @@ def _figure3_text(fig3: list[dict[str, Any]], ref: int | None, compare: bool) ->
     return lines + [markdown(header, body)]
 
 
+def _counts(study: Study) -> tuple[int, int, int]:
+    """(finished cells the config names, finished rows it no longer names, cells it names): a rerun with
+    other epochs keeps the old rows, which must not count as runs of this config."""
+    ordinary = {(c["label"], c["res"], c["arch"], c["epochs"]) for c in study.expected}
+    special = {(c["label"], c["res"], c["arch"], c["epochs"], c.get("grid")) for c in study.special_expected}
+    finished = 0
+    for r in study.rows:
+        key = (r["label"], int(r["res"]), r["arch"], int(r["epochs"]))
+        if (key in ordinary and not r.get("variant_tag")) or \
+                (r.get("variant_tag") and any((*key, g) in special for g in r.get("grids") or [])):
+            finished += 1
+    n_expected = len(ordinary) + len(special)
+    if not n_expected:  # no study.yaml: every row is the study
+        return len(study.rows), 0, len(study.rows)
+    return finished, len(study.rows) - finished, n_expected
+
+
 def _write_summary(study: Study, out: Path, sections: list[Section], fig3: list[dict[str, Any]], ref: int | None,
                    compare: bool, figures: list[str]) -> Path:
-    expected = {(c["label"], c["res"], c["arch"], c["epochs"], c.get("grid")) for c in study.special_expected}
-    expected |= {(c["label"], c["res"], c["arch"], c["epochs"], None) for c in study.expected}
-    n_expected = len(expected) or len(study.rows)
+    finished, extra, n_expected = _counts(study)
+    more = f"; {extra} more finished run(s) belong to cells no longer in study.yaml" if extra else ""
     lines = [f"# Study report: {study.name}", "",
-             f"{len(study.rows)} of {n_expected} runs finished (study folder `{study.root}`).", ""]
+             f"{finished} of {n_expected} runs finished (study folder `{study.root}`){more}.", ""]
     train = study.config.get("train") or {}
     if train:
         shown = ", ".join(f"{k}={train[k]}" for k in ("data", "subsample_size", "val_fraction", "split", "seed", "init",

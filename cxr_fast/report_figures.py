@@ -82,11 +82,16 @@ def _paper_line(ax: Any, label: str, v: Variant, color: str, alpha: float) -> li
     return list(px)
 
 
-def figure2(study: Study, out: Path, compare: bool = False) -> Path | None:
-    """AUC against resolution, one line per label, DeLong SD error bars (the paper's Figure 2)."""
+def figure2(study: Study, out: Path, compare: bool = False, roles: dict[str, str] | None = None) -> Path | None:
+    """AUC against resolution, one line per label, DeLong SD error bars (the paper's Figure 2).
+
+    ``roles`` (label -> control role, ``report_controls.control_roles``) names each control curve in the
+    legend and draws chance (0.5), which the null label must stay near.
+    """
     variant = primary_variant(study)
     if variant is None:
         return None
+    roles = roles or {}
     fig = _figure()
     ax = fig.add_subplot()
     res = resolutions(study, variant)
@@ -95,13 +100,19 @@ def figure2(study: Study, out: Path, compare: bool = False) -> Path | None:
         pts = _points(study, label, variant, res)
         if pts:
             x, y, e = zip(*pts)
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=color, label=label)
+            name = f"{label} ({roles[label]})" if label in roles else label
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=color, label=name)
         if compare:
             res = sorted(set(res) | set(_paper_line(ax, label, variant, color, 0.5)))
+    if roles:
+        ax.axhline(0.5, color="gray", linestyle=":", linewidth=1.0, label="chance (0.5)")
     _res_axis(ax, res)
     ax.set_ylabel("validation AUC")
     ax.set_title(f"Figure 2: AUC vs resolution ({variant_name(variant)}); bars = DeLong SD")
-    ax.legend(fontsize=8, ncols=2)
+    if roles:  # below the axes: the control curves span the whole height, and chance is drawn across it
+        ax.legend(fontsize=8, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    else:
+        ax.legend(fontsize=8, ncols=2)
     return _save(fig, out / "figure2.png")
 
 

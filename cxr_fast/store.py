@@ -257,7 +257,9 @@ class Store:
 
 
 def source_identity(dataset: NihDataset, image_ids: Sequence[str]) -> dict:
-    """Size and mtime of each source file (-1 when missing): cheap to check on every open."""
+    """Size and mtime of each source file (-1 when missing): cheap to check on every open. (An image read
+    from an ``images_NNN.tar.gz`` has no file of its own and records -1: a refetched archive keeps the
+    store's decoded work, which the archive's gzip checks and the store's own sha256s still guard.)"""
     sizes, mtimes = [], []
     for name in image_ids:
         try:

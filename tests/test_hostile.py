@@ -345,6 +345,26 @@ def test_a_refused_study_rerun_leaves_study_yaml_and_dry_run_refuses_alike(tmp_p
     assert "1 done" in capsys.readouterr().out
 
 
+def test_a_rerun_with_more_epochs_is_not_reported_as_more_runs_than_the_config_has(tmp_path):
+    from cxr_fast.report import make_report
+    from cxr_fast.study import apply_overrides, load_study, run_study
+
+    def fake(cfg):
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        y = np.array([0, 1] * 10, dtype=np.float32)
+        np.savez(out / "predictions.npz", image_ids=np.array([f"{i}.png" for i in range(20)]), labels=y,
+                 scores=y + np.random.default_rng(cfg.epochs).normal(0, 1, 20).astype(np.float32))
+        return {"auc": 0.6, "auc_sd": 0.01, "n_pos": 10, "n_neg": 10, "init": "random", "recipe": "fastai07"}
+
+    config = _fake_study(tmp_path)
+    out = tmp_path / "out"
+    run_study(load_study(config), out, run_fn=fake, progress=False)
+    run_study(apply_overrides(load_study(config), epochs=2), out, run_fn=fake, progress=False)
+    text = (make_report(out).out / "report.md").read_text()
+    assert "1 of 1 runs finished" in text and "1 more finished run(s) belong to cells no longer in study.yaml" in text
+
+
 # ==================================================================================================
 # Class 5: every value of every cell checked before any work, by one set of rules
 # ==================================================================================================

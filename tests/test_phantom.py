@@ -1,16 +1,21 @@
-"""The built-in phantom: NIH layout, real label rows, deterministic, findings at their real sizes."""
+"""The built-in phantom: NIH layout, real label rows, deterministic, findings at their real sizes, and a control:
+documented conspicuity settings that mean the same at every resolution, anatomy that no nodule can be
+mistaken for at full resolution, and a null label that draws nothing and never reaches real data."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxr_fast.cli import main
-from cxr_fast.data.nih import open_dataset, read_metadata
+from cxr_fast.data.conspicuity import Conspicuity
+from cxr_fast.data.nih import NULL_LABEL, open_dataset, read_metadata
 from cxr_fast.data.phantom import PhantomSpec, lesion_sizes, make_phantom, render
+from cxr_fast.data.phantom_draw import SOFT_TISSUE
 from cxr_fast.errors import CxrError
 from cxr_fast.paths import BUNDLED_METADATA
 
@@ -53,19 +58,23 @@ def test_interrupted_run_resumes_and_different_settings_are_refused(tmp_path):
 
 
 def _lesion_area(label: str, size: int = 1024, trials: int = 6) -> float:
-    """Median number of pixels that drawing ``label`` changes, against the same image without it."""
+    """Median pixel count of the largest lesion that drawing ``label`` adds, against the same image without it
+    (one lesion: an image may hold two nodules)."""
+    from scipy import ndimage
+
     spec = PhantomSpec(size, 0, lesion_sizes())
     areas = []
     for i in range(trials):
         plain = render(spec, i, ()).astype(int)
         with_lesion = render(spec, i, (label,)).astype(int)
-        areas.append(int((np.abs(with_lesion - plain) > 8).sum()))
+        parts, n = ndimage.label(np.abs(with_lesion - plain) > 8)
+        areas.append(int(np.bincount(parts.ravel())[1:].max()) if n else 0)
     return float(np.median(areas))
 
 
 def test_nodules_are_drawn_smaller_than_masses_and_both_are_visible():
     nodule, mass = _lesion_area("Nodule"), _lesion_area("Mass")
-    # A median nodule box is 69 px at 1024 px (area ~4,800 px); a mass box 124 px (~15,000 px).
+    # A median nodule box is 69 px at 1024 px (area ~3,700 px as a disc); a mass box 124 px (~12,000 px).
     assert 300 < nodule < 12_000
     assert mass > 1.5 * nodule
 
@@ -109,9 +118,154 @@ def test_data_can_name_a_built_in_phantom_made_once_into_the_cache(monkeypatch, 
     monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path / "cache"))
     spec = "phantom:n=8,size=32,seed=3,enrich=Mass,fraction=0.5"
     assert parse_phantom_spec(spec) == {"n": 8, "size": 32, "seed": 3, "enrich": ("Mass",), "enrich_fraction": 0.5}
+    assert parse_phantom_spec("phantom:contrast=20,edge=0.3,noise=0,null=0.4,only=Nodule+Mass") == {
+        "look": Conspicuity(contrast=20, edge=0.3, noise=0, null=0.4), "only": ("Nodule", "Mass")}
     root = data_root(spec, quiet=True)
     assert root.parent == tmp_path / "cache" and (root / ".complete").exists()
     assert resolve_dataset(spec, quiet=True).metadata.has("Mass").sum() >= 4
     assert data_root(spec, quiet=True) == root  # reused, not remade
     with pytest.raises(CxrError, match="unknown phantom setting 'colour'"):
         parse_phantom_spec("phantom:colour=red")
+    with pytest.raises(CxrError, match="phantom null must be a share in \\[0, 1\\), got 1.5"):
+        parse_phantom_spec("phantom:null=1.5")
+    with pytest.raises(CxrError, match="bad value 'sharp' for edge"):
+        parse_phantom_spec("phantom:edge=sharp")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The control: settings, null label, anatomy
+
+
+def test_control_settings_are_in_the_cache_key_and_written_into_the_folder(monkeypatch, tmp_path):
+    from cxr_fast.data.source import data_root, phantom_dir
+
+    monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path / "cache"))
+    plain, bright = phantom_dir(8, 32), phantom_dir(8, 32, look=Conspicuity(contrast=120))
+    assert plain != bright and "c120" in bright.name and phantom_dir(8, 32, look=Conspicuity(null=0.5)) != plain
+    root = data_root("phantom:n=8,size=32,contrast=25,edge=0.2,noise=4,null=0.5", quiet=True)
+    marker = json.loads((root / ".phantom.json").read_text())
+    assert marker["look"] == {"contrast": 25.0, "edge": 0.2, "noise": 4.0, "null": 0.5}
+    with pytest.raises(CxrError, match="holds a phantom made with"):
+        make_phantom(root, n=8, size=32, look=Conspicuity(contrast=26), quiet=True)
+
+
+def test_synth_takes_the_control_settings(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "s"), "--n", "6", "--size", "32", "--contrast", "30", "--null", "0.5",
+                 "--workers", "1", "--quiet"]) == 0
+    assert "c30-e0.05" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s" / ".phantom.json").read_text())["look"]["contrast"] == 30.0
+    assert main(["synth", str(tmp_path / "t"), "--n", "6", "--edge", "0"]) == 2
+    assert "phantom edge must be in (0, 1] of the lesion radius, got 0" in capsys.readouterr().err
+
+
+def test_null_label_is_given_at_random_and_draws_no_pixel(tmp_path):
+    without = make_phantom(tmp_path / "a", n=40, size=48, seed=2, quiet=True, workers=1)
+    null = make_phantom(tmp_path / "b", n=40, size=48, seed=2, quiet=True, workers=1, look=Conspicuity(null=0.5))
+    meta_a, meta_b = open_dataset(without).metadata, open_dataset(null).metadata
+    flags = meta_b.has(NULL_LABEL)
+    assert 10 <= flags.sum() <= 30  # a fair coin per image
+    assert meta_b.image_ids.tolist() == meta_a.image_ids.tolist()  # the same real rows
+    for name in meta_a.image_ids.tolist():  # and the same pixels: the null label is drawn nowhere
+        assert (without / "images" / name).read_bytes() == (null / "images" / name).read_bytes()
+    assert not meta_a.has(NULL_LABEL).any()
+    real = set(meta_b.image_ids[flags].tolist())
+    nodules = set(meta_b.image_ids[meta_b.has("Nodule")].tolist())
+    assert real - nodules and (real & nodules or not nodules)  # independent of the findings, not tied to one
+
+
+def test_real_data_never_carries_the_null_label(tmp_path):
+    folder = tmp_path / "nih"
+    folder.mkdir()
+    (folder / "Data_Entry_2017.csv").write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+        "a.png,Nodule|Null_Control,0,1,50,M,PA\n")
+    with pytest.raises(CxrError, match="unknown label 'Null_Control' for image a.png \\(a phantom control label"):
+        open_dataset(folder)
+    real = read_metadata(BUNDLED_METADATA)
+    with pytest.raises(CxrError, match="Null_Control is the phantom's control label"):
+        real.has(NULL_LABEL)
+    with pytest.raises(CxrError, match="enrich and only name real findings"):
+        make_phantom(tmp_path / "p", n=4, size=32, enrich=(NULL_LABEL,), quiet=True)
+
+
+def test_only_keeps_rows_whose_findings_are_all_listed(tmp_path):
+    root = make_phantom(tmp_path / "o", n=60, size=32, seed=1, enrich=("Nodule", "Mass"), enrich_fraction=0.6,
+                        only=("Nodule", "Mass"), quiet=True, workers=1)
+    meta = open_dataset(root).metadata
+    assert meta.has("Nodule").sum() >= 10 and meta.has("Mass").sum() >= 10
+    for label in ("Effusion", "Infiltration", "Atelectasis", "Cardiomegaly"):
+        assert not meta.has(label).any()
+    with pytest.raises(CxrError, match="enrich Effusion is not among only=Nodule"):
+        make_phantom(tmp_path / "x", n=4, size=32, enrich=("Effusion",), only=("Nodule",), quiet=True)
+
+
+def _quiet(size: int, **look: float) -> PhantomSpec:
+    return PhantomSpec(size, 0, lesion_sizes(), Conspicuity(noise=0.0, **look))
+
+
+def test_a_lesion_adds_its_contrast_over_the_local_background():
+    # Mass lobes are a union: the lesion adds `contrast` (times this image's exposure), never more.
+    low = [render(_quiet(256, contrast=20), i, ("Mass",)).astype(float) - render(_quiet(256, contrast=20), i, ())
+           for i in range(4)]
+    high = [render(_quiet(256, contrast=60), i, ("Mass",)).astype(float) - render(_quiet(256, contrast=60), i, ())
+            for i in range(4)]
+    for a, b in zip(low, high):
+        assert 20 * 0.8 <= a.max() <= 20 * 1.2 and b.max() == pytest.approx(3 * a.max(), rel=0.1)
+
+
+def test_edge_sets_how_sharp_a_lesion_is():
+    def rim(edge: float) -> float:  # pixels part-way between background and full contrast
+        d = [render(_quiet(256, edge=edge), i, ("Mass",)).astype(float) - render(_quiet(256, edge=edge), i, ())
+             for i in range(3)]
+        return float(np.mean([((x > 0.15 * x.max()) & (x < 0.85 * x.max())).sum() / (x > 0.15 * x.max()).sum()
+                              for x in d]))
+    assert rim(0.5) > 3 * rim(0.05)
+
+
+def test_settings_mean_the_same_at_every_size():
+    """Defined in the 1024 px frame: a 512 px phantom resized to 128 is the 128 px phantom (noise too)."""
+    from cxr_fast.loaders.reference import resize_uint8
+
+    for i in range(3):
+        big = resize_uint8(render(_quiet(512), i, ("Nodule",)), 128).astype(float)
+        small = resize_uint8(render(_quiet(128), i, ("Nodule",)), 128).astype(float)
+        assert np.abs(big - small).mean() < 2.0
+    noisy = [render(PhantomSpec(s, 0, lesion_sizes(), Conspicuity(noise=16)), 0, ()).astype(float)
+             - render(_quiet(s), 0, ()) for s in (1024, 256)]
+    assert noisy[0].std() == pytest.approx(16 * 1.0, rel=0.15) and noisy[1].std() == pytest.approx(16 / 4, rel=0.15)
+
+
+def test_ribs_stay_inside_the_body_and_the_heart_is_dense():
+    spec = _quiet(256)
+    for i in range(4):
+        img = render(spec, i, ()).astype(float)
+        beside = img[60:110, :3], img[60:110, -3:]  # air beside the upper chest, where rib arcs once ran on
+        assert beside[0].std() < 0.6 and beside[1].std() < 0.6
+        heart = img[int(256 * 0.63), int(256 * 0.54)]
+        lung = np.median(img[int(256 * 0.35), int(256 * 0.25):int(256 * 0.3)])
+        assert heart - lung > 0.8 * (SOFT_TISSUE - 60)  # soft tissue against aerated lung
+
+
+def test_a_nodule_differs_from_normal_anatomy_by_size():
+    """The documented property: normal anatomy has no nodule-sized round opacity in the lungs. A blob detector
+    tuned to the smallest nodule box finds every nodule above anything in a normal lung at full resolution."""
+    from scipy import ndimage
+
+    from cxr_fast.data.phantom_draw import draw_chest
+
+    size, spec = 256, PhantomSpec(256, 0, lesion_sizes())
+    sigma = 46 / 2 / np.sqrt(2) * size / 1024
+
+    def blob(i: int, labels: tuple[str, ...]) -> float:
+        chest, a = draw_chest(np.random.default_rng([0, i, 0]), size, False, False)  # render's anatomy stream
+        yy, xx = np.mgrid[0:size, 0:size]
+        inside = np.zeros((size, size), dtype=bool)
+        for cx in (a.left_cx, a.right_cx):
+            inside |= ((yy - a.lung_cy) / (0.8 * a.lung_ry)) ** 2 + ((xx - cx) / (0.8 * a.lung_rx)) ** 2 < 1
+        lungs = inside & (chest < (SOFT_TISSUE + 50) / 2)  # aerated lung, not the heart or diaphragm over it
+        response = -ndimage.gaussian_laplace(render(spec, i, labels).astype(float), sigma) * sigma ** 2
+        return float(response[ndimage.binary_erosion(lungs, iterations=int(2 * sigma))].max())
+
+    normal = [blob(i, ()) for i in range(12)]
+    nodule = [blob(i, ("Nodule",)) for i in range(12)]
+    assert min(nodule) > max(normal)

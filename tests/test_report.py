@@ -504,3 +504,92 @@ def test_paper_numbers_are_transcribed_consistently():
     assert 100 * edema[32].auc / edema[320].auc == pytest.approx(88.1, abs=0.05)
     assert json.dumps(paper_results.paper_auc("Nodule", 320).auc) == "0.854"
     assert paper_results.paper_auc("Nodule", 320, "densenet121", 3) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Controls (issue 10): the two answers in words, every cell as JSON
+
+
+CONTROL_GRID = {"name": "table2", "labels": ["Nodule", "Mass", "Null_Control"], "resolutions": [32, 64, 128],
+                "archs": ["resnet34"], "epochs": 3}
+
+
+def control_study(root: Path, nodule: tuple[float, float, float] = (0.1, 0.8, 1.6),
+                  mass: tuple[float, float, float] = (1.5, 1.6, 1.6), null: tuple[float, float, float] = (0, 0, 0),
+                  data: str | None = "phantom:n=1000,size=256,null=0.3") -> Path:
+    """A control study: signal strength per resolution (32, 64, 128) for each of the three labels."""
+    cells = {(label, res, "resnet34", 3): s for label, strengths in (("Nodule", nodule), ("Mass", mass),
+                                                                     ("Null_Control", null))
+             for res, s in zip((32, 64, 128), strengths)}
+    make_study(root, cells, [CONTROL_GRID], name="control")
+    if data is not None:
+        (root / "study.yaml").write_text(yaml.safe_dump({"name": "control", "train": {"seed": 0, "data": data},
+                                                         "grids": [CONTROL_GRID]}))
+    return root
+
+
+def test_controls_section_answers_both_questions_with_the_numbers(tmp_path, capsys):
+    from cxr_fast.cli import main
+    from cxr_fast.metrics import paired_delong_test
+
+    root = control_study(tmp_path / "s")
+    assert main(["report", str(root), "--out", str(tmp_path / "r"), "--json", str(tmp_path / "r.json")]) == 0
+    assert "Positive control" in capsys.readouterr().out
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Controls" in md and md.index("## Controls") < md.index("## Table 3")
+    store = {(r["label"], r["res"]): r for r in read_jsonl(root / "results.jsonl")}
+    n32, n128 = store[("Nodule", 32)], store[("Nodule", 128)]
+    pos = next(line for line in md.splitlines() if line.startswith("**Positive control"))
+    assert "?** Yes." in pos
+    assert f"from {n128['auc']:.3f} ± {n128['auc_sd']:.3f} at 128 px to {n32['auc']:.3f} ± {n32['auc_sd']:.3f} " \
+           f"at 32 px, a low/high ratio of {n32['auc'] / n128['auc']:.3f}" in pos
+    neg = next(line for line in md.splitlines() if line.startswith("**Negative control"))
+    assert "?** Yes: the largest distance from 0.5 is" in neg and "at 64 px" in neg
+
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert len(doc["cells"]) == 9 and doc["controls"]["positive"]["answer"] == "yes"
+    assert doc["controls"]["negative"]["answer"] == "yes"
+    cell = next(c for c in doc["cells"] if (c["label"], c["resolution"]) == ("Nodule", 32))
+    assert {"label", "resolution", "architecture", "auc", "delong_sd", "paired_delong_p_vs_highest"} <= set(cell)
+    assert cell["architecture"] == "resnet34" and cell["role"] == "small lesion" and cell["highest_resolution"] == 128
+    assert cell["auc"] == pytest.approx(n32["auc"]) and cell["delong_sd"] == pytest.approx(n32["auc_sd"])
+    y = val_labels("Nodule")  # make_study's scores, rebuilt: the p is DeLong's paired test against 128 px
+    ids = np.array([f"Nodule_{i:05d}.png" for i in range(300)])
+    scores = {}
+    for res in (32, 128):
+        with np.load(root / "runs" / f"Nodule/resnet34-e3/r{res}" / "predictions.npz") as z:
+            order = {k: i for i, k in enumerate(z["image_ids"].tolist())}
+            scores[res] = z["scores"][[order[k] for k in ids]]
+    assert cell["paired_delong_p_vs_highest"] == pytest.approx(paired_delong_test(y, scores[128], scores[32])[1])
+    top = next(c for c in doc["cells"] if (c["label"], c["resolution"]) == ("Nodule", 128))
+    assert top["paired_delong_p_vs_highest"] is None
+    assert str(tmp_path) not in (tmp_path / "r.json").read_text()  # no machine paths
+    assert (tmp_path / "r" / "controls.csv").is_file() and (tmp_path / "r" / "figure2.png").read_bytes()[:8] == PNG
+
+
+def test_controls_say_no_when_the_null_label_leaks_or_the_small_lesion_holds_up(tmp_path):
+    # A copied study whose phantom folder is not on this machine: the null label alone proves the phantom.
+    root = control_study(tmp_path / "leak", null=(0.0, 0.9, 0.0), data="/elsewhere/cache/phantom-v3-n1000")
+    make_report(root, tmp_path / "r1", json_path=tmp_path / "r1.json")
+    neg = json.loads((tmp_path / "r1.json").read_text())["controls"]["negative"]
+    assert neg["answer"] == "no" and abs(neg["sd_from_half"]["64"]) > 2
+    assert "No: outside at 64 px" in (tmp_path / "r1" / "controls.md").read_text()
+
+    flat = control_study(tmp_path / "flat", nodule=(1.5, 1.55, 1.6))
+    make_report(flat, tmp_path / "r2", json_path=tmp_path / "r2.json")
+    pos = json.loads((tmp_path / "r2.json").read_text())["controls"]["positive"]
+    assert pos["answer"] == "no" and not pos["small_drop_significant"]
+    assert "No: Nodule's own drop is not significant at p < 0.05" in (tmp_path / "r2" / "controls.md").read_text()
+
+
+def test_no_controls_on_real_data_without_the_null_label(tmp_path):
+    root = tmp_path / "real"
+    make_study(root, {("Nodule", 32, "resnet34", 3): 0.2, ("Mass", 32, "resnet34", 3): 1.0,
+                      ("Nodule", 64, "resnet34", 3): 1.0, ("Mass", 64, "resnet34", 3): 1.0}, [GRID2])
+    (root / "study.yaml").write_text(yaml.safe_dump({"name": "real", "train": {"data": str(tmp_path / "nih")},
+                                                     "grids": [GRID2]}))
+    result = make_report(root, tmp_path / "r", json_path=tmp_path / "r.json")
+    assert not any(s.name == "controls" for s in result.sections) and not (tmp_path / "r" / "controls.md").exists()
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["controls"] is None and len(doc["cells"]) == 4
+    assert {c["role"] for c in doc["cells"]} == {None}

@@ -27,6 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archs", default=d.archs, help="architectures, comma separated")
     parser.add_argument("--skip-limits", action="store_true", help="do not measure batch-size limits")
     parser.add_argument("--skip-bench", action="store_true", help="do not run the bench")
+    parser.add_argument("--skip-profile", action="store_true", help="do not measure the device profile for `cxr-fast plan`")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run of the check itself (no GPU needed)")
 
 
@@ -35,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
 
     return run_gpu_check(GpuCheckOptions(
         out=args.out, budget_s=args.budget_s, res=args.res, limit_res=args.limit_res, archs=args.archs,
-        skip_limits=args.skip_limits, skip_bench=args.skip_bench, cpu_smoke=args.cpu_smoke))
+        skip_limits=args.skip_limits, skip_bench=args.skip_bench, skip_profile=args.skip_profile,
+        cpu_smoke=args.cpu_smoke))

@@ -12,7 +12,10 @@ DESCRIPTION = (
     "once), 'ffcv' (a .beton per resolution, needs FFCV). A second run resumes; unreadable images are "
     "listed by name and skipped; a store made from other files or labels is refused. Every file's sha256 is "
     "recorded; a run that finds a store checks them all and rebuilds damaged parts. Without DATA, an existing "
-    "STORE's own data folder is used."
+    "STORE's own data folder is used. DATA may hold NIH's images_NNN.tar.gz archives instead of extracted images "
+    "(as cxr-fast fetch leaves it): they are streamed, one worker per archive, and decoded straight into the store, "
+    "byte for byte the store the extracted folder gives, with no PNG written to disk. An archive that is cut short "
+    "or corrupt is named with the member where it broke; what was decoded is kept and a rerun finishes the rest."
 )
 
 
@@ -22,8 +25,8 @@ def _words(text: str) -> list[str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", nargs="?", default=None,
-                        help="NIH-layout dataset folder (default: the one an existing STORE was made from, "
-                        "else the built-in phantom)")
+                        help="NIH-layout dataset folder, extracted or as images_NNN.tar.gz archives (default: the one "
+                        "an existing STORE was made from, else the built-in phantom)")
     parser.add_argument("--label", required=True, help="finding whose subsample to prepare, e.g. Nodule")
     parser.add_argument("--out", required=True, metavar="STORE", help="store folder to create or resume")
     parser.add_argument("--res", default="all",

@@ -12,7 +12,12 @@ DESCRIPTION = (
     "each test, Table 3's architectures compared, Table 1 (AUC and accuracy at 64 and 320 px, loss weight), the "
     "Hernia run on a 2,000-image subsample, and the share of validation images whose patient is in training; "
     "Figures 2-4 as PNG; and report.md with all of it. Every table names its cells' init and recipe, and cells of "
-    "different inits are refused in one table unless --mixed-init. Unfinished cells show as — or 'not run'."
+    "different inits are refused in one table unless --mixed-init. Unfinished cells show as — or 'not run'. "
+    "A study with control labels (the null label Null_Control, or Nodule and Mass on the phantom: "
+    "configs/control.yaml) gets a 'controls' section that answers, with the numbers, whether the small lesion "
+    "loses significantly more AUC at low resolution than the large one, and whether the null label stays within "
+    "2 SD of 0.5 at every resolution. --json PATH writes every cell (label, resolution, architecture, AUC, DeLong "
+    "SD, paired DeLong p against the label's highest resolution) and those answers for machines."
 )
 
 
@@ -24,6 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-init", action="store_true",
                         help="allow cells of different inits (imagenet, random, other weights) in one table, "
                              "each marked, instead of refusing")
+    parser.add_argument("--json", metavar="PATH", dest="json_path",
+                        help="also write every cell and the controls' answers as JSON to PATH")
     parser.add_argument("--against", metavar="DIR",
                         help="a second study folder to set beside this one, cell by cell, with the z-test "
                              "(e.g. the patient-wise split of configs/paper-patients.yaml)")
@@ -36,10 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.report import make_report
 
     result = make_report(args.study, args.out, compare=args.compare_paper, mixed_init=args.mixed_init,
-                         against=args.against)
+                         against=args.against, json_path=args.json_path)
     for t in result.tables:
         init = next((n for n in t.notes if n.startswith("Init")), "")
         print(f"{t.title}\n\n{t.markdown}\n{init}\n")
+    controls = next((s for s in result.sections if s.name == "controls"), None)
+    if controls is not None:
+        print(f"{controls.title}\n\n{controls.markdown}")
     against = next((s for s in result.sections if s.name == "against"), None)
     if against is not None:
         print(f"{against.title}\n\n{against.markdown}")

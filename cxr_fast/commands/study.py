@@ -53,7 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr_fast.executors import LocalExecutor, RayExecutor
-    from cxr_fast.study import apply_overrides, decide, load_study, plan, run_study
+    from cxr_fast.bench.plan import announce
+    from cxr_fast.study import apply_overrides, decide, expand, load_study, plan, run_study
 
     cfg = load_study(args.config)
     data = str(Path(args.data).expanduser().resolve()) if args.data else None
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
               f"{counts['todo']} to run; every cell's settings are valid")
         for note in decided.notes:
             print(f"note: {note}")
+        print(announce(decided.cells, out, cfg.train.get("device"), cfg.name, write=False))
         return 0
 
     if args.ray_address and args.executor != "ray":
@@ -87,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
     decide(cfg, out.resolve(), only or None, progress=not args.quiet)  # refuse (or fetch weights) before any work
     if is_phantom_spec(cfg.train.get("data")):
-        # Make the phantom once here, not in each run: parallel Ray tasks would race to create it.
-        cfg = apply_overrides(cfg, data=str(data_root(cfg.train.get("data"), quiet=args.quiet)))
+        # Make the phantom once here, not in each run: parallel Ray tasks would race to create it. The
+        # config keeps naming it by its spec, so study.yaml and the report hold no machine path.
+        data_root(cfg.train.get("data"), quiet=args.quiet)
+    print(announce(expand(cfg, only or None), out, cfg.train.get("device"), cfg.name))  # never raises
     executor = RayExecutor(args.ray_address, num_cpus=args.ray_cpus) if args.executor == "ray" else LocalExecutor()
     summary = run_study(cfg, out, executor=executor, only=only or None, progress=not args.quiet)
     print(f"{summary.cells} runs in {out}: {summary.already_done} were already finished, {summary.ran} ran now; "

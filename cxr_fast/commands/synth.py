@@ -7,12 +7,18 @@ import argparse
 HELP = "make a phantom ChestX-ray14 dataset (NIH layout, real label rows, synthetic pixels)"
 DESCRIPTION = (
     "Write OUT/Data_Entry_2017_v2020.csv and OUT/images/*.png (8-bit gray). Label rows are drawn from the real "
-    "ChestX-ray14 metadata; each finding is drawn at the size radiologists boxed it (nodules 46-98 px at 1024 px), "
-    "so small findings need high resolution. Deterministic for a seed; an interrupted run resumes."
+    "ChestX-ray14 metadata; each finding is drawn at the size radiologists boxed it (nodules 46-97 px at 1024 px), "
+    "so small findings need high resolution. Nodules and masses follow the control settings (--contrast, --edge, "
+    "--noise: the same at every resolution, defined in the 1024 px frame); --null adds the negative control "
+    "label Null_Control to that share of images, at random, with no pixels drawn. The settings are written into "
+    "OUT/.phantom.json. Deterministic for a seed; an interrupted run resumes."
 )
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from cxr_fast.data.conspicuity import Conspicuity
+
+    look = Conspicuity()
     p.add_argument("out", help="folder to write (new, empty, or an earlier phantom with the same settings)")
     p.add_argument("--n", type=int, default=600, help="number of images")
     p.add_argument("--size", type=int, default=1024, help="image width and height in pixels")
@@ -20,15 +26,28 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enrich", default="", metavar="LABELS",
                    help="comma-separated labels to over-represent (rows stay real; like the paper's enriched subsample)")
     p.add_argument("--enrich-fraction", type=float, default=0.3, help="share of images drawn from the enriched labels")
+    p.add_argument("--only", default="", metavar="LABELS",
+                   help="comma-separated labels: keep only rows whose findings are all among them (and No Finding)")
+    p.add_argument("--contrast", type=float, default=look.contrast, metavar="GRAY",
+                   help="gray levels a nodule or mass adds over its local background")
+    p.add_argument("--edge", type=float, default=look.edge, metavar="FRACTION",
+                   help="edge width of a nodule or mass, a fraction of its radius (blurred: 0.5)")
+    p.add_argument("--noise", type=float, default=look.noise, metavar="GRAY",
+                   help="SD of the quantum noise, gray levels per pixel at 1024 px")
+    p.add_argument("--null", type=float, default=look.null, metavar="SHARE",
+                   help="share of images given the null control label Null_Control, with no pixels (0: none)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxr_fast.data.conspicuity import conspicuity
     from cxr_fast.data.phantom import make_phantom
 
+    look = conspicuity(contrast=args.contrast, edge=args.edge, noise=args.noise, null=args.null)
     enrich = tuple(x.strip() for x in args.enrich.split(",") if x.strip())
+    only = tuple(x.strip() for x in args.only.split(",") if x.strip())
     out = make_phantom(args.out, n=args.n, size=args.size, seed=args.seed, workers=args.workers, quiet=args.quiet,
-                       enrich=enrich, enrich_fraction=args.enrich_fraction)
-    print(f"phantom: {args.n} images of {args.size} px in {out}")
+                       enrich=enrich, enrich_fraction=args.enrich_fraction, look=look, only=only)
+    print(f"phantom: {args.n} images of {args.size} px in {out} ({look.tag()})")
     return 0

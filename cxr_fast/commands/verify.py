@@ -9,7 +9,10 @@ DESCRIPTION = (
     "Decode every image named in DATA's Data_Entry_2017*.csv with the reader all stages use. RGBA images are "
     "converted to gray by luminance and 16-bit ones scaled to 8 bits (both counted); missing or unreadable files, "
     "names that lead outside DATA, repeated metadata rows and images of no chest X-ray's shape (a side under 64 px, "
-    "or longer than 4:1) are listed by name. With --store DIR, every file of a prepared store is checked against "
+    "or longer than 4:1) are listed by name. DATA may hold NIH's images_NNN.tar.gz archives instead of (or beside) "
+    "the extracted images: their members are streamed, one archive per worker, under the same rules (only plain "
+    "files named NAME or images/NAME; links, paths outside and names two members claim are refused), and an "
+    "archive that is cut short or corrupt is named with the member where it broke. With --store DIR, every file of a prepared store is checked against "
     "the sha256 recorded when it was written; each damaged file is one line saying how to rebuild it. "
     "Exit status 0 when everything is usable, 1 otherwise."
 )
@@ -17,7 +20,8 @@ _SHOWN = 50  # lines per kind of problem before '... and N more (see --json)'
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", nargs="?", default=None, help="dataset folder in the NIH layout (metadata CSV + images/)")
+    p.add_argument("data", nargs="?", default=None,
+                   help="dataset folder in the NIH layout (metadata CSV + images/, or + images_NNN.tar.gz)")
     p.add_argument("--store", metavar="DIR", help="also (or only) check a store made by cxr-fast prepare, file by file")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -48,6 +52,8 @@ def _verify_data(args: argparse.Namespace) -> tuple[bool, dict]:
     _print_some([f"unreadable: {bad['image']}: {bad['reason']}" for bad in report.unreadable])
     _print_some([f"outside the data folder: {bad['image']}: {bad['reason']}" for bad in report.outside])
     _print_some([f"odd shape: {bad['image']}: {bad['reason']}" for bad in report.odd_shape])
+    _print_some([f"refused in an archive: {bad['image']}: {bad['reason']}" for bad in report.refused])
+    _print_some([f"broken archive: {bad['problem']}" for bad in report.archives])
     if report.duplicates:
         print(f"{len(report.duplicates)} repeated Image Index row(s) in {dataset.metadata.source} "
               "(other commands keep the first of each):")

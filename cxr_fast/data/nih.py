@@ -2,7 +2,8 @@
 
 Reads ``Data_Entry_2017*.csv`` (or ``.csv.gz``) in both forms in circulation: torchxrayvision's v2020
 file and NIH's original, whose header and rows end with a trailing comma. Finds images in ``images/``
-or in the ``images_001/images`` ... ``images_012/images`` folders the NIH tarballs extract to.
+or in the ``images_001/images`` ... ``images_012/images`` folders the NIH tarballs extract to, or in
+the ``images_NNN.tar.gz`` tarballs themselves, read in place (``data.archives``; a file on disk wins).
 
 Two rules hold before anything downstream (sampling, splits, stores) sees a row:
 
@@ -10,6 +11,10 @@ Two rules hold before anything downstream (sampling, splits, stores) sees a row:
   a path separator or ``..``, or a file that is a link leading out of the folder, is skipped with one
   warning (``open_dataset``); ``verify`` lists such rows as bad. A layout folder that is itself a link
   to another disk counts as outside too: link the whole data folder instead.
+- A label is one of ChestX-ray14's. The one exception is the phantom's negative control, ``NULL_LABEL``:
+  a label the phantom assigns at random and draws nothing for. Only a phantom folder (one holding
+  ``PHANTOM_MARKER``) may carry it (``read_metadata(controls=True)``); in any other file it is an unknown
+  label, so real data can never be mixed with it, and it can never co-occur with a real finding's pixels.
 - An ``Image Index`` appears once. Repeated rows that agree on findings and patient are dropped (the
   first kept) with one warning that counts them; repeats that disagree are refused, since either
   copy could be the truth (``read_metadata``). ``verify`` lists the repeats.
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_fast.data.archives import Archives, attach_archives
 from cxr_fast.data.reader import DataWarning, contained_path, is_inside, name_problem
 from cxr_fast.errors import CxrError
 
@@ -41,7 +47,13 @@ PAPER_LABELS: tuple[str, ...] = (
     "Emphysema", "Cardiomegaly", "Hernia", "Atelectasis", "Edema", "Effusion", "Mass", "Nodule",
 )
 
-_ALIASES = {name.lower().replace("_", " "): name for name in ALL_LABELS}
+# The phantom's negative control (``cxr_fast.data.phantom``): assigned at random, no pixels drawn, so any AUC
+# away from 0.5 is leakage or a bug. Not a ChestX-ray14 finding: only phantom folders carry it.
+NULL_LABEL = "Null_Control"
+CONTROL_LABELS: tuple[str, ...] = (NULL_LABEL,)
+PHANTOM_MARKER = ".phantom.json"  # written by make_phantom: the folder's settings, and its licence for controls
+
+_ALIASES = {name.lower().replace("_", " "): name for name in ALL_LABELS + CONTROL_LABELS}
 _ALIASES["infiltrate"] = "Infiltration"  # the spelling used in BBox_List_2017.csv
 
 _FIRST_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
@@ -49,10 +61,14 @@ _FIRST_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", 
 
 
 def canonical_label(name: str) -> str:
-    """``'nodule'``, ``'Pleural Thickening'`` -> the dataset's spelling; unknown names are an error."""
+    """``'nodule'``, ``'Pleural Thickening'`` -> the dataset's spelling; unknown names are an error.
+
+    ``NULL_LABEL`` is known here (a study may name it); whether a dataset carries it is ``Metadata.has``'s call.
+    """
     key = name.strip().lower().replace("_", " ")
     if key not in _ALIASES:
-        raise CxrError(f"unknown label {name!r}; known labels: {', '.join(ALL_LABELS)}")
+        raise CxrError(f"unknown label {name!r}; known labels: {', '.join(ALL_LABELS)} "
+                       f"(and {', '.join(CONTROL_LABELS)} in phantom folders)")
     return _ALIASES[key]
 
 
@@ -70,13 +86,20 @@ class Metadata:
     views: np.ndarray  # str 'PA'/'AP'
     label_strings: np.ndarray = field(repr=False)  # str, the original 'A|B' field
     duplicates: tuple[str, ...] = ()  # Image Index of each repeated row dropped at parse
+    controls: np.ndarray | None = None  # bool, N x len(CONTROL_LABELS); None: not a phantom, no control labels
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def has(self, label: str) -> np.ndarray:
-        """Boolean mask of images carrying ``label``."""
-        return self.labels[:, ALL_LABELS.index(canonical_label(label))]
+        """Boolean mask of images carrying ``label``; a control label only in a phantom folder's metadata."""
+        name = canonical_label(label)
+        if name not in CONTROL_LABELS:
+            return self.labels[:, ALL_LABELS.index(name)]
+        if self.controls is None:
+            raise CxrError(f"{name} is the phantom's control label, and {self.source} is not in a phantom folder; "
+                           "real data never carries it")
+        return self.controls[:, CONTROL_LABELS.index(name)]
 
     def finding_counts(self) -> np.ndarray:
         """Number of findings (not counting 'No Finding') per image."""
@@ -87,6 +110,7 @@ class Metadata:
             self.source, self.image_ids[index], self.labels[index], self.patient_ids[index],
             self.follow_up[index], self.ages[index], self.genders[index], self.views[index],
             self.label_strings[index], self.duplicates,
+            None if self.controls is None else self.controls[index],
         )
 
 
@@ -96,8 +120,11 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
-def read_metadata(path: str | Path) -> Metadata:
+def read_metadata(path: str | Path, controls: bool | None = None) -> Metadata:
     """Parse a ``Data_Entry_2017*.csv[.gz]`` file; errors name the file and line.
+
+    ``controls``: the file is a phantom's, so ``CONTROL_LABELS`` are accepted; otherwise they are unknown
+    labels like any other. None: decided by whether the file's folder holds ``PHANTOM_MARKER``.
 
     A repeated ``Image Index`` would be counted twice and could land on both sides of a split: an
     exact repeat (same findings and patient) is dropped with one ``DataWarning``, a conflicting one
@@ -106,8 +133,11 @@ def read_metadata(path: str | Path) -> Metadata:
     p = Path(path)
     if not p.is_file():
         raise CxrError(f"metadata file not found: {p}")
+    if controls is None:
+        controls = (p.parent / PHANTOM_MARKER).is_file()
     ids: list[str] = []
     label_rows: list[list[bool]] = []
+    control_rows: list[list[bool]] = []
     label_strings: list[str] = []
     patients: list[int] = []
     follow: list[int] = []
@@ -115,6 +145,7 @@ def read_metadata(path: str | Path) -> Metadata:
     genders: list[str] = []
     views: list[str] = []
     index_of = {name: i for i, name in enumerate(ALL_LABELS)}
+    control_of = {name: i for i, name in enumerate(CONTROL_LABELS)} if controls else {}
     first_seen: dict[str, tuple[int, int]] = {}  # Image Index -> (position in the lists, line)
     duplicates: list[str] = []
     try:
@@ -131,10 +162,16 @@ def read_metadata(path: str | Path) -> Metadata:
                 if len(row) < len(_FIRST_COLUMNS):
                     raise CxrError(f"{p}:{lineno}: expected at least {len(_FIRST_COLUMNS)} columns, got {len(row)}")
                 flags = [False] * len(ALL_LABELS)
+                control_flags = [False] * len(CONTROL_LABELS)
                 for raw in row[1].split("|"):
                     name = raw.strip()
+                    if name in control_of:
+                        control_flags[control_of[name]] = True
+                        continue
                     if name not in index_of:
-                        raise CxrError(f"{p}:{lineno}: unknown label {name!r} for image {row[0]}")
+                        why = " (a phantom control label, and this file is not in a phantom folder)" \
+                            if name in CONTROL_LABELS else ""
+                        raise CxrError(f"{p}:{lineno}: unknown label {name!r} for image {row[0]}{why}")
                     flags[index_of[name]] = True
                 try:
                     patient, follow_up, age = int(row[3]), int(row[2]), int(row[4].strip().rstrip("YyMmDd") or -1)
@@ -143,7 +180,7 @@ def read_metadata(path: str | Path) -> Metadata:
                 image = row[0].strip()
                 if image in first_seen:
                     at, line = first_seen[image]
-                    if flags != label_rows[at] or patient != patients[at]:
+                    if flags != label_rows[at] or control_flags != control_rows[at] or patient != patients[at]:
                         raise CxrError(f"{p}:{lineno}: image {image} is listed again with other findings or patient "
                                        f"than on line {line}; keep one row per image")
                     duplicates.append(image)
@@ -154,6 +191,7 @@ def read_metadata(path: str | Path) -> Metadata:
                 ages.append(age)
                 ids.append(image)
                 label_rows.append(flags)
+                control_rows.append(control_flags)
                 label_strings.append(row[1].strip())
                 genders.append(row[5].strip())
                 views.append(row[6].strip())
@@ -175,6 +213,7 @@ def read_metadata(path: str | Path) -> Metadata:
         views=np.array(views),
         label_strings=np.array(label_strings),
         duplicates=tuple(duplicates),
+        controls=np.array(control_rows, dtype=bool).reshape(len(ids), len(CONTROL_LABELS)) if controls else None,
     )
 
 
@@ -251,6 +290,7 @@ class NihDataset:
     image_paths: dict[str, Path]
     official_split: dict[str, str] | None
     outside: dict[str, str] = field(default_factory=dict)
+    archives: Archives | None = None  # images_NNN.tar.gz read in place; path_of names their members
 
     def path_of(self, image_id: str) -> Path:
         """Where ``image_id`` should be; a name absent on disk maps to ``images/NAME`` (reported missing).
@@ -266,8 +306,9 @@ class NihDataset:
 def open_dataset(root: str | Path) -> NihDataset:
     """Open an NIH-layout folder; rows naming files outside it are left out with one ``DataWarning``."""
     r = Path(root)
-    meta = read_metadata(find_metadata_file(r))
+    meta = read_metadata(find_metadata_file(r), controls=(r / PHANTOM_MARKER).is_file())
     found, outside_files = scan_images(r)
+    archives = attach_archives(r, meta.image_ids.tolist(), found, outside_files)
     outside: dict[str, str] = {}
     for name in meta.image_ids.tolist():
         reason = name_problem(name) or outside_files.get(name)
@@ -278,4 +319,4 @@ def open_dataset(root: str | Path) -> NihDataset:
         warnings.warn(f"{meta.source}: {len(outside)} image name(s) lead outside {r} and are skipped "
                       f"(e.g. {first!r}: {outside[first]})", DataWarning, stacklevel=2)
         meta = meta.subset(np.flatnonzero(~np.isin(meta.image_ids, list(outside))))
-    return NihDataset(r, meta, found, read_official_split(r), outside)
+    return NihDataset(r, meta, found, read_official_split(r), outside, archives)

@@ -12,9 +12,11 @@ gate a name like ``../../home/me/x.png`` or a link in ``images/`` would be read 
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -108,9 +110,29 @@ def read_gray_with_info(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
     """Decode ``path`` fully (a truncated file fails here, not later) into uint8 gray plus what was done."""
     p = Path(path)
     if not p.is_file():
-        raise ImageError(p, "missing")
+        raise ImageError(p, _absent(p))
+    return _decode(p, p)
+
+
+def decode_gray_with_info(data: bytes, where: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    """``read_gray_with_info`` for an image already in memory (an archive member, ``data.archives``), so the
+    same rules and conversions hold whether an image came from a file or a tarball; errors name ``where``."""
+    return _decode(io.BytesIO(data), where)
+
+
+def _absent(p: Path) -> str:
+    """Why ``p`` cannot be opened: ``missing``, or that it is a member of a ``.tar.gz`` archive, which cannot
+    be read at random (a gzip stream is read from its start), so only ``verify`` and ``prepare`` read it."""
+    for parent in p.parents:
+        if parent.name.endswith(".tar.gz") and parent.is_file():
+            return (f"a member of the archive {parent.name}, which only verify and prepare read (in one pass); "
+                    "use a store (cxr-fast prepare, or a cache, resident, dali or ffcv loader) or extract it")
+    return "missing"
+
+
+def _decode(source: Path | BinaryIO, p: str | Path) -> tuple[np.ndarray, ImageInfo]:
     try:
-        with Image.open(p) as img:
+        with Image.open(source) as img:
             img.load()
             mode = img.mode
             arr, rgba, sixteen = to_gray8(img)

@@ -1,13 +1,15 @@
 """Pick the dataset a command works on: the user's ``--data DIR``, or the built-in phantom.
 
-The phantom is made once per (size, count, seed) into the cache folder and reused, so the first
-``cxr-fast bench`` pays for it and later ones do not.
+The phantom is made once per setting (count, size, seed, enrichment and its control settings: contrast,
+edge, noise, null) into the cache folder and reused, so the first ``cxr-fast bench`` pays for it and later
+ones do not.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cxr_fast.data.conspicuity import Conspicuity, conspicuity
 from cxr_fast.data.nih import NihDataset, open_dataset
 from cxr_fast.errors import CxrError
 from cxr_fast.paths import cache_dir
@@ -20,25 +22,31 @@ PHANTOM = "phantom"
 
 
 def phantom_dir(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTOM_SEED,
-                enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3) -> Path:
+                enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3, look: Conspicuity | None = None,
+                only: tuple[str, ...] = ()) -> Path:
+    """The cache folder of one phantom: every setting that changes its pixels or labels is in the name."""
     from cxr_fast.data.phantom import PHANTOM_VERSION
 
     tag = f"-enrich-{'+'.join(enrich)}-{enrich_fraction:g}" if enrich else ""
-    return cache_dir() / f"phantom-v{PHANTOM_VERSION}-n{n}-s{size}-seed{seed}{tag}"
+    tag += f"-only-{'+'.join(only)}" if only else ""
+    return cache_dir() / f"phantom-v{PHANTOM_VERSION}-n{n}-s{size}-seed{seed}{tag}-{(look or Conspicuity()).tag()}"
 
 
 def default_phantom(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTOM_SEED,
-                    quiet: bool = False, enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3) -> Path:
+                    quiet: bool = False, enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3,
+                    look: Conspicuity | None = None, only: tuple[str, ...] = ()) -> Path:
     """The cached phantom folder, made now if absent or incomplete (``make_phantom`` resumes)."""
     from cxr_fast.data.nih import canonical_label
     from cxr_fast.data.phantom import make_phantom
 
     enrich = tuple(canonical_label(label) for label in enrich)
-    out = phantom_dir(n, size, seed, enrich, enrich_fraction)
+    only = tuple(canonical_label(label) for label in only)
+    out = phantom_dir(n, size, seed, enrich, enrich_fraction, look, only)
     if not (out / ".complete").exists():
         if not quiet:
             print(f"making the built-in phantom ({n} images, {size} px) in {out} (once)")
-        make_phantom(out, n=n, size=size, seed=seed, quiet=quiet, enrich=enrich, enrich_fraction=enrich_fraction)
+        make_phantom(out, n=n, size=size, seed=seed, quiet=quiet, enrich=enrich, enrich_fraction=enrich_fraction,
+                     look=look, only=only)
     return out
 
 
@@ -46,49 +54,50 @@ def is_phantom_spec(data: str | Path | None) -> bool:
     return data is None or str(data) == PHANTOM or str(data).startswith(PHANTOM + ":")
 
 
+LOOK_KEYS = ("contrast", "edge", "noise", "null")  # the control settings (cxr_fast.data.conspicuity)
+SPEC_KEYS = ("n", "size", "seed", "enrich", "fraction", "only") + LOOK_KEYS
+
+
 def parse_phantom_spec(text: str) -> dict:
-    """``phantom:n=1000,size=512,seed=0,enrich=Nodule+Mass,fraction=0.5`` -> ``default_phantom`` keywords.
+    """``phantom:n=1000,size=512,enrich=Nodule+Mass,fraction=0.5,only=Nodule+Mass,contrast=40,null=0.3`` ->
+    ``default_phantom`` keywords (the control settings as one ``look``).
 
     Lets a config or ``--data`` ask for a particular built-in phantom (made once into the cache) by name.
     """
     kwargs: dict = {}
+    look: dict[str, float] = {}
     body = text[len(PHANTOM) + 1:] if text.startswith(PHANTOM + ":") else ""
     for item in filter(None, (x.strip() for x in body.split(","))):
         key, _, value = item.partition("=")
         try:
             if key in ("n", "size", "seed"):
                 kwargs[key] = int(value)
-            elif key == "enrich":
-                kwargs["enrich"] = tuple(x for x in value.split("+") if x)
+            elif key in ("enrich", "only"):
+                kwargs[key] = tuple(x for x in value.split("+") if x)
             elif key == "fraction":
                 kwargs["enrich_fraction"] = float(value)
+            elif key in LOOK_KEYS:
+                look[key] = float(value)
             else:
-                raise CxrError(f"unknown phantom setting {key!r} in {text!r}; known: n, size, seed, enrich, fraction")
+                raise CxrError(f"unknown phantom setting {key!r} in {text!r}; known: {', '.join(SPEC_KEYS)}")
         except ValueError:
             raise CxrError(f"bad value {value!r} for {key} in {text!r}") from None
+    if look:
+        kwargs["look"] = conspicuity(**look)
     return kwargs
 
 
-def data_root(data: str | Path | None, quiet: bool = False, store: str | Path | None = None) -> Path:
+def data_root(data: str | Path | None, quiet: bool = False) -> Path:
     """The folder ``data`` names: itself, or a built-in phantom (None, ``phantom`` or ``phantom:...``).
 
-    With no ``data`` and a prepared ``store``, the folder the store was made from: looked up before
-    any phantom is made, since a phantom could never match that store.
+    (``--store`` with no ``--data`` names the folder the store was made from: ``store.data_of`` finds it
+    before this is called, so no phantom is made for a store that could never match it.)
     """
-    if data is None and store is not None:
-        from cxr_fast.prepare import recorded_data_root
-
-        recorded = recorded_data_root(store)
-        if recorded is not None:
-            if not recorded.is_dir():
-                raise CxrError(f"{store} was made from {recorded}, which is not here; give its data folder (--data)")
-            return recorded
     if is_phantom_spec(data):
         return default_phantom(quiet=quiet, **parse_phantom_spec(str(data or PHANTOM)))
     return Path(data)
 
 
-def resolve_dataset(data: str | Path | None, quiet: bool = False, store: str | Path | None = None) -> NihDataset:
-    """Open ``data`` as an NIH-layout folder, or a built-in phantom (None, ``phantom`` or ``phantom:n=...``);
-    with no ``data`` and a prepared ``store``, the folder that store was made from."""
-    return open_dataset(data_root(data, quiet=quiet, store=store))
+def resolve_dataset(data: str | Path | None, quiet: bool = False) -> NihDataset:
+    """Open ``data`` as an NIH-layout folder, or a built-in phantom (None, ``phantom`` or ``phantom:n=...``)."""
+    return open_dataset(data_root(data, quiet=quiet))

@@ -4,16 +4,23 @@ Reports what a user must know before spending GPU hours: images that are missing
 name), names that lead outside the data folder, repeated metadata rows, images of a shape no chest
 X-ray has, and how many were RGBA or 16-bit and were converted. Every stage after ``verify`` skips
 the outside names and the repeats with one warning; ``verify`` lists them and fails.
+
+Images held in ``images_NNN.tar.gz`` archives (``data.archives``) are checked the same way, streamed one
+archive per worker; a member an archive refuses (a link, a path outside, a name two members claim) and
+an archive that breaks (named with the member where it did) are listed too.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterator
 
+from cxr_fast.data.archives import Finished, imap_members
 from cxr_fast.data.nih import NihDataset
-from cxr_fast.data.reader import ImageError, read_gray_with_info
+from cxr_fast.data.reader import ImageError, decode_gray_with_info, read_gray_with_info
 from cxr_fast.parallel import imap_progress
 
 # A chest X-ray is roughly square and hundreds of pixels wide (NIH's are 1024 px; the paper goes down to
@@ -46,10 +53,12 @@ class VerifyReport:
     outside: list[dict[str, str]] = field(default_factory=list)  # names leading outside the data folder
     duplicates: list[str] = field(default_factory=list)  # Image Index of each repeated row
     odd_shape: list[dict[str, str]] = field(default_factory=list)  # decodable, but no chest X-ray's shape
+    refused: list[dict[str, str]] = field(default_factory=list)  # archive members never read (links, repeats...)
+    archives: list[dict[str, str]] = field(default_factory=list)  # archives that broke: where, and why
 
     @property
     def usable(self) -> bool:
-        return self.n_ok == self.n_images and self.n_images > 0 and not self.duplicates
+        return self.n_ok == self.n_images and self.n_images > 0 and not self.duplicates and not self.archives
 
     def to_json(self) -> dict:
         return {
@@ -57,7 +66,8 @@ class VerifyReport:
             "rgba_converted": self.rgba_converted, "scaled_16bit": self.scaled_16bit,
             "modes": dict(self.modes), "sizes": {f"{w}x{h}": c for (w, h), c in self.sizes.items()},
             "missing": self.missing, "unreadable": self.unreadable, "outside": self.outside,
-            "duplicates": self.duplicates, "odd_shape": self.odd_shape,
+            "duplicates": self.duplicates, "odd_shape": self.odd_shape, "refused": self.refused,
+            "archives": self.archives,
         }
 
 
@@ -72,6 +82,36 @@ def _check(item: tuple[str, str]) -> tuple[str, str | None, tuple | None]:
     return name, None, (info.mode, info.width, info.height, info.converted_rgba, info.scaled_16bit)
 
 
+def _check_member(name: str, data: bytes) -> tuple[str, str | None, tuple | None]:
+    try:
+        _, info = decode_gray_with_info(data, name)
+    except ImageError as exc:
+        return name, exc.reason, None
+    return name, None, (info.mode, info.width, info.height, info.converted_rgba, info.scaled_16bit)
+
+
+def _check_archives(ds: NihDataset, items: list[tuple[str, str]], report: VerifyReport, workers: int | None,
+                    quiet: bool) -> Iterator[tuple[str, str | None, tuple | None]]:
+    """``_check`` results for images held in archives, one streaming worker per archive; archives that
+    break go into ``report.archives`` and their unreached images come back as unreadable."""
+    assert ds.archives is not None
+    tasks: dict[str, dict[str, str]] = {}
+    for name, path in items:
+        archive, member = ds.archives.member_at(path)  # type: ignore[misc]
+        tasks.setdefault(archive, {})[member] = name
+    broken = dict(ds.archives.broken)
+    for event in imap_members(_check_member, list(tasks.items()), "verify (archives)", workers=workers, quiet=quiet):
+        if not isinstance(event, Finished):
+            yield event.result
+            continue
+        if event.problem is not None:
+            broken[event.archive] = event.problem
+        why = f"not read: {event.problem}" if event.problem else f"not in {event.archive}, whose listing has it"
+        for name in event.unread:
+            yield name, why, None
+    report.archives = [{"archive": archive, "problem": line} for archive, line in sorted(broken.items())]
+
+
 def verify_dataset(ds: NihDataset, workers: int | None = None, quiet: bool = False) -> VerifyReport:
     """Decode every image named in the metadata; never raises for a bad image, lists it instead.
 
@@ -79,10 +119,17 @@ def verify_dataset(ds: NihDataset, workers: int | None = None, quiet: bool = Fal
     """
     items = [(str(name), str(ds.path_of(str(name)))) for name in ds.metadata.image_ids]
     report = VerifyReport(root=str(ds.root), n_images=len(items) + len(ds.outside))
-    report.outside = [{"image": name, "reason": reason} for name, reason in ds.outside.items()]
+    refused = ds.archives.refused if ds.archives is not None else {}
+    report.outside = [{"image": name, "reason": reason} for name, reason in ds.outside.items() if name not in refused]
+    report.refused = [{"image": name, "reason": reason} for name, reason in ds.outside.items() if name in refused]
     report.duplicates = list(ds.metadata.duplicates)
-    for name, problem, info in imap_progress(_check, items, "verify", workers=workers, quiet=quiet, ordered=True,
-                                             chunksize=16):
+    held = [item for item in items if ds.archives is not None and ds.archives.member_at(item[1]) is not None]
+    files = [item for item in items if ds.archives is None or ds.archives.member_at(item[1]) is None]
+    results = imap_progress(_check, files, "verify", workers=workers, quiet=quiet or not files, ordered=True,
+                            chunksize=16)
+    if ds.archives is not None:
+        results = itertools.chain(results, _check_archives(ds, held, report, workers, quiet))
+    for name, problem, info in results:
         if problem == "missing":
             report.missing.append(name)
         elif problem is not None:

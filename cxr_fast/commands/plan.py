@@ -1,0 +1,74 @@
+"""``cxr-fast plan``: what a study will cost, on this machine or on any GPU, before a single run starts."""
+
+from __future__ import annotations
+
+import argparse
+
+from cxr_fast.vocabulary import PRECISIONS
+
+HELP = "estimate a study's time per run and in total, its bounds, memory fit and makespan (no GPU needed)"
+DESCRIPTION = (
+    "Counts the work of every run of a study config on the meta device (FLOPs, bytes moved, aten ops "
+    "dispatched: nothing is computed) and times it on a device profile: cpu or cuda (measured here with "
+    "--calibrate, or by `cxr-fast gpu-check` on a GPU host), a card from the datasheet table (1080ti, t4, "
+    "v100, a100-40, a100-80, l4, l40s, 3090, 4090, h100, h200) or a profile .json. Prints each run's training "
+    "and evaluation time, what bounds it (compute, bandwidth or kernel launches), eager and with CUDA graphs, "
+    "whether the resident loader's uint8 split fits beside the model, and the makespan on --gpus GPUs."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="study YAML (e.g. configs/paper.yaml)")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto, cpu, cuda, a card name (h100, 1080ti, ...) or a device profile .json")
+    parser.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs for the makespan (Ray, one run each)")
+    parser.add_argument("--json", metavar="PATH", help="write the whole plan as JSON")
+    parser.add_argument("--only", action="append", metavar="GRID", help="plan only this grid (repeatable)")
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), help="override the config's precision")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="override the config's batch size")
+    parser.add_argument("--epochs", type=int, metavar="N", help="override every grid's epochs")
+    parser.add_argument("--no-cells", action="store_true", help="only the per-resolution table and the totals")
+    g = parser.add_argument_group("calibration (measure this machine's profile first)")
+    g.add_argument("--calibrate", action="store_true",
+                   help="time a few real steps per architecture and resolution here and save the profile")
+    g.add_argument("--calibrate-device", default="auto", metavar="DEV", help="where to calibrate: auto, cpu, cuda")
+    g.add_argument("--calibrate-seconds", type=float, default=2.0, metavar="S", help="time per calibration point")
+    g.add_argument("--profile-out", metavar="PATH", help="also write the measured profile here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cxr_fast.bench import devices
+    from cxr_fast.bench.plan import plan_study
+    from cxr_fast.bench.plan_report import print_plan
+    from cxr_fast.io import write_json
+    from cxr_fast.study import apply_overrides, expand, load_study
+
+    console = Console()
+    cfg = apply_overrides(load_study(args.config), epochs=args.epochs, precision=args.precision,
+                          batch_size=args.batch_size)
+    only = [name for item in (args.only or []) for name in item.split(",") if name]
+    cells = expand(cfg, only or None)
+    device = args.device
+    if args.calibrate:
+        from cxr_fast.bench.calibrate import calibrate, calibration_points
+
+        pairs, batch, precision, optimizer, recipe = calibration_points(cells)
+        profile = calibrate(pairs, batch, precision, optimizer, recipe, args.calibrate_device,
+                            args.calibrate_seconds, say=console.print)
+        path = devices.save_profile(profile)
+        console.print(f"wrote {path}")
+        if args.profile_out:
+            devices.save_profile(profile, args.profile_out)
+            console.print(f"wrote {args.profile_out}")
+        if device == "auto":
+            device = str(path)
+    dev = devices.resolve(device)
+    with console.status(f"counting {len(cells)} runs on the meta device..."):
+        doc = plan_study(cells, dev, args.gpus, cfg.name)
+    print_plan(doc, console, cells=not args.no_cells)
+    if args.json:
+        write_json(args.json, doc)
+        console.print(f"wrote {args.json}")
+    return 0

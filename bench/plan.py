@@ -116,12 +116,20 @@ def memory_fit(arch: str, res: int, batch: int, precision: str, optimizer: str, 
     }
 
 
-def _loader(requested: str) -> str:
-    """The backend a run builds: ``auto`` is the first of ``cxr_fast.loaders.BACKENDS`` (resident, which
-    is always available), else the one named."""
+def _loader(requested: str, memory: dict[str, Any], dev: DeviceProfile) -> tuple[str, str]:
+    """(backend, why) a run builds: a named loader as asked; ``auto`` as ``cxr_fast.train.choose_loader``
+    decides it, resident (the first of ``BACKENDS``, always available) unless its split does not fit beside
+    the step on a GPU (``feed.auto_for_memory``), then cache."""
+    from cxr_fast.feed import GIB, auto_for_memory
     from cxr_fast.loaders import BACKENDS
 
-    return next(iter(BACKENDS)) if requested == "auto" else requested
+    first = next(iter(BACKENDS))
+    if requested != "auto":
+        return requested, ""
+    if dev.kind != "gpu":
+        return first, ""
+    return auto_for_memory(int(memory["resident_gib"] * GIB), int(memory["predicted_gib"] * GIB),
+                           int(dev.memory_gib * GIB))
 
 
 def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:
@@ -146,8 +154,10 @@ def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:
     rate_train, source = rate_for(dev, precision, cell.arch, "train", train.graphable.flops)
     rate_eval, _ = rate_for(dev, precision, cell.arch, "eval", plain.graphable.flops)
 
-    loader = _loader(str(s["loader"]))
-    resident_bytes = (n_train + n_val) * cell.res * cell.res if loader == "resident" else 0
+    split_bytes = (n_train + n_val) * cell.res * cell.res
+    memory = memory_fit(cell.arch, cell.res, batch, precision, optimizer, split_bytes, dev)
+    loader, loader_why = _loader(str(s["loader"]), memory, dev)
+    resident_bytes = split_bytes if loader == "resident" else 0
     setup = dev.setup_s + resident_bytes / (dev.host_to_device if gpu else dev.sustained_bandwidth)
     state_bytes = parameter_bytes(cell.arch, recipe) * (1 + OPTIMIZER_STATE.get(optimizer, 1))
     checkpoint = cell.epochs * state_bytes / dev.checkpoint_bytes_per_s
@@ -157,7 +167,7 @@ def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:
         "batch_size": batch, "precision": precision, "optimizer": optimizer, "tta": tta,
         "n_train": n_train, "n_val": n_val, "steps_per_epoch": steps, "eval_batches": eval_batches,
         "work_per_step": train.total.summary(), "rate_flops": rate_train, "rate_source": source,
-        "setup_s": setup, "checkpoint_s": checkpoint, "loader": loader,
+        "setup_s": setup, "checkpoint_s": checkpoint, "loader": loader, "loader_why": loader_why,
     }
     for mode, graphs in (("eager", False), ("graphs", True)):
         t_train = step_time(train, dev, rate_train, graphs)
@@ -170,10 +180,10 @@ def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:
         out[mode] = {"step": describe(t_train), "train_s": train_s, "eval_s": eval_s,
                      "wall_s": setup + train_s + eval_s + checkpoint, "bound": cell_time.bound,
                      "train_bound": t_train.bound}
-    out["memory"] = memory_fit(cell.arch, cell.res, batch, precision, optimizer, resident_bytes, dev)
-    if loader == "resident" and not out["memory"]["resident_fits"]:
-        out["loader_note"] = (f"the resident split ({out['memory']['resident_gib']:.1f} GiB) does not fit beside "
-                              f"the model on {dev.name}; auto still picks resident: set loader: cache (or dali)")
+    out["memory"] = memory
+    if loader == "resident" and not memory["resident_fits"]:
+        out["loader_note"] = (f"the resident split ({memory['resident_gib']:.1f} GiB) does not fit beside the model "
+                              f"on {dev.name}, and the config asks for resident: set loader: auto or cache")
     return out
 
 
@@ -204,9 +214,9 @@ def by_resolution(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                   "max_batch": m["max_batch"], "max_batch_fp32": m["max_batch_fp32"],
                                   "fits": m["fits"], "resident_fits": m["resident_fits"],
                                   "loader": c["loader"] if m["resident_fits"] or c["loader"] != "resident"
-                                  else "resident: does not fit, set cache"}
+                                  else "resident: does not fit, set auto or cache"}
         row["resident_gib"] = max(c["memory"]["resident_gib"] for c in at)
-        row["resident_fits"] = all(c["memory"]["resident_fits"] for c in at if c["loader"] == "resident")
+        row["resident_fits"] = all(c["memory"]["resident_fits"] for c in at)
         rows.append(row)
     return rows
 

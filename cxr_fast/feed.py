@@ -27,6 +27,22 @@ def pick_backend(name: str) -> str:
     return name
 
 
+GIB = 1024 ** 3
+
+
+def auto_for_memory(resident_bytes: int, model_bytes: int, capacity_bytes: int) -> tuple[str, str]:
+    """(backend, why) for ``auto`` on an accelerator: ``resident`` keeps the whole split on the card, so it is
+    chosen only where the split fits beside the training step; otherwise ``cache`` (memory-mapped on the
+    host, same pixels) instead of an out-of-memory error halfway into a study. The planner uses the same rule.
+    """
+    need = resident_bytes + model_bytes
+    sizes = (f"split {resident_bytes / GIB:.2f} GiB + step {model_bytes / GIB:.2f} GiB predicted, "
+             f"card {capacity_bytes / GIB:.1f} GiB")
+    if need <= capacity_bytes:
+        return "resident", f"auto: resident fits ({sizes})"
+    return "cache", f"auto: cache, because the resident split does not fit beside the model ({sizes})"
+
+
 def with_store(name: str, spec: LoaderSpec) -> LoaderSpec:
     """``spec`` naming a store that holds what backend ``name`` reads: ``spec.store`` extended if it lacks
     it, else one in the cache folder keyed by the images (``prepare.ensure_store``)."""

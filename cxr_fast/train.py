@@ -304,6 +304,7 @@ class RunParts:
     loader_name: str
     pos_weight: float
     augmentation: Any  # cxr_fast.augment.AugmentConfig of the recipe (training and TTA)
+    loader_why: str = ""  # how ``auto`` chose, where it weighed memory
 
 
 def build_parts(cfg: TrainConfig, device: Any, precision: str, quiet: bool = False, need_val: bool = True,
@@ -352,10 +353,31 @@ def build_parts(cfg: TrainConfig, device: Any, precision: str, quiet: bool = Fal
                           augment=cfg.augment and train, store=Path(cfg.store) if cfg.store else None,
                           num_workers=cfg.workers, augmentation=aug)
 
-    train_loader = make_loader(cfg.loader, spec(train_ids, train_targets, True))
-    val_loader = make_loader(cfg.loader, spec(val_ids, val_targets, False)) if need_val else None
+    loader, loader_why = choose_loader(cfg, device, precision, len(train_ids) + (len(val_ids) if need_val else 0))
+    if loader_why and loader != "resident" and not quiet:
+        print(loader_why)
+    train_loader = make_loader(loader, spec(train_ids, train_targets, True))
+    val_loader = make_loader(loader, spec(val_ids, val_targets, False)) if need_val else None
     loader_name = type(train_loader).__module__.rsplit(".", 1)[-1]
-    return RunParts(dataset, sub, model, optimizer, step, train_loader, val_loader, loader_name, pos_weight, aug)
+    return RunParts(dataset, sub, model, optimizer, step, train_loader, val_loader, loader_name, pos_weight, aug,
+                    loader_why)
+
+
+def choose_loader(cfg: TrainConfig, device: Any, precision: str, n_images: int) -> tuple[str, str]:
+    """(backend, why): a named loader as asked; ``auto`` on a GPU is ``resident`` only where its split fits
+    beside the predicted training step (``feed.auto_for_memory``), on the CPU the fastest available."""
+    import torch
+
+    from cxr_fast.feed import auto_for_memory, pick_backend
+
+    if cfg.loader != "auto" or device.type != "cuda" or pick_backend("auto") != "resident":
+        return pick_backend(cfg.loader), ""
+    from cxr_fast.bench.memcache import memory_profile
+
+    prof = memory_profile(cfg.arch, cfg.res, "fp32" if precision == "fp32" else "amp", cfg.optimizer,
+                          cfg.channels_last)
+    capacity = torch.cuda.get_device_properties(device).total_memory
+    return auto_for_memory(n_images * cfg.res * cfg.res, prof.predicted_bytes(cfg.batch_size), capacity)
 
 
 def predict(step: Any, loader: Any, tta: int, seed: int, augmentation: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -518,7 +540,7 @@ def _evaluate(cfg: TrainConfig, plan: RunPlan, parts: RunParts, clock: _Clock, s
         "peak_memory_mb": max((r["peak_memory_mb"] for r in log), default=None),
         "pos_weight": parts.pos_weight, "n_train": len(sub.part("train")[0]), "precision": plan.resolved.precision,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "loader": parts.loader_name, "channels_last": cfg.channels_last, "batch_size": cfg.batch_size,
+        "loader": parts.loader_name, "loader_why": parts.loader_why, "channels_last": cfg.channels_last, "batch_size": cfg.batch_size,
         "out": str(out),
     }
     write_json(out / METRICS_NAME, metrics)

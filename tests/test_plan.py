@@ -225,9 +225,40 @@ def test_the_1080ti_fits_densenet121_at_600_px_batch_8_in_fp32_but_not_16():
     lines = fit_statements([cell], dev)
     assert lines == ["densenet121 at 600 px in fp32 on 1080ti (11 GiB): batch 8 fits and batch 16 does not "
                      "(largest 10, model alone)"]
-    # The resident split of a 20,000-image subsample at 600 px (6.7 GiB) does not fit beside it.
+    # The resident split of a 20,000-image subsample at 600 px (6.7 GiB) does not fit beside it: auto
+    # picks the cache there, as a run would; a config that insists on resident is told.
     full = plan_cell(_cell(res=600, arch="densenet121", size=20_000, precision="fp32"), dev)
-    assert not full["memory"]["resident_fits"] and "set loader: cache" in full["loader_note"]
+    assert not full["memory"]["resident_fits"]
+    assert full["loader"] == "cache" and "does not fit beside the model" in full["loader_why"]
+    assert "loader_note" not in full
+    asked = plan_cell(_cell(res=600, arch="densenet121", size=20_000, precision="fp32", loader="resident"), dev)
+    assert asked["loader"] == "resident" and "set loader: auto or cache" in asked["loader_note"]
+    assert plan_cell(_cell(res=600, arch="resnet34", size=20_000, precision="fp32"), dev)["loader"] == "resident"
+    assert plan_cell(_cell(res=600, arch="densenet121", size=20_000, precision="fp32"),
+                     devices.resolve("h100"))["loader"] == "resident"
+
+
+def test_auto_keeps_the_resident_split_only_where_it_fits_beside_the_step(monkeypatch):
+    import types
+
+    import cxr_fast.bench.memcache as memcache
+    from cxr_fast.feed import GIB, auto_for_memory
+    from cxr_fast.train import TrainConfig, choose_loader
+
+    assert auto_for_memory(6 * GIB, 5 * GIB, 11 * GIB)[0] == "resident"
+    name, why = auto_for_memory(7 * GIB, 5 * GIB, 11 * GIB)
+    assert name == "cache" and "split 7.00 GiB + step 5.00 GiB predicted, card 11.0 GiB" in why
+    # A run on a GPU asks the same question with the card's size and the predicted step.
+    cuda = types.SimpleNamespace(type="cuda")
+    monkeypatch.setattr("torch.cuda.get_device_properties", lambda d: types.SimpleNamespace(total_memory=11 * GIB))
+    monkeypatch.setattr(memcache, "memory_profile",
+                        lambda *a, **k: types.SimpleNamespace(predicted_bytes=lambda b: 5 * GIB))
+    cfg = TrainConfig(label="Nodule", res=600, arch="densenet121")
+    assert choose_loader(cfg, cuda, "fp32", 20_000)[0] == "cache"  # 6.7 GiB of split
+    assert choose_loader(cfg, cuda, "fp32", 2_000)[0] == "resident"  # 0.7 GiB
+    assert choose_loader(TrainConfig(label="Nodule", res=600, loader="cache"), cuda, "fp32",
+                         20_000) == ("cache", "")  # a named loader is used as named
+    assert choose_loader(cfg, types.SimpleNamespace(type="cpu"), "fp32", 20_000) == ("resident", "")
 
 
 def test_precision_auto_follows_the_card_and_bf16_is_refused_where_missing():

@@ -45,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default off)")
     add("--augment", action=argparse.BooleanOptionalAction, help="training augmentation (default on)")
     add("--tta", type=int, metavar="N", help="augmented test-time views besides the plain one (default 4)")
-    add("--loader", help="loader backend: auto, resident, dali, cache, ffcv, pil (default auto)")
+    add("--loader", help="loader backend: auto, resident, dali, cache, ffcv, pil (default auto: resident, or on a "
+        "GPU where its uint8 split would not fit beside the predicted training step, cache; the run records why)")
     add("--data", metavar="DIR", help="NIH-layout data folder (default: the built-in phantom)")
     add("--store", metavar="DIR", help="prepared store from `cxr-fast prepare`")
     add("--out", metavar="RUN", help="run folder (default runs/<label>-<arch>-<res>)")

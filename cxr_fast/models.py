@@ -102,12 +102,24 @@ def _classifier_names(arch: str) -> tuple[str, str]:
     return ("fc.weight", "fc.bias") if arch == "resnet34" else ("classifier.weight", "classifier.bias")
 
 
+def _load_problem(exc: Exception) -> str:
+    """What ``torch.load(weights_only=True)`` found wrong, in one line. For a file that is not a safe tensor
+    pickle, torch's own first line is generic (and suggests ``weights_only=False``, which would run code from
+    the file): keep only the unpickler's reason."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        after = [ln for i, ln in enumerate(lines) if i and "Unpickler error" in lines[i - 1]]
+        return f"not a tensor file torch.load reads safely ({after[0][:120] if after else type(exc).__name__})"
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 def load_imagenet_state(arch: str, path: Path) -> dict[str, torch.Tensor]:
     """Read an ImageNet state dict and adapt it: RGB stem summed to one channel, 1000-way head dropped."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise CxrError(f"cannot read weights {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise CxrError(f"cannot read weights {path}: {_load_problem(exc)}; give a torchvision ImageNet state "
+                       "dict (.pth), such as resnet34-b627a593.pth") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

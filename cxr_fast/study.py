@@ -247,6 +247,17 @@ def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
     return list(cells.values())
 
 
+def checked_cells(cfg: StudyConfig, only: Sequence[str] | None = None, study_dir: Path = Path(".")) -> list[Cell]:
+    """Every cell of the grid (``only``: these grids), each checked by ``cxr_fast.train.validate``, the rules
+    of ``cxr-fast train``; nothing is written. What ``study``, its ``--dry-run`` and ``plan`` accept alike."""
+    from cxr_fast.train import validate
+
+    cells = expand(cfg, only)
+    for cell in cells:
+        validate(train_config(cell, study_dir), where=f"cell {cell.cell_id}")
+    return cells
+
+
 def train_config(cell: Cell, study_dir: Path) -> Any:
     """The ``cxr_fast.train.TrainConfig`` of a cell, its run folder inside the study folder."""
     from cxr_fast.config import from_dict
@@ -423,12 +434,9 @@ def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None,
     A dry run never downloads: weights it cannot find are a note, and finished cells are then matched
     by id only (the note says so).
     """
-    from cxr_fast.train import validate
     from cxr_fast.weights import resolve_for_runs
 
-    cells = expand(cfg, only)
-    for cell in cells:
-        validate(train_config(cell, study_dir), where=f"cell {cell.cell_id}")
+    cells = checked_cells(cfg, only, study_dir)
     keys = {c.cell_id: (c.arch, str(c.settings.get("init", "imagenet")), c.settings.get("weights")) for c in cells}
     try:
         choices = resolve_for_runs(list(keys.values()), download=download, progress=progress)

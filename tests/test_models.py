@@ -135,6 +135,14 @@ def test_bad_weights_are_one_line_errors(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CxrError, match="cannot read"):
         build_model("resnet34", weights=junk)
+    # A file that is not a safe tensor pickle: torch's reason, never its advice to load with weights_only=False.
+    text = tmp_path / "notes.pth"
+    text.write_text('{"a": 1}\n')
+    with pytest.raises(CxrError) as err:
+        build_model("resnet34", weights=text)
+    message = str(err.value)
+    assert "not a tensor file torch.load reads safely" in message and "weights_only" not in message
+    assert "\n" not in message and "torchvision ImageNet state dict" in message
     wrong = tmp_path / "resnet-as-densenet.pth"
     torch.save(tv.resnet34(weights=None).state_dict(), wrong)
     with pytest.raises(CxrError, match="densenet121"):

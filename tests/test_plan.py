@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cxr_fast.bench import devices
 from cxr_fast.bench.devices import DeviceProfile
 from cxr_fast.bench.estimate import fit_rate, interpolate, step_time, work_time
@@ -356,6 +357,22 @@ def test_cli_plan_prints_totals_and_writes_json(tmp_path, capsys):
     assert main(["plan", str(REPO / "configs" / "quick.yaml"), "--device", "tpu9"]) == 2
     err = capsys.readouterr().err
     assert "unknown device 'tpu9'" in err and err.count("\n") == 1
+
+
+def test_plan_refuses_every_cell_a_study_would_refuse(tmp_path, capsys):
+    from cxr_fast.cli import main
+
+    quick = str(REPO / "configs" / "quick.yaml")
+    assert main(["plan", quick, "--device", "h100", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs must be at least 1, got 0" in err and err.count("\n") == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "train": {"init": "random", "batch_size": "eight"},
+                                   "grids": [{"name": "g", "labels": ["Nodule"], "resolutions": [32], "epochs": 1}]}))
+    assert main(["plan", str(bad), "--device", "h100"]) == 2
+    assert "batch_size must be int, got 'eight'" in capsys.readouterr().err
+    assert main(["study", str(bad), "--out", str(tmp_path / "s"), "--dry-run"]) == 2
+    assert "batch_size must be int, got 'eight'" in capsys.readouterr().err
 
 
 def test_study_announce_never_stops_a_study(tmp_path):

@@ -43,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.bench.plan import plan_study
     from cxr_fast.bench.plan_report import print_plan
     from cxr_fast.io import write_json
-    from cxr_fast.study import apply_overrides, expand, load_study
+    from cxr_fast.study import apply_overrides, checked_cells, load_study
 
     console = Console()
     cfg = apply_overrides(load_study(args.config), epochs=args.epochs, precision=args.precision,
                           batch_size=args.batch_size)
     only = [name for item in (args.only or []) for name in item.split(",") if name]
-    cells = expand(cfg, only or None)
+    cells = checked_cells(cfg, only or None)
     device = args.device
     if args.calibrate:
         from cxr_fast.bench.calibrate import calibrate, calibration_points

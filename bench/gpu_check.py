@@ -157,6 +157,21 @@ def measure_limits(device, total_bytes: int, archs, resolutions, left: Callable[
     return rows
 
 
+PROFILE_RESERVE_S = 45.0  # the device profile: about 1 s per timed point, train and eval, plus warm-ups
+BENCH_S_PER_RES = 25.0  # the bench, per resolution
+
+
+def time_reserves(skip_bench: bool, skip_profile: bool, n_res: int) -> tuple[float, float]:
+    """(seconds the limit searches leave for the steps after them, seconds the device profile needs left).
+
+    The bench is the main job and the profile is what ``cxr-fast plan`` needs from a real card, so the
+    limit searches stop early rather than eat their time; the first number covers the second.
+    """
+    bench = 0.0 if skip_bench else BENCH_S_PER_RES * n_res
+    profile = 0.0 if skip_profile else PROFILE_RESERVE_S
+    return bench + profile, bench + profile / 2
+
+
 def measure_profile(device, out: Path, archs, resolutions, smoke: bool = False) -> dict:
     """The measured device profile for ``cxr-fast plan`` (timed steps at the paper's batch size 8),
     saved in the cache, where it replaces the modelled card, and beside the check's results."""
@@ -325,19 +340,17 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
 
     doc["store"] = check.step("prepare", prepare)
 
+    after_limits, profile_needs = time_reserves(args.skip_bench, args.skip_profile, len(resolutions))
     if device.type == "cuda" and not args.skip_limits:
         total = torch.cuda.get_device_properties(device).total_memory
-        # Keep time for the bench (the main job): the limit searches stop early rather than eat it.
-        reserve = 0.0 if args.skip_bench else 25.0 * len(resolutions)
         doc["limits"] = check.step("limits", lambda: measure_limits(device, total, archs, limit_res,
-                                                                    lambda: check.left() - reserve),
-                                   min_left_s=60 + reserve)
+                                                                    lambda: check.left() - after_limits),
+                                   min_left_s=60 + after_limits)
 
     if not args.skip_profile:
-        reserve = 0.0 if args.skip_bench else 25.0 * len(resolutions)
         doc["device_profile"] = check.step("device-profile", lambda: measure_profile(device, out, archs, limit_res,
                                                                                    args.cpu_smoke),
-                                           min_left_s=30 + reserve)
+                                           min_left_s=profile_needs)
 
     if not args.skip_bench:
         cfg_kwargs = dict(archs=archs, loaders=["all"], label=label, device=str(device), data=None,
@@ -348,7 +361,7 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
             doc["summary"] = summarize(part)
             check.save()
 
-        per_res = 5.0 if args.cpu_smoke else 25.0
+        per_res = 5.0 if args.cpu_smoke else BENCH_S_PER_RES
         bench = check.step("bench", lambda: run_bench_all(cfg_kwargs, resolutions, check.left, per_res, on_row),
                            min_left_s=per_res)
         if bench:

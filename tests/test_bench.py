@@ -207,3 +207,15 @@ def test_gpu_check_without_a_gpu_is_one_line_exit_2(capsys):
     assert main(["gpu-check", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA GPU here" in err
+
+
+def test_gpu_check_limit_searches_leave_the_device_profile_its_time():
+    from cxr_fast.bench.gpu_check import time_reserves
+
+    for skip_bench in (False, True):
+        for n_res in (1, 9):
+            after_limits, profile_needs = time_reserves(skip_bench, False, n_res)
+            assert after_limits > profile_needs > 0  # a search that stops on time leaves the profile room
+    assert time_reserves(False, True, 9) == (225.0, 225.0)  # no profile: only the bench is kept
+    assert time_reserves(True, True, 9) == (0.0, 0.0)
+

@@ -66,8 +66,25 @@ def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 5e-4, moment
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999))
+        # Fused: the whole update in one kernel per device instead of a loop over 100+ tensors, the same
+        # arithmetic. Measured on the 2-core CPU, ResNet34 at 32 px: 1.4-1.8x a training step (Adam's
+        # update was 40% of it); on a GPU it launches fewer kernels. Fused SGD gained nothing there, so SGD
+        # (the paper's) keeps PyTorch's default. Params on a device without fused kernels (meta) keep it too.
+        fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), fused=fused)
     raise CxrError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
+    """How the optimizer steps, for the run's record: ``fused``, ``foreach`` or ``for-loop`` (PyTorch's
+    default for tensors on the CPU; on CUDA its default is foreach)."""
+    group = optimizer.param_groups[0]
+    if group.get("fused"):
+        return "fused"
+    foreach = group.get("foreach")
+    if foreach is None:
+        foreach = any(p.is_cuda for g in optimizer.param_groups for p in g["params"])
+    return "foreach" if foreach else "for-loop"
 
 
 class TrainStep:

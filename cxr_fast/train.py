@@ -509,6 +509,7 @@ def _evaluate(cfg: TrainConfig, plan: RunPlan, parts: RunParts, clock: _Clock, s
     import torch
 
     from cxr_fast.metrics import accuracy, score_auc
+    from cxr_fast.step import optimizer_impl
 
     out, sub, device = plan.out, parts.sub, parts.step.device
     val_ids, val_targets = sub.part("val")
@@ -540,6 +541,7 @@ def _evaluate(cfg: TrainConfig, plan: RunPlan, parts: RunParts, clock: _Clock, s
         "peak_memory_mb": max((r["peak_memory_mb"] for r in log), default=None),
         "pos_weight": parts.pos_weight, "n_train": len(sub.part("train")[0]), "precision": plan.resolved.precision,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "optimizer": cfg.optimizer, "optimizer_impl": optimizer_impl(parts.optimizer),
         "loader": parts.loader_name, "loader_why": parts.loader_why, "channels_last": cfg.channels_last, "batch_size": cfg.batch_size,
         "out": str(out),
     }

@@ -6,7 +6,8 @@ recipe), shrunk only in size: 600 images rendered at 128 px, Nodule at 32 and 64
 3 epochs, one torch thread (on a CPU shared with other jobs, two spinning OpenMP threads per process stall it 10x).
 It checks direction, not the full bar: Nodule's AUC at 32 px is below its AUC at 64 px, and the null label is
 within 3 DeLong SD of 0.5. It was written once from those rules and not tuned to pass; if it turns out
-flaky, the phantom is not yet a control. 154 s on the idle 2-core CPU (results/study-control/README.md).
+flaky, the phantom is not yet a control. 132-142 s on the idle 2-core CPU with Adam fused (154-193 s before;
+results/study-control/README.md).
 """
 
 from __future__ import annotations

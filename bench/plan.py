@@ -91,7 +91,7 @@ def memory_fit(arch: str, res: int, batch: int, precision: str, optimizer: str, 
     from cxr_fast.bench import memory
     from cxr_fast.bench.memcache import memory_profile
 
-    capacity = dev.memory_gib * GIB
+    capacity = int(dev.memory_gib * GIB)
     mem_precision = "fp32" if precision == "fp32" else "amp"
 
     def largest(prec: str, reserve: int = 0) -> int:
@@ -106,10 +106,13 @@ def memory_fit(arch: str, res: int, batch: int, precision: str, optimizer: str, 
     return {
         "precision": mem_precision,
         "predicted_gib": need / GIB,
+        "predicted_bytes": int(need),
+        "capacity_bytes": capacity,
         "max_batch": max_batch,
         "max_batch_fp32": max_batch if mem_precision == "fp32" else largest("fp32"),
         "fits": need <= capacity,
         "resident_gib": resident_bytes / GIB,
+        "resident_bytes": int(resident_bytes),
         "resident_fits": need + resident_bytes <= capacity,
         "max_batch_with_resident": largest(mem_precision, resident_bytes),
         "method": memory.assumptions()["formula"],
@@ -120,7 +123,7 @@ def _loader(requested: str, memory: dict[str, Any], dev: DeviceProfile) -> tuple
     """(backend, why) a run builds: a named loader as asked; ``auto`` as ``cxr_fast.train.choose_loader``
     decides it, resident (the first of ``BACKENDS``, always available) unless its split does not fit beside
     the step on a GPU (``feed.auto_for_memory``), then cache."""
-    from cxr_fast.feed import GIB, auto_for_memory
+    from cxr_fast.feed import auto_for_memory
     from cxr_fast.loaders import BACKENDS
 
     first = next(iter(BACKENDS))
@@ -128,8 +131,7 @@ def _loader(requested: str, memory: dict[str, Any], dev: DeviceProfile) -> tuple
         return requested, ""
     if dev.kind != "gpu":
         return first, ""
-    return auto_for_memory(int(memory["resident_gib"] * GIB), int(memory["predicted_gib"] * GIB),
-                           int(dev.memory_gib * GIB))
+    return auto_for_memory(memory["resident_bytes"], memory["predicted_bytes"], memory["capacity_bytes"])
 
 
 def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:

@@ -32,13 +32,11 @@ Counts are cached in memory and on disk (``<cache>/plan-counts.json``, keyed by 
 from __future__ import annotations
 
 import functools
-import json
-import threading
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from cxr_fast.bench.diskcache import DiskCache
 from cxr_fast.errors import CxrError
 from cxr_fast.vocabulary import ARCHS, RECIPES, check_choice, check_res
 
@@ -341,53 +339,16 @@ def _loader_batch_plain(val):
 # Cache
 
 
-_lock = threading.Lock()
-_memory: dict[str, dict[str, Any]] = {}
-_disk_loaded: set[str] = set()
-
-
-def _cache_path() -> Path:
-    from cxr_fast.paths import cache_dir
-
-    return cache_dir() / CACHE_NAME
-
-
-def _prefix() -> str:
-    import torch
-
-    return f"v{COUNT_VERSION}|torch {torch.__version__}"
-
-
-def _load_disk(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+_COUNTS = DiskCache(CACHE_NAME, COUNT_VERSION)
 
 
 def _cached(key: str, make) -> StepWork:
     """The count under ``key``: from memory, from the disk cache, else counted now and saved."""
-    from cxr_fast.io import write_json
-
-    full = f"{_prefix()}|{key}"
-    path = _cache_path()
-    with _lock:
-        if str(path) not in _disk_loaded:
-            _memory.update({k: v for k, v in _load_disk(path).items() if k.startswith(_prefix())})
-            _disk_loaded.add(str(path))
-        hit = _memory.get(full)
+    hit = _COUNTS.get(key)
     if hit is not None:
         return StepWork.from_dict(hit)
     work = make()
-    with _lock:
-        _memory[full] = work.to_dict()
-        try:  # a read-only cache only costs the next run a recount
-            merged = {k: v for k, v in _load_disk(path).items() if k.startswith(_prefix())}  # drop stale versions
-            merged[full] = _memory[full]
-            write_json(path, merged)
-        except OSError:
-            pass
+    _COUNTS.put(key, work.to_dict())
     return work
 
 
@@ -434,8 +395,6 @@ def parameter_bytes(arch: str, recipe: str = "fastai07") -> int:
 
 def clear_cache() -> None:
     """Forget the in-memory counts (tests point the disk cache elsewhere and start over)."""
-    with _lock:
-        _memory.clear()
-        _disk_loaded.clear()
+    _COUNTS.clear()
     optimizer_work.cache_clear()
     parameter_bytes.cache_clear()

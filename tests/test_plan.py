@@ -433,3 +433,17 @@ def test_a_study_dry_run_prints_the_plan_line_and_writes_nothing(tmp_path, capsy
     text = capsys.readouterr().out
     assert "1 to run" in text and "plan: no estimate (" in text  # no calibration in the test cache: said, not fatal
     assert not out.exists()
+
+
+def test_the_planners_disk_cache_survives_a_restart_and_drops_other_versions(tmp_path, monkeypatch):
+    from cxr_fast.bench.diskcache import DiskCache
+
+    monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path))
+    DiskCache("c.json", version=1).put("a", {"n": 1})
+    assert DiskCache("c.json", version=1).get("a") == {"n": 1}  # read back from the file
+    newer = DiskCache("c.json", version=2)
+    assert newer.get("a") is None
+    newer.put("b", 2)
+    assert list(json.loads((tmp_path / "c.json").read_text())) == [f"v2|torch {torch.__version__}|b"]
+    (tmp_path / "c.json").write_text("{torn")
+    assert DiskCache("c.json", version=2).get("b") is None  # a damaged file reads as empty

@@ -4,12 +4,12 @@ Why: datasheet peaks say little about a shared 2-core CPU or about how far cuDNN
 few timed steps on the device itself do. For each (architecture, resolution) asked for, this times
 ``TrainStep`` on tensors already on the device (``bench.throughput``, the same step ``cxr-fast train``
 runs) and the evaluation forward (``TrainStep.predict``), then fits the compute rate that makes
-``bench.estimate`` reproduce each timing from the step's counted work (``bench.work``). Measured
+``cost.estimate`` reproduce each timing from the step's counted work (``cost.work``). Measured
 directly: the host cost of one dispatched op (a loop of tiny in-place adds), memory bandwidth (a large
 copy), the time to build a model, and checkpoint write speed. The plan then interpolates between the
 timed points of the same architecture, so calibrate the resolutions a study uses.
 
-On a GPU the CUDA-graph constants stay the modelled assumptions (``bench.devices``); the eager launch
+On a GPU the CUDA-graph constants stay the modelled assumptions (``cost.devices``); the eager launch
 cost, the bandwidth and the rates are measured. ``cxr-fast gpu-check`` runs this on a GPU host and
 writes the profile beside its results.
 """
@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_fast.bench import devices
-from cxr_fast.bench.devices import DeviceProfile
-
+from cxr_fast.cost import devices
+from cxr_fast.cost.devices import DeviceProfile
 from cxr_fast.errors import CxrError
+from cxr_fast.units import GIB, MIB
 
 MIN_SECONDS = 2.0  # per timed point: at least this long, and at least ITERS steps
 ITERS = 3
@@ -52,7 +52,7 @@ def launch_overhead(device: Any, n: int = 3000) -> float:
     return best
 
 
-def copy_bandwidth(device: Any, nbytes: int = 256 * 2**20) -> float:
+def copy_bandwidth(device: Any, nbytes: int = 256 * MIB) -> float:
     """Bytes/s of a large device-to-device copy (read + write counted), best of 5."""
     import torch
 
@@ -70,7 +70,7 @@ def copy_bandwidth(device: Any, nbytes: int = 256 * 2**20) -> float:
     return 2 * nbytes / best
 
 
-def checkpoint_speed(folder: Path, nbytes: int = 64 * 2**20) -> float:
+def checkpoint_speed(folder: Path, nbytes: int = 64 * MIB) -> float:
     """Bytes/s of ``torch.save`` of a state of ``nbytes`` to ``folder`` (how a run writes its checkpoint)."""
     import torch
 
@@ -109,19 +109,19 @@ def calibrate(points: Sequence[tuple[str, int]], batch: int = 8, precision: str 
               say: Callable[[str], None] | None = None) -> DeviceProfile:
     """Time each (arch, res) and return the measured profile (not yet saved)."""
     import torch
-    from cxr_fast.bench.estimate import fit_rate
+
     from cxr_fast.bench.results_io import machine_info
     from cxr_fast.bench.throughput import build_trainer, synthetic_throughput
-    from cxr_fast.bench.work import eval_work, train_work
-
+    from cxr_fast.cost.estimate import fit_rate
+    from cxr_fast.cost.work import eval_work, train_work
     from cxr_fast.paths import cache_dir
-    from cxr_fast.step import resolve_device, resolve_precision
+    from cxr_fast.step import device_precision, resolve_device
 
     say = say or (lambda m: None)
     if not points:
         raise CxrError("nothing to calibrate: no (architecture, resolution) given")
     dev = resolve_device(device)
-    precision = resolve_precision(precision, dev)
+    precision = device_precision(precision, dev)
     gpu = dev.type == "cuda"
     machine = machine_info(dev)
     say(f"calibrating {machine['device_name']} ({dev}, {precision}, batch {batch})")
@@ -131,12 +131,12 @@ def calibrate(points: Sequence[tuple[str, int]], batch: int = 8, precision: str 
     say(f"  {launch * 1e6:.1f} us per op, {bandwidth / 1e9:.1f} GB/s copy, checkpoint {ckpt / 1e9:.2f} GB/s")
     if gpu:
         props = torch.cuda.get_device_properties(dev)
-        name, memory_gib = devices.cuda_profile_name(props.name), props.total_memory / 2**30
+        name, memory_gib = devices.cuda_profile_name(props.name), props.total_memory / GIB
         card = devices.card_for_device_name(props.name)
         base = devices.modelled(card) if card is not None else None
     else:
         name = devices.cpu_profile_name()
-        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
         card, base = None, None
     probe = DeviceProfile(name=name, title=str(machine["device_name"]), kind="gpu" if gpu else "cpu",
                           source="measured", memory_gib=round(memory_gib, 2), peak_flops={}, bandwidth=bandwidth,
@@ -171,21 +171,21 @@ def calibrate(points: Sequence[tuple[str, int]], batch: int = 8, precision: str 
     if base is not None:  # what the measurement cannot see here (graph replays) stays the card's model
         probe.graph_kernel_s, probe.graph_launch_s, probe.sync_s = base.graph_kernel_s, base.graph_launch_s, base.sync_s
         probe.host_to_device = base.host_to_device
-        probe.assumptions["graphs"] = "CUDA-graph constants are the modelled assumptions (bench.devices)"
+        probe.assumptions["graphs"] = "CUDA-graph constants are the modelled assumptions (cost.devices)"
     return probe
 
 
 def calibration_points(cells: Sequence[Any]) -> tuple[list[tuple[str, int]], int, str, str, str]:
-    """The (arch, res) pairs of a study's cells and the batch, precision, optimizer and recipe they share."""
+    """The (arch, res) pairs of a study's checked cells (``study.checked_cells``: each has its ``RunConfig``)
+    and the batch, precision, optimizer and recipe they share."""
     pairs = sorted({(str(c.arch), int(c.res)) for c in cells}, key=lambda p: (p[0], p[1]))
-    settings = [dict(c.settings) for c in cells]
+    configs = [c.config for c in cells]
 
-    def shared(key: str, default: Any) -> Any:
-        values = {s.get(key, default) for s in settings}
+    def shared(key: str) -> Any:
+        values = {getattr(s, key) for s in configs}
         if len(values) > 1:
             raise CxrError(f"the cells use several values of {key} ({', '.join(map(str, sorted(values)))}); "
                            "calibrate one --only grid at a time")
-        return values.pop() if values else default
+        return values.pop()
 
-    return (pairs, int(shared("batch_size", 8)), str(shared("precision", "auto")), str(shared("optimizer", "sgd")),
-            str(shared("recipe", "fastai07")))
+    return pairs, shared("batch_size"), shared("precision"), shared("optimizer"), shared("recipe")

@@ -10,7 +10,7 @@ In order, each step timed, JSON rewritten after every step (a kill keeps what wa
 2. the built-in phantom (600 images, 1024 px; made once into the cache);
 3. the decode-once stores for the nine resolutions (jpeg for DALI, uint8 cache, ffcv when installed);
 4. batch-size limits, measured (double/bisect until OOM, ``bench.batch_search``) against the
-   prediction (``bench.memory``): ResNet34 and DenseNet121 at several resolutions under an emulated
+   prediction (``cost.memory``): ResNet34 and DenseNet121 at several resolutions under an emulated
    11 GiB card (``set_per_process_memory_fraction``, compared on the same allocator budget), and at
    600 px on the whole card (compared with the CUDA context included). Goal: within 10%;
 5. the device profile ``cxr-fast plan`` reads (``bench.calibrate``: timed training and evaluation steps
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cxr_fast.errors import CxrError, one_line
+from cxr_fast.units import GIB, MIB
 from cxr_fast.vocabulary import ARCHS, parse_resolutions
 
 LIMIT_RES = (128, 224, 448, 600)
@@ -103,11 +104,11 @@ def context_overhead(device) -> dict:
 
 def measure_limits(device, total_bytes: int, archs, resolutions, left: Callable[[], float]) -> list[dict]:
     """Measured vs predicted max batch: emulated 11 GiB card at each resolution, whole card at 600 px."""
-    from cxr_fast.bench import memory
     from cxr_fast.bench.batch_search import measure_max_batch
-    from cxr_fast.step import resolve_precision
+    from cxr_fast.cost import memory
+    from cxr_fast.step import device_precision
 
-    precision = resolve_precision("auto", device)
+    precision = device_precision("auto", device)
     plans = [(arch, res, EMULATED_GB) for res in resolutions for arch in archs]
     plans += [(arch, FULL_CARD_RES, None) for arch in archs]
     rows: list[dict] = []
@@ -117,7 +118,7 @@ def measure_limits(device, total_bytes: int, archs, resolutions, left: Callable[
             continue
         prof = memory.profile(arch, res, "amp", True, "sgd")
         if gb is not None:
-            fraction = min(1.0, gb * memory.GIB / total_bytes)
+            fraction = min(1.0, gb * GIB / total_bytes)
             budget = int(fraction * total_bytes)
             predicted = prof.max_batch_for_allocator(budget)
             compared_on = "allocator budget (emulated card, no CUDA context)"
@@ -175,8 +176,8 @@ def time_reserves(skip_bench: bool, skip_profile: bool, n_res: int) -> tuple[flo
 def measure_profile(device, out: Path, archs, resolutions, smoke: bool = False) -> dict:
     """The measured device profile for ``cxr-fast plan`` (timed steps at the paper's batch size 8),
     saved in the cache, where it replaces the modelled card, and beside the check's results."""
-    from cxr_fast.bench import devices
     from cxr_fast.bench.calibrate import calibrate
+    from cxr_fast.cost import devices
 
     points = [(a, 32 if smoke else r) for a in archs for r in ((32,) if smoke else resolutions)]
     profile = calibrate(points, batch=2 if smoke else 8, device=str(device), min_seconds=0.0 if smoke else 1.0,
@@ -233,8 +234,8 @@ def print_summary(doc: dict) -> None:
     ctx = doc.get("context") or {}
     print(f"\n=== GPU check: {doc['machine'].get('device_name')} ({doc['date']}), {doc.get('elapsed_s', 0):.0f} s ===")
     if ctx:
-        print(f"CUDA context + libraries: {ctx['context_bytes_measured'] / 2**20:.0f} MiB measured "
-              f"(model constant {doc['memory_assumptions']['cuda_context_bytes'] / 2**20:.0f} MiB)")
+        print(f"CUDA context + libraries: {ctx['context_bytes_measured'] / MIB:.0f} MiB measured "
+              f"(model constant {doc['memory_assumptions']['cuda_context_bytes'] / MIB:.0f} MiB)")
     limits = [r for r in doc.get("limits") or [] if "measured" in r]
     if limits:
         print("\nmax batch        res  budget        predicted  measured  error")
@@ -283,10 +284,10 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
     """Every step in order within the budget; the JSON is rewritten after each. 0 when every step ran."""
     import torch
 
-    from cxr_fast.bench import memory
     from cxr_fast.bench.config import Effort
     from cxr_fast.bench.pipeline import bench_subset
     from cxr_fast.bench.results_io import machine_info, write_results
+    from cxr_fast.cost import memory
 
     if not args.cpu_smoke and not torch.cuda.is_available():
         raise CxrError("no CUDA GPU here; the GPU check measures what a CPU cannot (--cpu-smoke checks the "
@@ -330,7 +331,7 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
 
     def prepare() -> dict:
         from cxr_fast.loaders import availability
-        from cxr_fast.prepare import PrepareConfig, auto_store_dir, prepare_store
+        from cxr_fast.stores.prepare import PrepareConfig, auto_store_dir, prepare_store
 
         formats = ["jpeg", "cache"] + (["ffcv"] if availability()["ffcv"][0] else [])
         root = auto_store_dir(dataset, ids, targets)  # where the loaders look for it

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from cxr_fast.bench.config import BenchConfig, Effort
 from cxr_fast.errors import one_line
 from cxr_fast.runtime import free_memory
+from cxr_fast.units import GIB, MIB
 
 SCHEMA = "cxr-fast-bench/1"
 Say = Callable[[str], None]
@@ -104,9 +105,9 @@ def run_bench(cfg: BenchConfig, say: Say | None = None, advance: Callable[[], No
     """
     import torch
 
-    from cxr_fast.bench import memory
     from cxr_fast.bench.results_io import machine_info
-    from cxr_fast.step import resolve_device, resolve_precision
+    from cxr_fast.cost import memory
+    from cxr_fast.step import device_precision, resolve_device
 
     t_start = time.perf_counter()
     advance = advance or (lambda: None)
@@ -114,8 +115,8 @@ def run_bench(cfg: BenchConfig, say: Say | None = None, advance: Callable[[], No
     effort = cfg.gpu if device.type == "cuda" else cfg.cpu
     machine = machine_info(device)
     card_bytes = int(machine["gpu_memory_bytes"]) if device.type == "cuda" else None
-    run = BenchRun(cfg, effort, device, resolve_precision(cfg.precision, device), memory_precision(cfg.precision),
-                   machine, card_bytes, card_bytes or int(cfg.predict_gpu_gb * memory.GIB), say=say or (lambda _m: None))
+    run = BenchRun(cfg, effort, device, device_precision(cfg.precision, device), memory_precision(cfg.precision),
+                   machine, card_bytes, card_bytes or int(cfg.predict_gpu_gb * GIB), say=say or (lambda _m: None))
     archs = list(effort.archs or cfg.archs)
     threads, threads_why = cpu_threads(cfg.threads) if not run.on_gpu else (None, "GPU run: torch's default")
     saved_threads = torch.get_num_threads()
@@ -151,7 +152,7 @@ def _open_data(run: BenchRun, dataset: Any) -> None:
     """Open the dataset once, pick the loaders' images, and with several resolutions decode each image
     once for all of them (best effort: on failure each loader prepares its own resolution)."""
     from cxr_fast.data.source import resolve_dataset
-    from cxr_fast.prepare import PrepareConfig, auto_store_dir, prepare_store
+    from cxr_fast.stores.prepare import PrepareConfig, auto_store_dir, prepare_store
 
     if dataset is None:
         run.say("opening the dataset" + ("" if run.cfg.data else " (the built-in phantom; made once on first use)"))
@@ -202,8 +203,8 @@ def training_section(run: BenchRun, arch: str, res: int, best: dict | None) -> t
     the synthetic block retried at half the batch on out-of-memory. On a shared CPU (``paired``) the two
     kinds of step alternate, so neighbours' load hits both equally.
     """
-    from cxr_fast.bench import memory
     from cxr_fast.bench.throughput import build_trainer, loader_throughput, paired_throughput, synthetic_throughput
+    from cxr_fast.cost import memory
 
     cfg, effort = run.cfg, run.effort
     prof = memory.profile(arch, res, run.memory_precision, cfg.channels_last, cfg.optimizer)
@@ -366,13 +367,11 @@ def _step_ms(m: Any) -> float | None:
 
 
 def _gib(value: int) -> float:
-    from cxr_fast.bench.memory import GIB
-
     return round(value / GIB, 2)
 
 
 def _mb(value: float | None) -> float | None:
-    return None if value is None else round(value / 2**20, 2)
+    return None if value is None else round(value / MIB, 2)
 
 
 def _plain(cfg: BenchConfig) -> dict:

@@ -19,7 +19,7 @@ measured on CUDA only: (peak allocated - allocated before the timed steps) / bat
 
 The JSON document (``cxr-fast bench``) holds: ``schema`` ("cxr-fast-bench/1"), ``machine``
 (:func:`machine_info`), ``settings`` (the resolved config, plus ``resolved``: device, precision,
-archs, effort), ``memory_assumptions`` (``bench.memory.assumptions()``), ``rows`` (as above),
+archs, effort), ``memory_assumptions`` (``cost.memory.assumptions()``), ``rows`` (as above),
 ``loaders`` (the raw per-backend records of ``bench.loaders.bench_loaders``) and ``wall_s``.
 """
 
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cxr_fast.io import write_json, write_text
+from cxr_fast.machine import cpu_name
 
 KINDS: tuple[str, ...] = ("loader", "train_synthetic", "train_loader", "batch_limit")
 
@@ -74,17 +75,6 @@ def machine_info(device: Any = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
-
-
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def make_row(machine: dict[str, Any], **fields: Any) -> dict[str, Any]:

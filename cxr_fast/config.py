@@ -1,6 +1,8 @@
-"""Dataclass configs: YAML files give defaults, CLI flags override them, the resolved result is saved.
+"""Reading and writing settings files: YAML in (one-line errors naming the file), the resolved result out.
 
-Nothing global: every command builds its config object explicitly and passes it down.
+The run settings are a schema of their own (``cxr_fast.schema``); the helpers here serve the smaller
+dataclass settings of other commands (``bench``'s). Nothing global: every command builds its config object
+explicitly and passes it down.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ def override(cfg: T, **changes: Any) -> T:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
+    """A settings object (a dataclass, or a pydantic model such as ``RunConfig``) as plain YAML values."""
+    if hasattr(cfg, "model_dump"):
+        return cfg.model_dump(mode="python")
+
     def plain(v: Any) -> Any:
         if isinstance(v, Path):
             return str(v)

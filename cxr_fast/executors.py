@@ -6,19 +6,20 @@ results store, so rows are written by one process whichever executor runs the tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from cxr_fast.errors import CxrError
 
-RunFn = Callable[[Any], dict]
+RunFn = Callable[..., dict]
 
 
 @dataclass
 class Job:
     key: str  # the cell id
-    config: Any  # a TrainConfig
+    config: Any  # the cell's RunConfig
     description: str
+    inputs: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the run function besides it
 
 
 OnDone = Callable[[Job, dict], None]
@@ -34,12 +35,12 @@ class LocalExecutor:
         for job in jobs:
             if on_start is not None:
                 on_start(job)
-            on_done(job, fn(job.config))
+            on_done(job, fn(job.config, **job.inputs))
 
 
-def _call(fn: RunFn, config: Any) -> dict:
+def _call(fn: RunFn, config: Any, inputs: dict[str, Any]) -> dict:
     """The body of a Ray task: run one job and return its metrics to the driver."""
-    return fn(config)
+    return fn(config, **inputs)
 
 
 class RayExecutor:
@@ -90,7 +91,7 @@ class RayExecutor:
         fn_ref = ray.put(fn)
         pending = {}
         for job in jobs:
-            pending[task.remote(fn_ref, job.config)] = job
+            pending[task.remote(fn_ref, job.config, job.inputs)] = job
             if on_start is not None:
                 on_start(job)
         try:

@@ -10,7 +10,6 @@ point is recorded too. The model and optimizer are restored afterwards, so a cal
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -124,14 +123,15 @@ def plot(result: dict[str, Any], path: str | Path, title: str = "") -> None:
 def run_lr_find(cfg: Any, out: str | Path | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,
                 num_iter: int = 100, progress: bool = True) -> dict[str, Any]:
     """Build the run ``cfg`` describes (data, model, loader), sweep, write ``lr_find.json`` and ``.png``."""
-    from cxr_fast.step import resolve_device, resolve_precision
-    from cxr_fast.train import build_parts, resolve_init, validate
+    from cxr_fast.step import device_precision, resolve_device
+    from cxr_fast.train.parts import build_parts
+    from cxr_fast.weights import resolve_init
 
-    _check_range(start_lr, end_lr, num_iter)  # before any data is opened
-    validate(cfg)
+    _check_range(start_lr, end_lr, num_iter)  # before any data is opened (cfg was validated when made)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    init = resolve_init(cfg, progress=progress)  # offline with no weights: one line, before any data
+    precision = device_precision(cfg.precision, device)
+    # Offline with no weights: one line, before any data.
+    init = resolve_init(cfg.arch, cfg.init, cfg.weights, progress=progress, pinned_sha256=cfg.weights_sha256)
     folder = Path(out) if out else Path("runs") / f"lr-find-{cfg.label}-{cfg.arch}-{cfg.res}"
     parts = build_parts(cfg, device, precision, quiet=not progress, need_val=False, weights=init.weights_file)
     if progress:
@@ -146,7 +146,7 @@ def run_lr_find(cfg: Any, out: str | Path | None = None, start_lr: float = 1e-7,
         result = lr_range_test(parts.step, parts.train_loader, start_lr, end_lr, num_iter)
     result.update(label=parts.sub.label, res=cfg.res, arch=cfg.arch, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, precision=precision, loader=parts.loader_name,
-                  recipe=cfg.recipe, pos_weight=parts.pos_weight, config=dataclasses.asdict(cfg), **init.record())
+                  recipe=cfg.recipe, pos_weight=parts.pos_weight, config=cfg.record(), **init.record())
     write_json(folder / "lr_find.json", result)
     result["loss_name"] = "weighted NLL, fastai 0.7" if cfg.recipe == "fastai07" else "weighted BCE"
     plot(result, folder / "lr_find.png", title=f"{parts.sub.label} {cfg.arch} {cfg.res}px, batch {cfg.batch_size}")

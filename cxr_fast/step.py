@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from cxr_fast.errors import CxrError
-from cxr_fast.vocabulary import PRECISIONS
-
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+from cxr_fast.vocabulary import OPTIMIZERS, resolve_precision
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -34,25 +32,18 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on a GPU that has it (Ampere and later), fp16 on older GPUs, fp32 on the CPU.
-
-    fp32 on the CPU because CPU bf16 autocast is usually slower than fp32 without AMX; bf16 can still
-    be asked for explicitly and runs.
-    """
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if bf16_supported(device) else "fp16"
-        return "fp32"
-    if precision not in PRECISIONS:
-        raise CxrError(f"unknown precision {precision!r}; choose auto, {', '.join(PRECISIONS)}")
-    return precision
+def device_precision(precision: str, device: torch.device | str) -> str:
+    """``precision`` resolved for a live ``device`` by the one rule, ``vocabulary.resolve_precision``."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else "the CPU"
+    return resolve_precision(precision, cuda, bf16_supported(device), name)
 
 
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype for ``precision`` (None = no autocast, plain fp32)."""
     device = torch.device(device)
-    precision = resolve_precision(precision, device)
+    precision = device_precision(precision, device)
     if precision == "fp32":
         return None
     return torch.bfloat16 if precision == "bf16" else torch.float16
@@ -107,7 +98,7 @@ class TrainStep:
         from cxr_fast.recipes import loss_function
 
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = device_precision(precision, self.device)
         self.dtype = autocast_dtype(self.precision, self.device)
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

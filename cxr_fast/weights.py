@@ -75,8 +75,20 @@ def _checked(path: Path, sha: str) -> None:
 
 
 def resolve_init(arch: str, init: str, weights: str | Path | None = None, download: bool = True,
-                 progress: bool = True) -> InitChoice:
-    """Decide and fetch the initial weights of ``arch``; every failure is one line naming a way out."""
+                 progress: bool = True, pinned_sha256: str | None = None) -> InitChoice:
+    """Decide and fetch the initial weights of ``arch``; every failure is one line naming a way out.
+
+    ``pinned_sha256`` (a config's ``weights_sha256``, as a replayed run's config.yaml holds it): the file
+    found must have it.
+    """
+    choice = _resolve(arch, init, weights, download, progress)
+    if pinned_sha256 and choice.weights_sha256 != pinned_sha256:
+        raise CxrError(f"weights {choice.weights_file} have sha256 {str(choice.weights_sha256)[:12]}…, but the config "
+                       f"pins {pinned_sha256[:12]}…; give the pinned file with --weights")
+    return choice
+
+
+def _resolve(arch: str, init: str, weights: str | Path | None, download: bool, progress: bool) -> InitChoice:
     check_choice(arch, ARCHS, "architecture")
     check_choice(init, INITS, "init")
     if init == "random":
@@ -128,11 +140,15 @@ def _download(url: str, arch: str, progress: bool) -> None:
         raise _offline_error(url, arch, exc) from None
 
 
-def resolve_for_runs(pairs: list[tuple[str, str, str | None]], download: bool = True,
-                     progress: bool = True) -> dict[tuple[str, str, str | None], InitChoice]:
-    """One resolution per distinct (arch, init, weights): a study fetches each file once, before its first run."""
-    out: dict[tuple[str, str, str | None], InitChoice] = {}
-    for key in pairs:
+InitKey = tuple[str, str, "str | None", "str | None"]  # arch, init, weights file, pinned sha256
+
+
+def resolve_for_runs(keys: list[InitKey], download: bool = True, progress: bool = True) -> dict[InitKey, InitChoice]:
+    """One resolution per distinct (arch, init, weights, pinned sha256): a study fetches each file once, before
+    its first run."""
+    out: dict[InitKey, InitChoice] = {}
+    for key in keys:
         if key not in out:
-            out[key] = resolve_init(*key, download=download, progress=progress)
+            arch, init, weights, pinned = key
+            out[key] = resolve_init(arch, init, weights, download=download, progress=progress, pinned_sha256=pinned)
     return out

@@ -10,15 +10,10 @@ import importlib
 from types import ModuleType
 
 from cxr_fast.errors import CxrError
+from cxr_fast.vocabulary import AUTO, LOADERS
 
-# Fastest-first preference order for ``auto``.
-BACKENDS: dict[str, str] = {
-    "resident": "cxr_fast.loaders.resident",
-    "dali": "cxr_fast.loaders.dali",
-    "cache": "cxr_fast.loaders.cache",
-    "ffcv": "cxr_fast.loaders.ffcv",
-    "pil": "cxr_fast.loaders.pil",
-}
+# One module per backend, named as the vocabulary names it (fastest first: the order ``auto`` tries).
+BACKENDS: dict[str, str] = {name: f"cxr_fast.loaders.{name}" for name in LOADERS}
 
 
 def backend(name: str) -> ModuleType:
@@ -36,3 +31,9 @@ def availability() -> dict[str, tuple[bool, str]]:
         except ImportError as exc:
             out[name] = (False, f"not importable: {exc}")
     return out
+
+
+def store_format(name: str) -> str | None:
+    """The store format backend ``name`` reads (None: it reads the images). ``auto`` chooses between the
+    fastest backend and ``cache`` (``cost.fit``), which read the same format."""
+    return backend(LOADERS[0] if name == AUTO else name).STORE_FORMAT

@@ -16,9 +16,9 @@ import torch
 from cxr_fast.augment import AugmentConfig, OutputPool, cpu_path, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.common import batch_slices, epoch_order, finish, n_batches, open_for, prefetch, rows_for
+from cxr_fast.stores.cache import FORMAT as STORE_FORMAT  # what cxr_fast.feed.make_loader prepares for this backend
 
 NAME = "cache"
-STORE_FORMAT = "cache"  # what cxr_fast.feed.make_loader prepares for this backend
 
 
 def available() -> tuple[bool, str]:
@@ -30,7 +30,7 @@ class CacheLoader:
     def __init__(self, spec: LoaderSpec, cfg: AugmentConfig = AugmentConfig()) -> None:
         self.spec = spec
         self.cfg = cfg
-        self.store = open_for(spec, "cache")
+        self.store = open_for(spec, STORE_FORMAT)
         self.array = self.store.cache_array(spec.res)
         self.rows, targets = rows_for(spec, self.store)
         self.targets = torch.from_numpy(targets).to(spec.device)

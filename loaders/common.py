@@ -16,7 +16,8 @@ import torch
 from cxr_fast.augment import AugmentConfig, OutputPool, augment, to_float
 from cxr_fast.errors import CxrError
 from cxr_fast.loaders.base import LoaderSpec
-from cxr_fast.store import Store, open_store
+from cxr_fast.stores import jpeg
+from cxr_fast.stores.manifest import Store, open_store
 
 
 def open_for(spec: LoaderSpec, fmt: str) -> Store:
@@ -29,7 +30,7 @@ def open_for(spec: LoaderSpec, fmt: str) -> Store:
         raise CxrError(f"the {fmt} store for these images is not prepared; build loaders with "
                        "cxr_fast.feed.make_loader, or give a store made by cxr-fast prepare (--store)")
     store = open_store(spec.store, spec.dataset)
-    res = spec.res if fmt != "jpeg" else None
+    res = spec.res if fmt != jpeg.FORMAT else None
     if not store.has(fmt, res):
         at = f" at {res} px" if res is not None else ""
         raise CxrError(f"{spec.store} holds no {fmt}{at}; run cxr-fast prepare with --format {fmt}"

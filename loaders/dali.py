@@ -40,9 +40,9 @@ import torch
 from cxr_fast.augment import AugmentConfig
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.common import n_batches, open_for, rows_for
+from cxr_fast.stores.jpeg import FORMAT as STORE_FORMAT  # what cxr_fast.feed.make_loader prepares for this backend
 
 NAME = "dali"
-STORE_FORMAT = "jpeg"  # what cxr_fast.feed.make_loader prepares for this backend
 
 
 def available() -> tuple[bool, str]:
@@ -156,7 +156,7 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         self.spec = spec
-        store = open_for(spec, "jpeg")
+        store = open_for(spec, STORE_FORMAT)
         rows, targets = rows_for(spec, store)
         names = store.manifest["image_ids"]
         files = [str(store.jpeg_path(names[r])) for r in rows]

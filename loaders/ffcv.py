@@ -21,9 +21,9 @@ from cxr_fast.augment import AugmentConfig, OutputPool, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.common import finish, n_batches, open_for, rows_for
 from cxr_fast.runtime import keep_torch_threads
+from cxr_fast.stores.ffcv import FORMAT as STORE_FORMAT  # what cxr_fast.feed.make_loader prepares for this backend
 
 NAME = "ffcv"
-STORE_FORMAT = "ffcv"  # what cxr_fast.feed.make_loader prepares for this backend
 
 
 def available() -> tuple[bool, str]:
@@ -48,7 +48,7 @@ class FfcvLoader:
 
         self.spec = spec
         self.cfg = cfg
-        store = open_for(spec, "ffcv")
+        store = open_for(spec, STORE_FORMAT)
         rows, targets = rows_for(spec, store)
         # The .beton holds the store's readable rows in order: row -> position in the file.
         _, keep = store.positions(store.manifest["image_ids"])

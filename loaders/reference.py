@@ -2,7 +2,7 @@
 
 One definition of "the right image at ``res``" keeps the backends honest: a store, a GPU decoder or a
 baseline that drifts from it (wrong interpolation, forgotten antialiasing, a channel mix-up) fails
-``tests/test_loaders.py``. ``prepare`` uses the same resize (``cxr_fast.data.resize``), so the uint8
+``tests/test_loaders.py``. ``stores`` use the same resize (``cxr_fast.data.resize``), so the uint8
 cache differs from the reference by rounding only.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from cxr_fast.data.nih import NihDataset
 from cxr_fast.data.reader import read_gray
-from cxr_fast.data.resize import resize, resize_uint8  # noqa: F401 - the reference resize, re-exported
+from cxr_fast.data.resize import resize
 
 
 def reference_image(path: str | Path, res: int) -> torch.Tensor:

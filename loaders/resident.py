@@ -16,9 +16,9 @@ import torch
 from cxr_fast.augment import AugmentConfig, OutputPool, cpu_path, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.common import batch_slices, epoch_order, finish, n_batches, open_for, rows_for
+from cxr_fast.stores.cache import FORMAT as STORE_FORMAT  # what cxr_fast.feed.make_loader prepares for this backend
 
 NAME = "resident"
-STORE_FORMAT = "cache"  # what cxr_fast.feed.make_loader prepares for this backend
 
 
 def available() -> tuple[bool, str]:
@@ -31,7 +31,7 @@ class ResidentLoader:
     def __init__(self, spec: LoaderSpec, cfg: AugmentConfig = AugmentConfig()) -> None:
         self.spec = spec
         self.cfg = cfg
-        store = open_for(spec, "cache")
+        store = open_for(spec, STORE_FORMAT)
         rows, targets = rows_for(spec, store)
         # Sorted reads from the memmap, then one copy to the device; kept in spec order.
         order = np.argsort(rows, kind="stable")

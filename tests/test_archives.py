@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import cxr_fast.data.archives as A
-import cxr_fast.prepare as P
+import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
 from cxr_fast.data.nih import open_dataset
 from cxr_fast.data.reader import DataWarning, ImageError, read_gray

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_fast.bench import memory
+from cxr_fast.cost import memory
 from cxr_fast.bench.results_io import KINDS, MACHINE_FIELDS, ROW_FIELDS, make_row
 from cxr_fast.cli import main
 from cxr_fast.bench.config import BenchConfig, Effort, load_config

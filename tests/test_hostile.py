@@ -37,14 +37,16 @@ import yaml
 from PIL import Image
 from torch import nn
 
-import cxr_fast.prepare as P
+import cxr_fast.stores.decode as D
+import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
 from cxr_fast.data.nih import open_dataset, read_metadata
 from cxr_fast.data.reader import DataWarning, OutsideRootError
 from cxr_fast.errors import CxrError
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.models import Normalize
-from cxr_fast.train import TrainConfig, run_training
+from cxr_fast.schema.run import RunConfig
+from cxr_fast.train import run_training
 from cxr_fast.feed import make_loader
 from imagesets import HEADER, make_dataset
 
@@ -99,11 +101,11 @@ class _Shifted(nn.Module):
         return torch.stack([torch.zeros_like(z), z], dim=1).log_softmax(dim=1)
 
 
-def _run_cfg(data: Path, out: Path, **kw) -> TrainConfig:
+def _run_cfg(data: Path, out: Path, **kw) -> RunConfig:
     base = dict(label="No Finding", res=32, epochs=1, batch_size=8, lr=1e-9, loader="resident", data=str(data),
                 out=str(out), init="random", tta=2, workers=1, device="cpu")
     base.update(kw)
-    return TrainConfig(**base)
+    return RunConfig(**base)
 
 
 # ==================================================================================================
@@ -322,13 +324,13 @@ def _fake_study(tmp_path: Path, **train) -> Path:
 
 
 def _finish_fake(cfg_path: Path, out: Path) -> None:
-    from cxr_fast.study import load_study, run_study
+    from cxr_fast.study import load_study_config, run_study
 
     def fake(cfg):
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         return {"auc": 0.6, "auc_sd": 0.01, "n_pos": 5, "n_neg": 5, "init": "random"}
 
-    run_study(load_study(cfg_path), out, run_fn=fake, progress=False)
+    run_study(load_study_config(cfg_path), out, run_fn=fake, progress=False)
 
 
 def test_a_refused_study_rerun_leaves_study_yaml_and_dry_run_refuses_alike(tmp_path, capsys):
@@ -346,8 +348,8 @@ def test_a_refused_study_rerun_leaves_study_yaml_and_dry_run_refuses_alike(tmp_p
 
 
 def test_a_rerun_with_more_epochs_is_not_reported_as_more_runs_than_the_config_has(tmp_path):
-    from cxr_fast.report import make_report
-    from cxr_fast.study import apply_overrides, load_study, run_study
+    from cxr_fast.report.build import make_report
+    from cxr_fast.study import apply_overrides, load_study_config, run_study
 
     def fake(cfg):
         out = Path(cfg.out)
@@ -359,8 +361,8 @@ def test_a_rerun_with_more_epochs_is_not_reported_as_more_runs_than_the_config_h
 
     config = _fake_study(tmp_path)
     out = tmp_path / "out"
-    run_study(load_study(config), out, run_fn=fake, progress=False)
-    run_study(apply_overrides(load_study(config), epochs=2), out, run_fn=fake, progress=False)
+    run_study(load_study_config(config), out, run_fn=fake, progress=False)
+    run_study(apply_overrides(load_study_config(config), epochs=2), out, run_fn=fake, progress=False)
     text = (make_report(out).out / "report.md").read_text()
     assert "1 of 1 runs finished" in text and "1 more finished run(s) belong to cells no longer in study.yaml" in text
 
@@ -484,14 +486,14 @@ def test_garbage_jpeg_is_named_and_rebuilt(prepared, capsys):
 
 def test_a_failed_prepare_leaves_no_half_made_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     root, _ = _nih(tmp_path)
-    real = P._work
+    real = D._work
 
     def disk_full_at_res_48(job):
         if 48 in job[2]:
             raise OSError(28, "No space left on device")
         return real(job)
 
-    monkeypatch.setattr(P, "_work", disk_full_at_res_48)
+    monkeypatch.setattr(D, "_work", disk_full_at_res_48)
     fresh = tmp_path / "fresh"
     assert _prepare(root, fresh, "--res", "48", "--format", "cache") == 1
     assert "No space left" in capsys.readouterr().err
@@ -589,7 +591,7 @@ def test_prepare_without_data_uses_the_folder_the_store_was_made_from(prepared, 
     monkeypatch.setattr(source, "default_phantom", no_phantom)
     assert _prepare(None, store, "--res", "64", "--format", "cache") == 0
     assert P.open_store(store).cache_resolutions == [32, 48, 64]
-    from cxr_fast.store import data_of
+    from cxr_fast.stores.manifest import data_of
 
     assert Path(data_of(None, store)) == root.resolve()  # what train --store uses without --data
 

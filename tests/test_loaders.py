@@ -155,7 +155,7 @@ def test_drop_last_and_length(images640):
 
 
 def test_explicit_store_is_used(images640, tmp_path: Path):
-    from cxr_fast.prepare import open_store
+    from cxr_fast.stores.manifest import open_store
 
     spec = _spec(images640, 32, train=False)
     spec.store = tmp_path / "store"

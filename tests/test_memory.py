@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cxr_fast.bench import memory
+from cxr_fast.cost import memory
 from cxr_fast.bench.batch_search import find_max_batch, guarded, is_oom
 from cxr_fast.errors import CxrError
 

@@ -224,7 +224,7 @@ def test_edge_sets_how_sharp_a_lesion_is():
 
 def test_settings_mean_the_same_at_every_size():
     """Defined in the 1024 px frame: a 512 px phantom resized to 128 is the 128 px phantom (noise too)."""
-    from cxr_fast.loaders.reference import resize_uint8
+    from cxr_fast.data.resize import resize_uint8
 
     for i in range(3):
         big = resize_uint8(render(_quiet(512), i, ("Nodule",)), 128).astype(float)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cxr_fast.bench import devices
-from cxr_fast.bench.devices import DeviceProfile
-from cxr_fast.bench.estimate import fit_rate, interpolate, step_time, work_time
-from cxr_fast.bench.plan import (
+from cxr_fast.cost import devices
+from cxr_fast.cost.devices import DeviceProfile
+from cxr_fast.cost.estimate import fit_rate, interpolate, step_time, work_time
+from cxr_fast.cost.plan import (
     PlanCell,
     makespan,
     plan_cell,
@@ -21,7 +21,7 @@ from cxr_fast.bench.plan import (
     split_sizes,
     steps_per_epoch,
 )
-from cxr_fast.bench.work import StepWork, Work, _Counter, forward_flops, train_work
+from cxr_fast.cost.work import StepWork, Work, _Counter, forward_flops, train_work
 from torch import nn
 
 from cxr_fast.errors import CxrError
@@ -217,7 +217,7 @@ def test_the_plan_scales_with_epochs_images_and_resolution():
 
 
 def test_the_1080ti_fits_densenet121_at_600_px_batch_8_in_fp32_but_not_16():
-    from cxr_fast.bench.plan import fit_statements
+    from cxr_fast.cost.plan import fit_statements
 
     dev = devices.resolve("1080ti")
     cell = plan_cell(_cell(res=600, arch="densenet121", precision="fp32"), dev)
@@ -242,9 +242,14 @@ def test_the_1080ti_fits_densenet121_at_600_px_batch_8_in_fp32_but_not_16():
 def test_auto_keeps_the_resident_split_only_where_it_fits_beside_the_step(monkeypatch):
     import types
 
-    import cxr_fast.bench.memcache as memcache
-    from cxr_fast.feed import GIB, auto_for_memory
-    from cxr_fast.train import TrainConfig, choose_loader
+    import cxr_fast.cost.memcache as memcache
+    from cxr_fast.cost.fit import choose_loader as rule
+    from cxr_fast.schema.run import RunConfig as TrainConfig
+    from cxr_fast.train.parts import choose_loader
+    from cxr_fast.units import GIB
+
+    def auto_for_memory(split: int, step: int, card: int) -> tuple[str, str]:  # the rule, on a GPU
+        return rule("auto", True, lambda name: True, split, lambda: step, lambda: card)
 
     assert auto_for_memory(6 * GIB, 5 * GIB, 11 * GIB)[0] == "resident"
     name, why = auto_for_memory(7 * GIB, 5 * GIB, 11 * GIB)
@@ -323,8 +328,8 @@ def test_a_measured_card_replaces_the_modelled_one():
 
 def test_calibration_times_real_steps_and_reproduces_them(tmp_path, one_thread):
     from cxr_fast.bench.calibrate import calibrate
-    from cxr_fast.bench.estimate import rate_for
-    from cxr_fast.bench.work import eval_work
+    from cxr_fast.cost.estimate import rate_for
+    from cxr_fast.cost.work import eval_work
 
     prof = calibrate([("resnet34", 32)], batch=2, device="cpu", min_seconds=0.0)
     assert prof.kind == "cpu" and prof.source == "measured" and prof.launch_s > 0 and prof.bandwidth > 0
@@ -376,7 +381,7 @@ def test_plan_refuses_every_cell_a_study_would_refuse(tmp_path, capsys):
 
 
 def test_study_announce_never_stops_a_study(tmp_path):
-    from cxr_fast.bench.plan import announce
+    from cxr_fast.cost.plan import announce
 
     line = announce([_cell(res=32)], tmp_path / "s", device="cpu")  # no calibration in the test cache
     assert line.startswith("plan: no estimate (") and "--calibrate" in line
@@ -386,8 +391,8 @@ def test_study_announce_never_stops_a_study(tmp_path):
 
 
 def test_planned_vs_actual_reads_rows_and_falls_back_to_metrics(tmp_path):
-    from cxr_fast.bench.plan import PLAN_FILE
-    from cxr_fast.bench.plan_report import planned_vs_actual
+    from cxr_fast.cost.plan import PLAN_FILE
+    from cxr_fast.cost.plan_report import planned_vs_actual
 
     from cxr_fast.io import write_json
 
@@ -436,7 +441,7 @@ def test_a_study_dry_run_prints_the_plan_line_and_writes_nothing(tmp_path, capsy
 
 
 def test_the_planners_disk_cache_survives_a_restart_and_drops_other_versions(tmp_path, monkeypatch):
-    from cxr_fast.bench.diskcache import DiskCache
+    from cxr_fast.cost.diskcache import DiskCache
 
     monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path))
     DiskCache("c.json", version=1).put("a", {"n": 1})

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import cxr_fast.prepare as P
+import cxr_fast.stores.decode as D
+import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
 from cxr_fast.data.nih import open_dataset
 from cxr_fast.data.reader import DataWarning, read_gray
@@ -70,7 +71,7 @@ def test_prepare_resumes_after_an_interruption(data, tmp_path: Path, monkeypatch
     ds, ids, labels = data
     ids, labels = ids[:-1], labels[:-1]
     calls: list[str] = []
-    real_work = P._work
+    real_work = D._work
 
     def interrupted(job):
         if len(calls) == 3:
@@ -78,7 +79,7 @@ def test_prepare_resumes_after_an_interruption(data, tmp_path: Path, monkeypatch
         calls.append(job[1])
         return real_work(job)
 
-    monkeypatch.setattr(P, "_work", interrupted)
+    monkeypatch.setattr(D, "_work", interrupted)
     with pytest.raises(KeyboardInterrupt):
         P.prepare_store(ds, ids, labels, tmp_path / "store", _cfg())
     partial = tmp_path / "store" / "cache" / "32.npy.partial"
@@ -86,7 +87,7 @@ def test_prepare_resumes_after_an_interruption(data, tmp_path: Path, monkeypatch
     assert int((np.load(tmp_path / "store" / "cache" / "32.state.npy") == 1).sum()) == 3
 
     calls.clear()
-    monkeypatch.setattr(P, "_work", lambda job: (calls.append(job[1]), real_work(job))[1])
+    monkeypatch.setattr(D, "_work", lambda job: (calls.append(job[1]), real_work(job))[1])
     store = P.prepare_store(ds, ids, labels, tmp_path / "store", _cfg())
     assert len(calls) == len(ids) - 3, "the second run decodes only what the first did not finish"
     fresh = P.prepare_store(ds, ids, labels, tmp_path / "fresh", _cfg())

@@ -15,7 +15,7 @@ from cxr_fast import paper_results
 from cxr_fast.errors import CxrError
 from cxr_fast.io import append_jsonl, read_jsonl
 from cxr_fast.metrics import delong_auc_variance
-from cxr_fast.report import make_report
+from cxr_fast.report.build import make_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -18,7 +18,7 @@ from cxr_fast.errors import CxrError
 from cxr_fast.executors import LocalExecutor, RayExecutor
 from cxr_fast.io import read_jsonl
 from cxr_fast.study import (
-    RESULTS, ResultsStore, apply_overrides, expand, load_study, parse_study, plan, run_study, study_lock,
+    RESULTS, ResultsStore, apply_overrides, dry_run, expand, load_study_config, parse_study, run_study, study_lock,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def cell_ids(study: Path) -> list[str]:
 
 
 def test_paper_config_is_the_papers_grid():
-    cfg = load_study(REPO / "configs" / "paper.yaml")
+    cfg = load_study_config(REPO / "configs" / "paper.yaml")
     cells = expand(cfg)
     t2 = [c for c in cells if "table2" in c.grids]
     t3 = [c for c in cells if "table3" in c.grids]
@@ -85,10 +85,10 @@ def test_paper_config_is_the_papers_grid():
     assert len({c.cell_id for c in cells}) == len(cells)
     s = cells[0].settings
     assert (s["batch_size"], s["lr"], s["subsample_size"], s["val_fraction"], s["split"]) == (8, 5e-4, 20000, 0.2, "image")
-    quick = expand(load_study(REPO / "configs" / "quick.yaml"))
+    quick = expand(load_study_config(REPO / "configs" / "quick.yaml"))
     assert 2 <= len(quick) <= 12 and max(c.res for c in quick) <= 224
     assert {(c.settings["recipe"], c.settings["init"]) for c in quick} == {("fastai07", "random")}  # said openly
-    patients = expand(load_study(REPO / "configs" / "paper-patients.yaml"))
+    patients = expand(load_study_config(REPO / "configs" / "paper-patients.yaml"))
     assert len(patients) == 72 and {c.settings["split"] for c in patients} == {"patient"}
 
 
@@ -125,7 +125,7 @@ def test_interrupted_study_resumes_with_every_cell_exactly_once(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, tmp_path, run_fn=first, progress=False)
     assert cell_ids(tmp_path) == ["Nodule/resnet34-e1/r32"]
-    statuses = plan(cfg, tmp_path).status
+    statuses = dry_run(cfg, tmp_path).status
     assert statuses["Nodule/resnet34-e1/r32"] == "done" and statuses["Mass/resnet34-e1/r64"] == "todo"
 
     second = FakeRun()
@@ -138,7 +138,7 @@ def test_interrupted_study_resumes_with_every_cell_exactly_once(tmp_path):
     third = FakeRun()
     assert run_study(cfg, tmp_path, run_fn=third, progress=False).ran == 0 and third.calls == []
     assert len(cell_ids(tmp_path)) == 4
-    saved = load_study(tmp_path / "study.yaml")
+    saved = load_study_config(tmp_path / "study.yaml")
     assert [c.cell_id for c in expand(saved)] == [c.cell_id for c in expand(cfg)]
 
 
@@ -250,7 +250,7 @@ def test_tiny_grid_on_the_phantom_runs_real_training(tiny_phantom, tmp_path, one
     # The report of this real study holds the store's numbers.
     import csv
 
-    from cxr_fast.report import make_report
+    from cxr_fast.report.build import make_report
 
     make_report(tmp_path / "study")
     with open(tmp_path / "study" / "report" / "table2.csv", newline="") as fh:

@@ -19,8 +19,9 @@ from cxr_fast.config import to_dict
 from cxr_fast.errors import CxrError
 from cxr_fast.io import read_jsonl
 from cxr_fast.models import Normalize, build_model
-from cxr_fast.step import TrainStep, autocast_dtype, make_optimizer, resolve_device, resolve_precision
-from cxr_fast.train import TrainConfig, load_config, run_training
+from cxr_fast.step import TrainStep, autocast_dtype, device_precision, make_optimizer, resolve_device
+from cxr_fast.schema.run import RunConfig, load_run_config
+from cxr_fast.train import run_training
 
 REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 
@@ -41,12 +42,12 @@ def tiny_net(monkeypatch):
     monkeypatch.setattr("cxr_fast.models.build_model", _tiny_model)
 
 
-def _cfg(data, out, **kw) -> TrainConfig:
+def _cfg(data, out, **kw) -> RunConfig:
     # "No Finding" is about half the phantom's rows, so a 13-image validation set holds both classes.
     base = dict(label="No Finding", res=32, epochs=2, batch_size=8, lr=1e-2, loader="resident", data=str(data),
                 out=str(out), init="random", tta=2, workers=1, device="cpu")
     base.update(kw)
-    return TrainConfig(**base)
+    return RunConfig(**base)
 
 
 # --- the step ------------------------------------------------------------------------------------------
@@ -107,13 +108,13 @@ def test_grad_scaler_only_for_fp16_on_cuda():
 
 def test_precision_and_device_resolution():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"
+    assert device_precision("auto", cpu) == "fp32"
     assert autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
     assert autocast_dtype("fp16", "cpu") == torch.float16
     assert resolve_device("cpu") == cpu
     with pytest.raises(CxrError):
-        resolve_precision("fp8", cpu)
+        device_precision("fp8", cpu)
     if not torch.cuda.is_available():
         with pytest.raises(CxrError, match="no CUDA"):
             resolve_device("cuda")
@@ -186,14 +187,14 @@ def test_fastai07_loss_is_class_weighted_nll_normalised_by_the_batch_weights():
 # --- config ----------------------------------------------------------------------------------------------
 
 def test_shipped_config_equals_the_defaults_and_flags_override(tmp_path):
-    assert to_dict(load_config(REPO_CONFIG)) == to_dict(TrainConfig())
+    assert to_dict(load_run_config(REPO_CONFIG)) == to_dict(RunConfig())
     custom = tmp_path / "c.yaml"
     custom.write_text("res: 128\nepochs: 5\n")
-    cfg = load_config(custom, epochs=None, res=64, precision="bf16")
+    cfg = load_run_config(custom, epochs=None, res=64, precision="bf16")
     assert (cfg.res, cfg.epochs, cfg.precision, cfg.lr) == (64, 5, "bf16", 5e-4)
     custom.write_text("resolution: 128\n")
     with pytest.raises(CxrError, match="resolution"):
-        load_config(custom)
+        load_run_config(custom)
 
 
 # --- the run folder ----------------------------------------------------------------------------------------
@@ -350,7 +351,7 @@ def test_the_run_weighs_positives_by_table_1s_subsample_weight(real_metadata, ti
     # training part: on the real metadata they differ (Hernia 87.106 against 85.957).
     from cxr_fast.data.nih import read_metadata
     from cxr_fast.data.sampling import subsample
-    from cxr_fast.train import build_parts
+    from cxr_fast.train.parts import build_parts
 
     hernia = subsample(read_metadata(real_metadata), "Hernia", seed=0)
     assert round(hernia.pos_weight, 3) == 87.106 and round(hernia.train_pos_weight, 3) != 87.106

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_fast.vocabulary import ARCHS, INITS, RECIPES
+from cxr_fast.schema.flags import add_run_flags
 
 HELP = "learning-rate range test (loss vs exponentially growing lr), PNG plot + JSON"
 DESCRIPTION = (
@@ -14,29 +14,15 @@ DESCRIPTION = (
 )
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    def add(*flags: str, **kw) -> None:
-        kw.setdefault("default", argparse.SUPPRESS)
-        parser.add_argument(*flags, **kw)
+# The run settings a range test uses (the rest of RunConfig does not change what it measures).
+SETTINGS = ("label", "res", "arch", "recipe", "init", "weights", "weights_sha256", "batch_size", "optimizer",
+            "momentum", "precision", "channels_last", "loader", "data", "store", "subsample_size", "val_fraction",
+            "split", "seed", "device", "workers")
 
-    add("--config", metavar="YAML", help="training settings file; flags override it")
-    add("--label", help="finding (default Nodule)")
-    add("--res", type=int, help="input resolution (default 224)")
-    add("--arch", choices=ARCHS, help="architecture (default resnet34)")
-    add("--recipe", choices=RECIPES, help="fastai07 (the paper's, default) or modern")
-    add("--init", choices=INITS, help="imagenet (default: --weights FILE or torchvision's file) or random")
-    add("--batch-size", type=int, help="batch size (default 8)")
-    add("--optimizer", choices=("sgd", "adam"), help="optimizer (default sgd)")
-    add("--precision", choices=("auto", "bf16", "fp16", "fp32"), help="autocast dtype (default auto)")
-    add("--channels-last", action=argparse.BooleanOptionalAction, help="channels-last (default on)")
-    add("--loader", help="loader backend (default auto)")
-    add("--data", metavar="DIR", help="NIH-layout data folder (default: the built-in phantom)")
-    add("--store", metavar="DIR", help="prepared store from `cxr-fast prepare`")
-    add("--weights", metavar="PATH", help="a torchvision ImageNet state dict file")
-    add("--subsample-size", type=int, metavar="N", help="images per label subsample (default 20000)")
-    add("--seed", type=int, help="seed (default 0)")
-    add("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    add("--workers", type=int, metavar="N", help="loader worker processes")
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS, help="training settings file; flags override it")
+    add_run_flags(parser, SETTINGS)
     parser.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate")
     parser.add_argument("--end-lr", type=float, default=10.0, help="last learning rate")
     parser.add_argument("--num-iter", type=int, default=100, help="steps at most (stops early on divergence)")
@@ -46,11 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxr_fast.lr_find import run_lr_find
-    from cxr_fast.train import load_config
+    from cxr_fast.schema.flags import given
+    from cxr_fast.schema.run import load_run_config
 
-    names = ("label", "res", "arch", "recipe", "init", "batch_size", "optimizer", "precision", "channels_last", "loader", "data",
-             "store", "weights", "subsample_size", "seed", "device", "workers")
-    cfg = load_config(getattr(args, "config", None), **{n: getattr(args, n, None) for n in names})
+    cfg = load_run_config(getattr(args, "config", None), **given(args, SETTINGS))
     r = run_lr_find(cfg, out=args.out, start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter,
                     progress=not args.quiet)
     print(f"{r['label']} {r['arch']} {r['res']}px: suggested lr {r['suggested_lr']:.1e} (lowest loss at "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_fast.bench.memory import DEFAULT_GPU_GB
+from cxr_fast.cost.memory import DEFAULT_GPU_GB
 from cxr_fast.vocabulary import ARCHS
 
 HELP = "predict the largest training batch per resolution and GPU size (no GPU needed)"
@@ -52,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cxr_fast.bench.memory_report import memory_report, plot_memory, print_memory
+    from cxr_fast.cost.memory_report import memory_report, plot_memory, print_memory
     from cxr_fast.io import write_json
     from cxr_fast.vocabulary import parse_resolutions
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_fast.vocabulary import PRECISIONS
+from cxr_fast.schema.flags import add_run_flags
 
 HELP = "estimate a study's time per run and in total, its bounds, memory fit and makespan (no GPU needed)"
 DESCRIPTION = (
@@ -17,6 +17,9 @@ DESCRIPTION = (
 )
 
 
+OVERRIDES = ("precision", "batch_size", "epochs")  # run settings a plan may try other values of
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="study YAML (e.g. configs/paper.yaml)")
     parser.add_argument("--device", default="auto", metavar="DEVICE",
@@ -24,9 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs for the makespan (Ray, one run each)")
     parser.add_argument("--json", metavar="PATH", help="write the whole plan as JSON")
     parser.add_argument("--only", action="append", metavar="GRID", help="plan only this grid (repeatable)")
-    parser.add_argument("--precision", choices=("auto", *PRECISIONS), help="override the config's precision")
-    parser.add_argument("--batch-size", type=int, metavar="N", help="override the config's batch size")
-    parser.add_argument("--epochs", type=int, metavar="N", help="override every grid's epochs")
+    add_run_flags(parser.add_argument_group("overrides of the config, for every cell (unset: the config's)"),
+                  OVERRIDES, show_defaults=False)
     parser.add_argument("--no-cells", action="store_true", help="only the per-resolution table and the totals")
     g = parser.add_argument_group("calibration (measure this machine's profile first)")
     g.add_argument("--calibrate", action="store_true",
@@ -39,15 +41,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cxr_fast.bench import devices
-    from cxr_fast.bench.plan import plan_study
-    from cxr_fast.bench.plan_report import print_plan
+    from cxr_fast.cost import devices
+    from cxr_fast.cost.plan import plan_study
+    from cxr_fast.cost.plan_report import print_plan
     from cxr_fast.io import write_json
-    from cxr_fast.study import apply_overrides, checked_cells, load_study
+    from cxr_fast.schema.flags import given
+    from cxr_fast.study import apply_overrides, checked_cells, load_study_config
 
     console = Console()
-    cfg = apply_overrides(load_study(args.config), epochs=args.epochs, precision=args.precision,
-                          batch_size=args.batch_size)
+    cfg = apply_overrides(load_study_config(args.config), **given(args, OVERRIDES))
     only = [name for item in (args.only or []) for name in item.split(",") if name]
     cells = checked_cells(cfg, only or None)
     device = args.device

@@ -45,8 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxr_fast.data.source import resolve_dataset
     from cxr_fast.errors import CxrError
-    from cxr_fast.prepare import PrepareConfig, prepare_subsample
-    from cxr_fast.store import data_of
+    from cxr_fast.stores.manifest import data_of
+    from cxr_fast.stores.prepare import PrepareConfig, prepare_subsample
     from cxr_fast.vocabulary import parse_resolutions
 
     if not 1 <= args.quality <= 100:

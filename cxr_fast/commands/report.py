@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from cxr_fast.report import make_report
+    from cxr_fast.report.build import make_report
 
     result = make_report(args.study, args.out, compare=args.compare_paper, mixed_init=args.mixed_init,
                          against=args.against, json_path=args.json_path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxr_fast.vocabulary import INITS, PRECISIONS, RECIPES
+from cxr_fast.schema.flags import add_run_flags
+from cxr_fast.schema.run import GRID_FIELDS, RunConfig
 
 HELP = "run a grid of label x resolution x architecture trainings (resumable; local or Ray)"
 DESCRIPTION = (
@@ -16,11 +17,12 @@ DESCRIPTION = (
     "resolved (ImageNet weights: --weights, the torch cache, or one download) before anything is written; "
     "--dry-run does exactly that checking and runs nothing. Then: cxr-fast report OUT."
 )
+# Every run setting the grids do not set, plus epochs (for every grid): declared once in RunConfig.
+OVERRIDES = tuple(n for n in RunConfig.names() if n not in GRID_FIELDS or n == "epochs")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="study YAML (e.g. configs/quick.yaml)")
-    parser.add_argument("--data", metavar="DIR", help="NIH-layout data folder (default: the built-in phantom)")
     parser.add_argument("--out", metavar="DIR", help="study folder (default studies/<config name>)")
     parser.add_argument("--executor", choices=("local", "ray"), default="local",
                         help="local: one run after another here; ray: one Ray task per run")
@@ -32,46 +34,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="run only this grid (repeatable or comma-separated), e.g. --only table2")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    g = parser.add_argument_group("overrides of the config's train block")
-    g.add_argument("--epochs", type=int, help="epochs for every grid")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--subsample-size", type=int, metavar="N")
-    g.add_argument("--val-fraction", type=float, metavar="F")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--precision", choices=("auto", *PRECISIONS))
-    g.add_argument("--loader", help="loader backend: auto, resident, dali, cache, ffcv, pil")
-    g.add_argument("--store", metavar="DIR", help="prepared store from `cxr-fast prepare`")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--workers", type=int, metavar="N", help="loader worker processes per run")
-    g.add_argument("--tta", type=int, metavar="N", help="augmented test-time views besides the plain one")
-    g.add_argument("--max-batches", type=int, metavar="N", help="cap training batches per epoch (smoke runs)")
-    g.add_argument("--recipe", choices=RECIPES, help="fastai07 (the paper's) or modern, for every cell")
-    g.add_argument("--init", choices=INITS, help="imagenet or random, for every cell")
-    g.add_argument("--weights", metavar="PATH", help="a torchvision ImageNet state dict file for every cell")
+    group = parser.add_argument_group("overrides of the config's train block, for every cell (and every grid's "
+                                      "own train: block); unset: the config's")
+    add_run_flags(group, OVERRIDES, show_defaults=False)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxr_fast.cost.plan import announce
+    from cxr_fast.data.source import data_root, is_phantom_spec
+    from cxr_fast.errors import CxrError
     from cxr_fast.executors import LocalExecutor, RayExecutor
-    from cxr_fast.bench.plan import announce
-    from cxr_fast.study import apply_overrides, decide, expand, load_study, plan, run_study
+    from cxr_fast.schema.flags import given
+    from cxr_fast.study import apply_overrides, decide, dry_run, load_study_config, run_study
 
-    cfg = load_study(args.config)
-    data = str(Path(args.data).expanduser().resolve()) if args.data else None
-    cfg = apply_overrides(
-        cfg, epochs=args.epochs, data=data, batch_size=args.batch_size, lr=args.lr,
-        subsample_size=args.subsample_size, val_fraction=args.val_fraction, seed=args.seed,
-        precision=args.precision, loader=args.loader, store=args.store, device=args.device, tta=args.tta,
-        max_batches=args.max_batches, weights=args.weights, recipe=args.recipe, init=args.init, workers=args.workers,
-    )
+    cfg = load_study_config(args.config)
+    overrides = given(args, OVERRIDES)
+    if overrides.get("data") and not is_phantom_spec(overrides["data"]):
+        overrides["data"] = str(Path(overrides["data"]).expanduser().resolve())  # the cells' fingerprints keep it
+    cfg = apply_overrides(cfg, **overrides)
     only = [name for item in (args.only or []) for name in item.split(",") if name]
     out = Path(args.out) if args.out else Path("studies") / cfg.name
 
     if args.dry_run:
-        decided = plan(cfg, out, only)
+        decided = dry_run(cfg, out, only or None)
         for cell in decided.cells:
             init = decided.inits.get(cell.cell_id)
-            shown = init.describe() if init is not None else cell.settings.get("init", "imagenet")
+            shown = init.describe() if init is not None else cell.config.init
             print(f"{decided.status[cell.cell_id]:8s} {cell.cell_id:40s} grids={','.join(cell.grids)}  init: {shown}")
         counts = {s: sum(1 for st in decided.status.values() if st == s) for s in ("done", "partial", "todo")}
         print(f"{len(decided.cells)} cells in {out}: {counts['done']} done, {counts['partial']} partial, "
@@ -82,19 +70,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.ray_address and args.executor != "ray":
-        from cxr_fast.errors import CxrError
-
         raise CxrError("--ray-address needs --executor ray")
-    from cxr_fast.data.source import data_root, is_phantom_spec
-
-    decide(cfg, out.resolve(), only or None, progress=not args.quiet)  # refuse (or fetch weights) before any work
+    decided = decide(cfg, out.resolve(), only or None, progress=not args.quiet)  # refuse (or fetch weights) first
     if is_phantom_spec(cfg.train.get("data")):
         # Make the phantom once here, not in each run: parallel Ray tasks would race to create it. The
         # config keeps naming it by its spec, so study.yaml and the report hold no machine path.
         data_root(cfg.train.get("data"), quiet=args.quiet)
-    print(announce(expand(cfg, only or None), out, cfg.train.get("device"), cfg.name))  # never raises
+    print(announce(decided.cells, out, cfg.train.get("device"), cfg.name))  # never raises
     executor = RayExecutor(args.ray_address, num_cpus=args.ray_cpus) if args.executor == "ray" else LocalExecutor()
-    summary = run_study(cfg, out, executor=executor, only=only or None, progress=not args.quiet)
+    summary = run_study(decided, out, executor=executor, progress=not args.quiet)
     print(f"{summary.cells} runs in {out}: {summary.already_done} were already finished, {summary.ran} ran now; "
           f"results in {out / 'results.jsonl'}. Next: cxr-fast report {out}")
     return 0

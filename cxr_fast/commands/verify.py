@@ -62,7 +62,7 @@ def _verify_data(args: argparse.Namespace) -> tuple[bool, dict]:
 
 
 def _verify_store(path: str) -> tuple[bool, dict]:
-    from cxr_fast.prepare import open_store
+    from cxr_fast.stores.manifest import open_store
 
     store = open_store(path, check=False)  # a manifest naming files outside the store is refused here
     files = sum(len(store.part_files(fmt, res)) for fmt, res in store.parts())

@@ -14,7 +14,6 @@ any point loses at most the bytes in flight.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,12 +22,13 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from cxr_fast.data.download import BadDownload, Digest, Policy, digest_file, download
 from cxr_fast.data.reader import name_problem
 from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json
+from cxr_fast.locks import exclusive
 from cxr_fast.paths import BUNDLED_METADATA, RESOURCES
 
 NIH_LINKS = RESOURCES / "nih_links.json"
@@ -157,21 +157,6 @@ def _mismatch(digest: Digest, size: int | None, sha256: str | None, against: str
     return digest.gzip_problem()
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    import fcntl
-
-    fh = open(root / LOCK, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CxrError(f"{root}: another cxr-fast fetch is writing here; wait for it to finish") from None
-        yield
-    finally:
-        fh.close()
-
-
 # ----------------------------------------------------------------------------- fetching
 
 
@@ -216,7 +201,8 @@ def fetch(plan: Plan, root: str | Path, policy: Policy = Policy(), adopt: bool =
     r = Path(root)
     r.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
-    with _locked(r), _bar(quiet) as bar:
+    with exclusive(r / LOCK, busy=f"{r}: another cxr-fast fetch is writing here; wait for it to finish"), \
+            _bar(quiet) as bar:
         record = read_record(r)
         if plan.copy_metadata and _metadata_here(r) is None:  # first: a half-fetched folder can already be verified
             target = r / BUNDLED_METADATA.name

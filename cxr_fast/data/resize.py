@@ -1,6 +1,6 @@
 """The one resize of the project: bilinear, antialiased, half-pixel centres, as PIL's.
 
-``prepare`` writes it (rounded to uint8) into stores, and ``loaders.reference`` holds every backend to it,
+``stores.decode`` writes it (rounded to uint8, ``resize_uint8``) into stores, and ``loaders.reference`` holds every backend to it,
 so it lives below both.
 """
 

@@ -13,9 +13,7 @@ import numpy as np
 
 from cxr_fast.data.nih import PAPER_LABELS, Metadata, canonical_label
 from cxr_fast.errors import CxrError
-
-SplitMode = Literal["image", "patient", "official"]
-SPLIT_MODES: tuple[str, ...] = ("image", "patient", "official")
+from cxr_fast.vocabulary import SPLITS
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,8 @@ class Subsample:
     is_val: np.ndarray  # bool
     seed: int
     split: str
+    size: int  # the size asked for (all positives plus negatives up to it)
+    val_fraction: float
 
     @property
     def n_pos(self) -> int:
@@ -80,7 +80,7 @@ def subsample(
     size: int = 20_000,
     seed: int = 0,
     val_fraction: float = 0.2,
-    split: SplitMode = "image",
+    split: str = "image",
     official_split: dict[str, str] | None = None,
 ) -> Subsample:
     """All images with ``label`` plus seeded random negatives up to ``size``, split train/validation.
@@ -93,8 +93,8 @@ def subsample(
         raise CxrError(f"subsample size must be positive, got {size}")
     if not 0.0 < val_fraction < 1.0:
         raise CxrError(f"validation fraction must be between 0 and 1, got {val_fraction}")
-    if split not in SPLIT_MODES:
-        raise CxrError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_MODES)}")
+    if split not in SPLITS:
+        raise CxrError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     has = meta.has(label)
     pos = np.flatnonzero(has)
     neg = np.flatnonzero(~has)
@@ -110,7 +110,7 @@ def subsample(
     patients = meta.patient_ids[chosen]
     targets = has[chosen].astype(np.float32)
     is_val = _split(ids, patients, val_fraction, split, official_split, rng)
-    return Subsample(label, ids, patients, targets, is_val, seed, split)
+    return Subsample(label, ids, patients, targets, is_val, seed, split, size, val_fraction)
 
 
 def _split(

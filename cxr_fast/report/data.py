@@ -1,0 +1,262 @@
+"""A study folder as the report reads it: rows, the cells its config names, predictions and provenance.
+
+Torch-free on purpose: a report is made wherever ``study.yaml``, ``results.jsonl`` and the runs'
+``predictions.npz`` are copied. Rows written before a field existed still load; the field then reads
+as ``unknown``. A cell of a grid whose own ``train:`` block changes results (the Hernia run on a 2,000-image
+subsample) carries a ``variant_tag``: it never stands in for the ordinary cell of Tables 2 and 3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from cxr_fast import paper_results
+from cxr_fast.errors import CxrError
+from cxr_fast.io import read_jsonl
+
+UNKNOWN = "unknown"
+Variant = tuple[str, int]  # (arch, epochs)
+Predictions = tuple[np.ndarray, np.ndarray, np.ndarray]  # (image ids, labels, scores)
+
+
+@dataclass
+class Study:
+    root: Path
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]  # one per cell, the first row per cell id
+    expected: list[dict[str, Any]] = field(default_factory=list)  # ordinary cells the config names
+    special_expected: list[dict[str, Any]] = field(default_factory=list)  # cells of result-changing grids
+    _index: dict[tuple[str, int, str, int], dict[str, Any]] | None = field(default=None, repr=False)
+    _predictions: dict[Path, Predictions | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.root.name)
+
+    @property
+    def ordinary(self) -> list[dict[str, Any]]:
+        """Rows of Tables 2 and 3: every row without a variant tag."""
+        return [r for r in self.rows if not variant_tag(r)]
+
+    def row(self, label: str, res: int, variant: Variant) -> dict[str, Any] | None:
+        """The ordinary row of a (label, resolution, arch, epochs) cell, never a tagged variant."""
+        if self._index is None:
+            self._index = {}
+            for r in self.ordinary:
+                self._index.setdefault((r["label"], int(r["res"]), r["arch"], int(r["epochs"])), r)
+        return self._index.get((label, int(res), variant[0], int(variant[1])))
+
+    def predictions(self, row: dict[str, Any]) -> Predictions | None:
+        """A run's (image ids, labels, scores); scores may be logits, only their ranking is used."""
+        path = self.root / str(row.get("run_dir", "")) / "predictions.npz"
+        if path not in self._predictions:
+            self._predictions[path] = _read_predictions(path)
+        return self._predictions[path]
+
+
+def _read_predictions(path: Path) -> Predictions | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z["image_ids"]).astype(str), np.asarray(z["labels"]), np.asarray(z["scores"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise CxrError(f"{path}: unreadable predictions ({exc}); rerun that cell or delete the file") from None
+
+
+def read_study(root: str | Path) -> Study:
+    """Read a study folder; one line naming the folder when it is not one."""
+    import yaml
+
+    root = Path(root)
+    results = root / "results.jsonl"
+    if not results.is_file():
+        raise CxrError(f"{root} is not a study folder (no results.jsonl); run `cxr-fast study CONFIG --out {root}`")
+    seen: dict[str, dict[str, Any]] = {}
+    for r in read_jsonl(results):
+        if isinstance(r, dict) and {"cell_id", "label", "res", "arch", "epochs"} <= set(r):
+            seen.setdefault(r["cell_id"], r)
+    config: dict[str, Any] = {}
+    if (root / "study.yaml").is_file():
+        try:
+            config = yaml.safe_load((root / "study.yaml").read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise CxrError(f"{root / 'study.yaml'}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    expected, special = _expected_cells(config)
+    return Study(root, config, list(seen.values()), expected, special)
+
+
+def _expected_cells(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The config's cells, split into ordinary ones and those of grids whose `train:` changes results."""
+    ordinary, special = [], []
+    train = config.get("train") or {}
+    for g in config.get("grids") or []:
+        target = special if grid_changes_results(g, train) else ordinary
+        for label in g.get("labels", []):
+            for arch in g.get("archs", ["resnet34"]):
+                for res in g.get("resolutions", []):
+                    target.append({"label": label, "res": int(res), "arch": arch,
+                                   "epochs": int(g.get("epochs", 3)), "grid": g.get("name"),
+                                   "train": dict(g.get("train") or {})})
+    return ordinary, special
+
+
+def grid_changes_results(grid: dict[str, Any], train: dict[str, Any]) -> bool:
+    """True when a grid's own `train:` block overrides a setting that changes results (not speed)."""
+    from cxr_fast.schema.run import (
+        SPEED_ONLY,  # the run schema imports no torch, so a report still needs none
+    )
+
+    own = grid.get("train") or {}
+    return any(k not in SPEED_ONLY and own[k] != train.get(k) for k in own)
+
+
+# --------------------------------------------------------------------------------------------------
+# Row fields
+
+
+def variant_tag(row: dict[str, Any]) -> str:
+    return str(row.get("variant_tag") or "")
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def is_tied(row: dict[str, Any] | None) -> bool:
+    """The model gave every validation image one score: it ranked nothing, so it has no AUC to compare."""
+    return row is not None and row.get("auc_status") == "tied"
+
+
+def auc_of(row: dict[str, Any] | None) -> float | None:
+    """The row's AUC when it is a number that may be compared (not tied, not missing)."""
+    if row is None or is_tied(row) or not finite(row.get("auc")):
+        return None
+    return float(row["auc"])
+
+
+def sd_of(row: dict[str, Any] | None) -> float | None:
+    return float(row["auc_sd"]) if row is not None and finite(row.get("auc_sd")) else None
+
+
+def n_val(row: dict[str, Any]) -> int | None:
+    if finite(row.get("n_val")):
+        return int(row["n_val"])
+    if finite(row.get("n_pos")) and finite(row.get("n_neg")):
+        return int(row["n_pos"]) + int(row["n_neg"])
+    return None
+
+
+def init_of(row: dict[str, Any]) -> str:
+    return str(row.get("init") or UNKNOWN)
+
+
+def recipe_of(row: dict[str, Any]) -> str:
+    return str(row.get("recipe") or UNKNOWN)
+
+
+def split_of(row: dict[str, Any]) -> str:
+    return str(row.get("split") or UNKNOWN)
+
+
+def init_kind(row: dict[str, Any]) -> str:
+    """The init as one comparable name: cells started from different weight files are different inits."""
+    init, sha = init_of(row), row.get("weights_sha256")
+    return f"{init} (sha256 {str(sha)[:12]}…)" if sha else init
+
+
+def describe_init(row: dict[str, Any]) -> str:
+    """The init with its provenance, for a reader: name, weights file, the start of its hash."""
+    init, sha, path = init_of(row), row.get("weights_sha256"), row.get("weights_file")
+    parts = ([f"weights {Path(str(path)).name}"] if path else []) + ([f"sha256 {str(sha)[:12]}…"] if sha else [])
+    return f"{init} ({', '.join(parts)})" if parts else init
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells, variants, labels
+
+
+def ordered(values: Iterable[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def cells(study: Study) -> list[dict[str, Any]]:
+    """Every ordinary (label, res, arch, epochs) the study names or holds, config order first."""
+    out, keys = [], set()
+    for c in [*study.expected, *study.ordinary]:
+        key = (c["label"], int(c["res"]), c["arch"], int(c["epochs"]))
+        if key not in keys:
+            keys.add(key)
+            out.append({"label": key[0], "res": key[1], "arch": key[2], "epochs": key[3], "grid": c.get("grid")})
+    return out
+
+
+def variants(study: Study) -> list[Variant]:
+    """(arch, epochs) pairs present, the paper's A, B, C order first."""
+    found = ordered((c["arch"], c["epochs"]) for c in cells(study))
+    paper = [v for v in paper_results.TABLE3_VARIANTS.values() if v in found]
+    return paper + [v for v in found if v not in paper]
+
+
+def primary_variant(study: Study) -> Variant | None:
+    """Table 2's variant: the first architecture of the grid named ``table2``, else the most common variant."""
+    for g in study.config.get("grids") or []:
+        if g.get("name") == "table2":
+            return (g.get("archs", ["resnet34"])[0], int(g.get("epochs", 3)))
+    found = cells(study)
+    if not found:
+        return None
+    counts: dict[Variant, int] = {}
+    for c in found:
+        counts[(c["arch"], c["epochs"])] = counts.get((c["arch"], c["epochs"]), 0) + 1
+    return max(counts, key=lambda v: counts[v])  # ties: first seen (dicts keep order; max keeps the first)
+
+
+def labels(study: Study, variant: Variant) -> list[str]:
+    return ordered(c["label"] for c in cells(study) if (c["arch"], c["epochs"]) == variant)
+
+
+def resolutions(study: Study, variant: Variant | None = None) -> list[int]:
+    return sorted({c["res"] for c in cells(study) if variant is None or (c["arch"], c["epochs"]) == variant})
+
+
+def variant_name(v: Variant) -> str:
+    return f"{v[0]} {v[1]} ep"
+
+
+def align(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels, scores_a, scores_b) on the same images in the same order, or None if the images differ."""
+    ids_a, y_a, s_a = a
+    ids_b, y_b, s_b = b
+    if len(ids_a) != len(ids_b) or set(ids_a.tolist()) != set(ids_b.tolist()) or len(set(ids_a.tolist())) != len(ids_a):
+        return None
+    order = {k: i for i, k in enumerate(ids_b.tolist())}
+    idx = np.array([order[k] for k in ids_a.tolist()])
+    if not np.array_equal(y_a, y_b[idx]):
+        return None
+    return y_a, s_a, s_b[idx]
+
+
+def paper_variant(v: Variant) -> Variant | None:
+    """The paper's model closest to ours: the same architecture and epochs, else the same architecture with the
+    nearest epochs (a 1-epoch ResNet34 is compared with the paper's 3-epoch Table 2), else None."""
+    known = list(paper_results.TABLE3_VARIANTS.values())
+    if v in known:
+        return v
+    same = [k for k in known if k[0] == v[0]]
+    return min(same, key=lambda k: (abs(k[1] - v[1]), k[1])) if same else None
+
+
+def paper_label(v: Variant) -> str:
+    """'paper B: resnet34 10 ep' for one of the paper's three models."""
+    letter = {k: n for n, k in paper_results.TABLE3_VARIANTS.items()}[v]
+    return f"paper {letter}: {variant_name(v)}"

@@ -1,0 +1,29 @@
+"""``cxr-fast report DIR --json PATH``: every cell of a study for machines to read, and the controls' answers.
+
+One record per finished ordinary cell: label, resolution, architecture, epochs, AUC, DeLong SD, and the paired
+DeLong p against the label's highest resolution (null at the highest itself; ``controls.against_highest``,
+the same test the controls section states). ``controls`` is the section's two answers as data, or null for a
+study without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cxr_fast.io import write_json
+from cxr_fast.report.controls import cell_records, controls_summary
+from cxr_fast.report.data import Study
+
+SCHEMA = "cxr-fast.report/1"
+
+
+def report_document(study: Study) -> dict[str, Any]:
+    """The whole JSON document (no machine paths: the study is named, not located)."""
+    return {"schema": SCHEMA, "study": study.name, "runs_finished": len(study.rows), "cells": cell_records(study),
+            "controls": controls_summary(study)}
+
+
+def write_report_json(study: Study, path: str | Path) -> Path:
+    write_json(path, report_document(study))
+    return Path(path)

@@ -1,0 +1,120 @@
+"""How a setting is declared, and how a refused value is said: the schema's two pieces of machinery.
+
+``setting(...)`` is pydantic's ``Field`` plus what the rest of cxr-fast reads off a declaration: the flag's
+metavar and the noun a wrong choice is called by, and three roles a study and a resumed run need
+(``grid``: set per cell by the grids, not by a ``train:`` block; ``speed_only``: changes speed, not results,
+so it is left out of a cell's fingerprint; ``resume_free``: may differ when a run is resumed).
+
+``one_line(error, source)`` turns pydantic's ``ValidationError`` into the project's one-line error, in the
+words cxr-fast has always used: ``cfg.yaml: batch_size must be int, got 'eight'``, ``unknown recipe
+'fastai2'; choose from fastai07, modern``, ``lr must be positive, got -1``. The phrase for a range comes
+from the declared bounds, so a bound and its message cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from typing import Annotated, Any
+
+import annotated_types
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+
+
+def _path_text(value: Any) -> Any:
+    """A folder or file given as a ``Path`` from Python is the same setting as its text from YAML."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathText = Annotated[str, BeforeValidator(_path_text)]
+
+
+def setting(default: Any, help: str, *, metavar: str | None = None, noun: str | None = None,
+            grid: bool = False, speed_only: bool = False, resume_free: bool = False,
+            shown_default: str | None = None, **bounds: Any) -> Any:
+    """A field of a settings model: its default, help text, bounds (``ge``, ``gt``, ``lt``, ``le``) and roles."""
+    extra = {"metavar": metavar, "noun": noun, "grid": grid, "speed_only": speed_only,
+             "resume_free": resume_free, "shown_default": shown_default}
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+def extra(info: FieldInfo, key: str) -> Any:
+    """One of ``setting``'s extras of a declared field (None when absent)."""
+    data = info.json_schema_extra
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def bounds(info: FieldInfo) -> dict[str, Any]:
+    """The declared bounds of a field, e.g. ``{"ge": 1}``."""
+    out: dict[str, Any] = {}
+    for m in info.metadata:
+        for name in ("ge", "gt", "le", "lt"):
+            if isinstance(m, getattr(annotated_types, name.capitalize())):
+                out[name] = getattr(m, name)
+    return out
+
+
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def range_phrase(b: dict[str, Any]) -> str:
+    """``{"ge": 1}`` -> "at least 1"; ``{"ge": 0}`` -> "0 or more"; ``{"gt": 0}`` -> "positive";
+    ``{"gt": 0, "lt": 1}`` -> "between 0 and 1"; ``{"ge": 0, "lt": 1}`` -> "in [0, 1)"."""
+    low = ("ge", b["ge"]) if "ge" in b else ("gt", b["gt"]) if "gt" in b else None
+    high = ("le", b["le"]) if "le" in b else ("lt", b["lt"]) if "lt" in b else None
+    if low and high:
+        if low[0] == "gt" and high[0] == "lt":
+            return f"between {_num(low[1])} and {_num(high[1])}"
+        return f"in {'[' if low[0] == 'ge' else '('}{_num(low[1])}, {_num(high[1])}{']' if high[0] == 'le' else ')'}"
+    if low:
+        if low == ("gt", 0):
+            return "positive"
+        return f"{_num(low[1])} or more" if low == ("ge", 0) else \
+            (f"at least {_num(low[1])}" if low[0] == "ge" else f"more than {_num(low[1])}")
+    if high:
+        return f"at most {_num(high[1])}" if high[0] == "le" else f"less than {_num(high[1])}"
+    return "in range"
+
+
+_TYPE_WORDS = {"int_type": "int", "int_parsing": "int", "float_type": "float", "float_parsing": "float",
+               "bool_type": "bool", "bool_parsing": "bool", "string_type": "str"}
+
+
+def _type_message(key: str, value: Any, want: str, nullable: bool) -> str:
+    if want == "int" and isinstance(value, float) and not isinstance(value, bool):
+        return f"{key} must be a whole number, got {value!r}"  # 2.5 epochs is refused, never truncated
+    return f"{key} must be {want}{' or null' if nullable else ''}, got {value!r}"
+
+
+def choices(info: FieldInfo) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` field (``Optional`` stripped), else None."""
+    tp = info.annotation
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+
+
+def one_line(error: ValidationError, source: str, fields: dict[str, FieldInfo]) -> str:
+    """The first problem of ``error`` as one line, prefixed by ``source`` (a file, a study cell)."""
+    problems = error.errors(include_url=False)
+    extras = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden" and p["loc"])
+    if extras:
+        return f"{source}: unknown setting(s) {', '.join(extras)}; known: {', '.join(sorted(fields))}"
+    first = problems[0]
+    key = str(first["loc"][0]) if first["loc"] else ""
+    value, kind, info = first.get("input"), first["type"], fields.get(key)
+    same_key = [p for p in problems if p["loc"][:1] == first["loc"][:1]]
+    if kind in _TYPE_WORDS:
+        nullable = any(p["type"] == "none_required" for p in same_key)
+        return f"{source}: {_type_message(key, value, _TYPE_WORDS[kind], nullable)}"
+    if kind == "literal_error" and info is not None:
+        noun = extra(info, "noun") or key
+        return f"{source}: unknown {noun} {value!r}; choose from {', '.join(map(str, choices(info) or ()))}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{source}: {key} must be {range_phrase(bounds(info) if info else {})}, got {value!r}"
+    if kind == "value_error":
+        return f"{source}: {first['ctx']['error']}"
+    return f"{source}: {key}: {first['msg']}" if key else f"{source}: {first['msg']}"

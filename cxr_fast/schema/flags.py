@@ -1,0 +1,78 @@
+"""Command-line flags derived from the run schema: a setting's flag, type, choices and help are its declaration.
+
+``add_run_flags(parser, names)`` adds ``--batch-size`` for ``batch_size`` with the declared type, the
+``Literal``'s choices, ``--x/--no-x`` for a bool (never ``type=bool``) and the declared help with its default.
+Unset flags stay absent from the parsed namespace, so a config file's value shows through and
+``given(args)`` is exactly what the user typed. ``train``, ``lr-find``, ``study``, ``plan`` and ``prepare``
+take their run flags from here, so a setting added to ``RunConfig`` is a flag everywhere at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Any, Iterable
+
+from pydantic.fields import FieldInfo
+
+from cxr_fast.schema.fields import choices, extra
+from cxr_fast.schema.run import RunConfig
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(info: FieldInfo) -> Any:
+    tp = info.annotation
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def shown_default(name: str) -> str:
+    """How a field's default reads in ``--help``: ``on``/``off`` for a bool, its declared words for a None."""
+    info = RunConfig.model_fields[name]
+    text = extra(info, "shown_default")
+    if text is not None:
+        return text
+    default = info.default
+    return {True: "on", False: "off"}.get(default, str(default)) if isinstance(default, bool) else str(default)
+
+
+def add_run_flags(parser: argparse.ArgumentParser | Any, names: Iterable[str] | None = None, *,
+                  flags: dict[str, str] | None = None, defaults: bool = False, show_defaults: bool = True,
+                  help_for: dict[str, str] | None = None) -> None:
+    """Add one flag per run setting in ``names`` (default: all) to ``parser`` (or an argument group).
+
+    ``flags`` renames a flag (``{"subsample_size": "--size"}``); ``defaults`` gives each flag its declared
+    default instead of leaving it absent; ``help_for`` replaces a setting's help where a command means it
+    differently.
+    """
+    fields = RunConfig.model_fields
+    for name in names if names is not None else RunConfig.names():
+        info = fields[name]
+        kw: dict[str, Any] = {"dest": name, "default": info.default if defaults else argparse.SUPPRESS}
+        text = (help_for or {}).get(name, info.description or "")
+        if show_defaults:
+            text += f" (default {shown_default(name)})"
+        kw["help"] = text
+        allowed = choices(info)
+        tp = _base_type(info)
+        if allowed is not None:
+            kw["choices"] = allowed
+        elif tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = tp
+            if extra(info, "metavar"):
+                kw["metavar"] = extra(info, "metavar")
+        parser.add_argument((flags or {}).get(name, flag_of(name)), **kw)
+
+
+def given(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The run settings the user gave as flags (absent ones are not in ``args``)."""
+    return {n: getattr(args, n) for n in (names if names is not None else RunConfig.names()) if hasattr(args, n)}

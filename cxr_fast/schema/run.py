@@ -1,0 +1,196 @@
+"""The settings of one training run, declared once: type, allowed values, range, default, help and role.
+
+This one declaration is all of these (nothing else lists the fields):
+- the ``cxr-fast train`` and ``lr-find`` flags, and ``study``'s and ``plan``'s overrides (``schema.flags``);
+- the keys a study's ``train:`` block and each grid's ``train:`` override may hold (``cxr_fast.study``);
+- the validation, one line naming the key and the file (or study cell) for any refused value;
+- what a run's ``config.yaml`` records (``RunConfig.record``), in this order;
+- which settings change only speed (a cell's fingerprint leaves them out), which the grids set, and which a
+  resumed run may change.
+
+pydantic v2 (``extra="forbid"``, strict types), chosen by trying it beside tyro and jsonargparse: it is the
+one of the three that validates a YAML mapping (a study's blocks) as well as flags, and its errors are data
+that ``schema.fields.one_line`` turns into the project's one-line messages; a 60-line generator gives the
+argparse flags. DESIGN.md says more.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from cxr_fast.errors import CxrError
+from cxr_fast.schema.fields import PathText, extra, one_line, setting
+from cxr_fast.vocabulary import (AUTO, DEFAULT_RECIPE, Arch, Init, LoaderChoice, Optimizer, PrecisionChoice, Recipe,
+                                 Split, check_res)
+
+
+# Where the mapping being validated came from (a file, a study cell), for the one-line error.
+_SOURCE: ContextVar[str] = ContextVar("settings_source", default="config")
+
+
+class SettingsError(CxrError):
+    """A refused setting: one line naming the file (or cell) and the key."""
+
+
+class RunConfig(BaseModel):
+    """One training run: one label, one resolution, one architecture, the paper's recipe by default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=False)
+
+    label: str = setting("Nodule", "finding to detect, e.g. Nodule", metavar="LABEL", grid=True)
+    res: int = setting(224, "input resolution in pixels", metavar="PX", grid=True)
+    arch: Arch = setting("resnet34", "architecture", noun="architecture", grid=True)
+    recipe: Recipe = setting(
+        DEFAULT_RECIPE, "fastai07: the paper's fastai 0.7 head, class-weighted cross-entropy and transforms; "
+        "modern: one logit, weighted BCE, stronger lighting and zoom-out", noun="recipe")
+    init: Init = setting("imagenet", "imagenet: ImageNet weights (--weights FILE, else torchvision's file from the "
+                         "torch cache, downloaded there once when online); random: torch's random init",
+                         noun="init")
+    weights: PathText | None = setting(
+        None, "a torchvision ImageNet state dict file (with init imagenet)", metavar="PATH", resume_free=True,
+        shown_default="torchvision's own file")
+    weights_sha256: str | None = setting(
+        None, "the sha256 the weights file must have (a run's config.yaml records it, so a replay checks it)",
+        metavar="SHA256", shown_default="not pinned")
+    epochs: int = setting(3, "epochs", metavar="N", grid=True, resume_free=True, ge=1)
+    batch_size: int = setting(8, "batch size (the paper's: 8)", metavar="N", ge=1)
+    lr: float = setting(5e-4, "fixed learning rate (the paper's, from a range test: cxr-fast lr-find)",
+                        metavar="LR", gt=0)
+    optimizer: Optimizer = setting("sgd", "sgd (momentum, fastai 0.7's and the paper's) or adam", noun="optimizer")
+    momentum: float = setting(0.9, "SGD momentum", metavar="M", ge=0, lt=1)
+    precision: PrecisionChoice = setting(
+        AUTO, "autocast dtype: auto is bf16 on a GPU that has it, fp16 on older GPUs, fp32 on the CPU",
+        noun="precision")
+    channels_last: bool = setting(True, "channels-last memory format", speed_only=True)
+    compile: bool = setting(False, "torch.compile the model (pays a compile time up front)", speed_only=True)
+    loader: LoaderChoice = setting(
+        AUTO, "loader backend: auto is resident, or on a GPU where its uint8 split would not fit beside the "
+        "predicted training step, cache (the run records why); on a CPU the fastest available",
+        noun="loader", speed_only=True)
+    data: PathText | None = setting(None, "NIH-layout data folder, or a phantom spec (phantom:n=...)",
+                                    metavar="DIR", shown_default="the built-in phantom")
+    store: PathText | None = setting(None, "prepared store from `cxr-fast prepare`, for backends that read one",
+                                     metavar="DIR", speed_only=True, shown_default="one in the cache folder")
+    out: PathText | None = setting(None, "run folder", metavar="RUN", grid=True, speed_only=True, resume_free=True,
+                                   shown_default="runs/<label>-<arch>-<res>")
+    subsample_size: int = setting(20_000, "images per label subsample: all positives plus random negatives",
+                                  metavar="N", ge=1)
+    val_fraction: float = setting(0.2, "share of the subsample for validation", metavar="F", gt=0, lt=1)
+    split: Split = setting("image", "validation split: by image (the paper), by patient, or NIH's official lists",
+                           noun="split")
+    seed: int = setting(0, "seed for sampling, init and augmentation", metavar="N", ge=0)
+    augment: bool = setting(True, "the recipe's training augmentation")
+    tta: int = setting(4, "augmented test-time views averaged with the plain one (0: plain only)", metavar="N", ge=0)
+    device: str = setting(AUTO, "auto, cpu, cuda or cuda:N", metavar="DEVICE", speed_only=True)
+    max_batches: int | None = setting(None, "cap on training batches per epoch, for smoke runs (evaluation is "
+                                            "full)", metavar="N", ge=1, shown_default="no cap")
+    workers: int | None = setting(None, "loader worker processes", metavar="N", speed_only=True, resume_free=True,
+                                  ge=0, shown_default="all cores")
+
+    def __init__(self, **data: Any) -> None:
+        """Keyword construction from Python validates like a file does and fails in one line."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise SettingsError(one_line(exc, _SOURCE.get(), type(self).model_fields)) from None
+
+    @field_validator("label")
+    @classmethod
+    def _known_label(cls, value: str) -> str:
+        from cxr_fast.data.nih import canonical_label
+
+        try:
+            canonical_label(value)
+        except CxrError as exc:
+            raise ValueError(str(exc)) from None
+        return value  # as given: the run folder and its rows keep the user's spelling
+
+    @field_validator("res")
+    @classmethod
+    def _resolution(cls, value: int) -> int:
+        try:
+            return check_res(value, "res")
+        except CxrError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _init_and_weights_agree(self) -> "RunConfig":
+        if self.init == "random" and (self.weights or self.weights_sha256):
+            raise ValueError("weights are given but init is random; drop one of them")
+        return self
+
+    # ------------------------------------------------------------------------------------------ making one
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], source: str = "config") -> "RunConfig":
+        """Validate a mapping (a YAML file, a study cell, flags); a refused value is one line naming ``source``."""
+        if not isinstance(data, Mapping):
+            raise SettingsError(f"{source}: expected a mapping of settings")
+        odd = sorted(str(k) for k in data if not isinstance(k, str))
+        if odd:
+            raise SettingsError(f"{source}: unknown setting(s) {', '.join(odd)}; known: {', '.join(sorted(cls.names()))}")
+        token = _SOURCE.set(source)
+        try:
+            return cls(**data)
+        finally:
+            _SOURCE.reset(token)
+
+    @classmethod
+    def check_partial(cls, data: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """Check the keys and each value of a partial block (a study's ``train:``), the rest left to defaults."""
+        cls.parse(data, source)
+        return dict(data)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """This config with resolved values put in (a device, a weights file): no second validation."""
+        return self.model_copy(update=changes)
+
+    def record(self) -> dict[str, Any]:
+        """What ``config.yaml`` holds: every field, in declaration order, as plain YAML values."""
+        return self.model_dump(mode="python")
+
+    # ------------------------------------------------------------------------------------------ its images
+
+    def draw_subsample(self, dataset: Any) -> Any:
+        """The label's subsample these settings train on (``data.sampling``): the one place the settings
+        are read for it, whether ``train`` draws it, or a study (once, for a label's store and runs)."""
+        from cxr_fast.data.sampling import subsample
+
+        return subsample(dataset.metadata, self.label, size=self.subsample_size, seed=self.seed,
+                         val_fraction=self.val_fraction, split=self.split, official_split=dataset.official_split)
+
+    def check_subsample(self, sub: Any) -> None:
+        """Refuse a subsample drawn for other settings than these (a caller's bookkeeping error)."""
+        from cxr_fast.data.nih import canonical_label
+
+        want = (canonical_label(self.label), self.subsample_size, self.seed, self.split, self.val_fraction)
+        got = (sub.label, sub.size, sub.seed, sub.split, sub.val_fraction)
+        if want != got:
+            raise CxrError(f"internal error: a subsample drawn for {got} was given to a run of {want}")
+
+    # ------------------------------------------------------------------------------------------ roles
+
+    @classmethod
+    def names(cls, role: str | None = None) -> tuple[str, ...]:
+        """Field names in declaration order; with ``role`` (grid, speed_only, resume_free), those that have it."""
+        return tuple(n for n, f in cls.model_fields.items() if role is None or extra(f, role))
+
+
+# The roles as tuples, derived from the declarations above.
+GRID_FIELDS = RunConfig.names("grid")  # label, res, arch, epochs, out: the grids set them per cell
+SPEED_ONLY = RunConfig.names("speed_only")  # out of a cell's fingerprint: a study may finish on another machine
+RESUME_FREE = RunConfig.names("resume_free")  # a resumed run may differ in these (weights: its sha256 is compared)
+
+
+def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """Defaults, then the YAML file's settings, then every override that is not None (flags not given are None
+    or absent). A refused value is one line naming the file."""
+    from cxr_fast.config import load_yaml
+
+    data = load_yaml(path) if path is not None else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return RunConfig.parse({**data, **given}, source=str(path or "config"))

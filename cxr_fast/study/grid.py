@@ -1,0 +1,236 @@
+"""A study config and its cells: named grids of label x resolution x architecture, each cell one training run.
+
+The study YAML holds ``name``, a ``train:`` block of run settings every cell shares, and ``grids``, each with
+its labels, resolutions, archs, epochs and its own ``train:`` overrides. The run settings a block may hold,
+their types, ranges and messages are ``RunConfig``'s (``cxr_fast.schema.run``): nothing here lists them.
+Each cell is validated once, by ``checked_cells``, which ``study``, ``study --dry-run`` and ``plan`` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from cxr_fast.config import load_yaml
+from cxr_fast.errors import CxrError
+from cxr_fast.schema.run import GRID_FIELDS, SPEED_ONLY, RunConfig
+from cxr_fast.vocabulary import parse_resolutions
+
+RUNS = "runs"  # each cell's run folder is runs/<cell id> inside the study folder
+_DEFAULTS = RunConfig.model_fields
+
+
+@dataclass
+class GridSpec:
+    """One named grid: every label x resolution x architecture, trained for ``epochs``."""
+
+    name: str
+    labels: list[str]
+    resolutions: list[int]
+    archs: list[str] = field(default_factory=lambda: [_DEFAULTS["arch"].default])
+    epochs: int = _DEFAULTS["epochs"].default
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the study's `train:` block
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    grids: list[GridSpec]
+    train: dict[str, Any] = field(default_factory=dict)  # run settings every cell shares (RunConfig fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "train": dict(self.train),
+                "grids": [dataclasses.asdict(g) for g in self.grids]}
+
+
+def parse_study(data: dict[str, Any], source: str = "study config") -> StudyConfig:
+    """Validate a study mapping (from YAML); every problem is one line naming ``source`` and the key."""
+    if not isinstance(data, dict):
+        raise CxrError(f"{source}: expected a mapping with name, train and grids")
+    allowed = {"name", "train", "grids"}
+    unknown = sorted(map(str, set(data) - allowed))
+    if unknown:
+        raise CxrError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    train = _check_train(data.get("train") or {}, f"{source}: train")
+    grids_raw = data.get("grids")
+    if not isinstance(grids_raw, list) or not grids_raw:
+        raise CxrError(f"{source}: 'grids' must be a non-empty list of grids (name, labels, resolutions, ...)")
+    grids = [_parse_grid(g, f"{source}: grids[{i}]") for i, g in enumerate(grids_raw)]
+    names = [g.name for g in grids]
+    if len(set(names)) != len(names):
+        raise CxrError(f"{source}: grid names must be unique, got {names}")
+    return StudyConfig(name=str(data.get("name") or "study"), grids=grids, train=train)
+
+
+def _check_train(train: Any, where: str) -> dict[str, Any]:
+    """A ``train:`` block: run settings the grids do not set, each value checked by the run schema."""
+    if not isinstance(train, dict):
+        raise CxrError(f"{where}: expected a mapping of training settings")
+    bad = sorted(set(train) & set(GRID_FIELDS))
+    if bad:
+        raise CxrError(f"{where}: {', '.join(bad)} are set by the grids, not the train block")
+    known = set(RunConfig.names()) - set(GRID_FIELDS)
+    unknown = sorted(map(str, set(train) - known))
+    if unknown:
+        raise CxrError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return RunConfig.check_partial(train, where)
+
+
+def _parse_grid(g: Any, where: str) -> GridSpec:
+    if not isinstance(g, dict):
+        raise CxrError(f"{where}: expected a mapping with name, labels, resolutions, archs, epochs")
+    allowed = {f.name for f in dataclasses.fields(GridSpec)}
+    unknown = sorted(map(str, set(g) - allowed))
+    if unknown:
+        raise CxrError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    for key in ("name", "labels", "resolutions"):
+        if key not in g:
+            raise CxrError(f"{where}: missing '{key}'")
+    labels = [str(x) for x in _as_list(g["labels"], where, "labels")]
+    resolutions = parse_resolutions(_as_list(g["resolutions"], where, "resolutions"), f"{where}: resolutions")
+    archs = _as_list(g.get("archs", [_DEFAULTS["arch"].default]), where, "archs")
+    epochs = g.get("epochs", _DEFAULTS["epochs"].default)
+    # Each grid value is a run setting: the run schema checks it (type, range, allowed values).
+    for label in labels:
+        RunConfig.parse({"label": label}, where)
+    for arch in archs:
+        RunConfig.parse({"arch": arch}, where)
+    RunConfig.parse({"epochs": epochs}, where)
+    for key, values in (("labels", labels), ("archs", archs)):
+        if len(set(values)) != len(values):
+            raise CxrError(f"{where}: {key} repeat a value: {values}")
+    train = _check_train(g.get("train") or {}, f"{where}.train")
+    return GridSpec(str(g["name"]), _canonical(labels), resolutions, [str(a) for a in archs], epochs, train)
+
+
+def _canonical(labels: list[str]) -> list[str]:
+    from cxr_fast.data.nih import canonical_label
+
+    return [canonical_label(x) for x in labels]
+
+
+def _as_list(value: Any, where: str, key: str) -> list[Any]:
+    if isinstance(value, (str, int)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise CxrError(f"{where}: '{key}' must be a non-empty list")
+    return value
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """A study YAML file (``configs/paper.yaml``), validated; the file is named in every error."""
+    return parse_study(load_yaml(path), str(path))
+
+
+def apply_overrides(cfg: StudyConfig, epochs: int | None = None, **train: Any) -> StudyConfig:
+    """Flags beat the config: ``epochs`` replaces every grid's epochs, the rest the shared train block.
+
+    A flag also beats a grid's own ``train:`` override of the same setting, since the user asked for it.
+    Each given value is checked by the run schema here, naming the flag's setting.
+    """
+    given = {k: v for k, v in train.items() if v is not None}
+    _check_train(given, "overrides")
+    if epochs is not None:
+        RunConfig.parse({"epochs": epochs}, "overrides")
+    grids = [dataclasses.replace(g, epochs=epochs if epochs is not None else g.epochs,
+                                 train={k: v for k, v in g.train.items() if k not in given})
+             for g in cfg.grids]
+    return StudyConfig(cfg.name, grids, {**cfg.train, **given})
+
+
+@dataclass
+class Cell:
+    """One training run of the grid."""
+
+    label: str
+    res: int
+    arch: str
+    epochs: int
+    settings: dict[str, Any]  # the resolved train block for this cell (no grid fields)
+    grids: list[str]
+    tag: str = ""  # the grid's own result-changing overrides, e.g. "subsample_size=2000"; "" for none
+    config: RunConfig | None = None  # the cell's run settings, once ``checked_cells`` validated them
+
+    @property
+    def cell_id(self) -> str:
+        """Stable across reruns and config reorderings; also the run folder below ``runs/``.
+
+        A grid that overrides result-changing settings (the paper's 2,000-image Hernia run) gets its own
+        cells, so it never takes the place of the ordinary cell of the same label and resolution.
+        """
+        tag = f"-{self.tag}" if self.tag else ""
+        return f"{self.label}/{self.arch}-e{self.epochs}{tag}/r{self.res}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the result, so a rerun with other settings is refused. Speed-only
+        settings and the weights file's path (its sha256 counts) are left out."""
+        keep = {k: v for k, v in sorted(self.settings.items()) if k not in SPEED_ONLY and k != "weights"}
+        keep.update(label=self.label, res=self.res, arch=self.arch, epochs=self.epochs)
+        blob = json.dumps(keep, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def describe(self) -> str:
+        return f"{self.label} {self.res}px {self.arch} {self.epochs}ep" + (f" ({self.tag})" if self.tag else "")
+
+    def run_config(self, study_dir: Path) -> RunConfig:
+        """The cell's run settings, its run folder inside the study folder: validated, one line naming the cell."""
+        data = {**self.settings, "label": self.label, "res": self.res, "arch": self.arch, "epochs": self.epochs,
+                "out": str(study_dir / RUNS / self.cell_id)}
+        return RunConfig.parse(data, f"cell {self.cell_id}")
+
+
+def variant_tag(overrides: dict[str, Any]) -> str:
+    """A grid's result-changing overrides as a folder-safe tag (speed-only settings do not count)."""
+    parts = []
+    for key, value in sorted(overrides.items()):
+        if key in SPEED_ONLY:
+            continue
+        text = "".join(c if c.isalnum() or c in ".-_" else "_" for c in str(value))
+        parts.append(f"{key}={text}")
+    return ",".join(parts)
+
+
+def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
+    """Every cell of the selected grids, in label-major order (a label's resolutions run together).
+
+    A cell named by two grids with the same settings runs once; with different settings it is an error,
+    because both would claim the same run folder.
+    """
+    names = [g.name for g in cfg.grids]
+    if only:
+        missing = [o for o in only if o not in names]
+        if missing:
+            raise CxrError(f"--only {', '.join(missing)}: no such grid; the config has {', '.join(names)}")
+    cells: dict[str, Cell] = {}
+    for g in cfg.grids:
+        if only and g.name not in only:
+            continue
+        settings = {**cfg.train, **g.train}
+        tag = variant_tag({k: v for k, v in g.train.items() if cfg.train.get(k) != v})
+        for label in g.labels:
+            for arch in g.archs:
+                for res in g.resolutions:
+                    cell = Cell(label, res, arch, g.epochs, dict(settings), [g.name], tag)
+                    prior = cells.get(cell.cell_id)
+                    if prior is None:
+                        cells[cell.cell_id] = cell
+                    elif prior.fingerprint != cell.fingerprint:
+                        raise CxrError(f"grids {prior.grids[0]} and {g.name} both define {cell.cell_id} "
+                                       "with different train settings; give one of them other epochs")
+                    elif g.name not in prior.grids:
+                        prior.grids.append(g.name)
+    return list(cells.values())
+
+
+def checked_cells(cfg: StudyConfig, only: Sequence[str] | None = None, study_dir: Path = Path(".")) -> list[Cell]:
+    """Every cell of the grid (``only``: these grids), each validated once by the run schema, its ``config``
+    set; nothing is written. What ``study``, its ``--dry-run`` and ``plan`` accept alike."""
+    cells = expand(cfg, only)
+    for cell in cells:
+        cell.config = cell.run_config(study_dir)
+    return cells

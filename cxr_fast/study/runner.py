@@ -1,0 +1,221 @@
+"""Run a study: decide everything first, then train each unfinished cell, appending a row as each finishes.
+
+``decide`` validates every cell (``grid.checked_cells``), resolves each init once and matches finished rows,
+writing nothing, so a refused study leaves its folder as it was and ``--dry-run`` refuses exactly what a run
+would. ``run_study`` then takes the folder's lock (one driver per study), decodes each label's subsample
+once into a shared store (``prepare_stores``: the subsample is drawn once and given to the store and to
+every run of the label) and runs the cells through an executor (here, or on Ray). A kill loses at most the
+run in flight; its run folder resumes from its last epoch checkpoint on the next ``cxr-fast study``. Every
+resolution of a label uses the same subsample and validation images, so the report can compare resolutions
+with the paired DeLong test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from cxr_fast.errors import CxrError
+from cxr_fast.io import write_text
+from cxr_fast.locks import exclusive
+from cxr_fast.study.grid import RUNS, Cell, StudyConfig, checked_cells
+from cxr_fast.study.progress import StudyProgress
+from cxr_fast.study.results import RESULTS, STUDY_CONFIG, ResultsStore, result_row
+
+LOCK = ".study.lock"
+STORES = "stores"
+RunFn = Callable[..., dict]
+
+
+def train_cell(cfg: Any, init: Any = None, subsample: Any = None) -> dict:
+    """The default run function: the same code path as ``cxr-fast train --resume``, quiet, given the init
+    and subsample the study resolved and drew once. Module-level so Ray can ship it to workers by reference."""
+    from cxr_fast.train import run_training
+
+    return run_training(cfg, progress=False, resume=True, init=init, subsample=subsample)
+
+
+def study_lock(study_dir: Path) -> Any:
+    """One driver per study folder: a second one would run the same cells and duplicate rows."""
+    return exclusive(study_dir / LOCK, busy=f"{study_dir} is in use by another cxr-fast study; wait for it or use "
+                                            "another --out")
+
+
+@dataclass
+class StudyPlan:
+    """Everything a study run decides before it writes: cells (each with its validated config), their status,
+    the inits."""
+
+    config: StudyConfig
+    cells: list[Cell]
+    status: dict[str, str]  # cell_id -> done | partial | todo
+    inits: dict[str, Any]  # cell_id -> cxr_fast.weights.InitChoice
+    notes: list[str] = field(default_factory=list)  # what a dry run could not check, said once
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if self.status[c.cell_id] != "done"]
+
+
+def _status(cells: list[Cell], study_dir: Path, by_fingerprint: bool = True) -> dict[str, str]:
+    """done (a row), partial (a run folder) or todo; a finished row with another fingerprint is refused."""
+    done = ResultsStore(study_dir / RESULTS).finished()
+    status: dict[str, str] = {}
+    for cell in cells:
+        row = done.get(cell.cell_id)
+        if row is not None and by_fingerprint and row.get("fingerprint") != cell.fingerprint:
+            raise CxrError(f"{study_dir / RESULTS}: {cell.cell_id} was run with other settings "
+                           f"(fingerprint {row.get('fingerprint')} vs {cell.fingerprint}); "
+                           "use a new --out for a study with changed settings")
+        status[cell.cell_id] = "done" if row is not None else \
+            "partial" if (study_dir / RUNS / cell.cell_id).exists() else "todo"
+    return status
+
+
+def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None, download: bool = True,
+           progress: bool = True) -> StudyPlan:
+    """Validate every cell, resolve every init and compare with finished rows; write nothing.
+
+    Each init is resolved once per (arch, init, weights, pinned sha256), and the weights' sha256 joins the
+    cell's settings, so the fingerprint (and a rerun's check) covers the weights. A dry run
+    (``download=False``) never downloads: weights it cannot find are a note, and finished cells are then
+    matched by id only (the note says so).
+    """
+    from cxr_fast.weights import resolve_for_runs
+
+    study_dir = Path(study_dir)
+    cells = checked_cells(cfg, only, study_dir)
+    keys = {c.cell_id: (c.arch, c.config.init, c.config.weights, c.config.weights_sha256) for c in cells}
+    try:
+        choices = resolve_for_runs(list(keys.values()), download=download, progress=progress)
+    except CxrError as exc:
+        if download:
+            raise
+        note = f"{exc}; a run fetches them first, so finished cells were matched by id only, not by settings"
+        return StudyPlan(cfg, cells, _status(cells, study_dir, by_fingerprint=False), {}, [note])
+    inits = {cid: choices[key] for cid, key in keys.items()}
+    for cell in cells:
+        choice = inits[cell.cell_id]
+        cell.settings.update(weights=choice.weights_file, weights_sha256=choice.weights_sha256)
+        cell.config = cell.config.replace(weights=choice.weights_file, weights_sha256=choice.weights_sha256)
+    return StudyPlan(cfg, cells, _status(cells, study_dir), inits)
+
+
+def dry_run(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None) -> StudyPlan:
+    """Every selected cell with its status (done, partial: a run folder exists, todo); nothing downloaded."""
+    return decide(cfg, Path(study_dir).resolve(), only, download=False, progress=False)
+
+
+def _store_key(cell: Cell) -> tuple[str, ...] | None:
+    """Cells with the same key read the same images in the same store format, so they share one store."""
+    from cxr_fast.loaders import store_format
+
+    c = cell.config
+    fmt = store_format(c.loader)
+    if fmt is None or c.store:
+        return None  # a loader that reads PNGs (pil), or a store the user gave
+    return (cell.label, str(c.data), str(c.subsample_size), str(c.seed), str(c.split), fmt)
+
+
+def prepare_stores(cells: Sequence[Cell], study_dir: Path, quiet: bool = False) -> dict[str, Any]:
+    """Draw each label's subsample once and decode it once, at every resolution its cells need, into
+    ``stores/``; returns each cell's subsample by cell id, to be handed to its run.
+
+    Without this each run would extend the loader's store with its own resolution, decoding every PNG
+    again (10 ms per 1024 px image per core). The cells then name the store, so all resolutions of a label
+    read one store, and a rerun finds it made.
+    """
+    from cxr_fast.data.source import resolve_dataset
+    from cxr_fast.stores.prepare import PrepareConfig, prepare_store
+
+    groups: dict[tuple[str, ...], list[Cell]] = {}
+    for cell in cells:
+        key = _store_key(cell)
+        if key is not None:
+            groups.setdefault(key, []).append(cell)
+    datasets: dict[str, Any] = {}
+    drawn: dict[tuple[Any, ...], Any] = {}
+    subsamples: dict[str, Any] = {}
+    for key, members in groups.items():
+        label, data, _, _, _, fmt = key
+        if data not in datasets:
+            datasets[data] = resolve_dataset(None if data == "None" else data, quiet=True)
+        for cell in members:  # the image set is the key's; the validation share may differ per cell
+            sub_key = (*key[:5], cell.config.val_fraction)
+            if sub_key not in drawn:
+                drawn[sub_key] = cell.config.draw_subsample(datasets[data])
+            subsamples[cell.cell_id] = drawn[sub_key]
+        sub = subsamples[members[0].cell_id]
+        digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
+        root = (study_dir / STORES / f"{label}-{digest}").resolve()
+        resolutions = tuple(sorted({c.res for c in members})) if fmt != "jpeg" else ()
+        if not quiet:
+            print(f"preparing {label}: {fmt} at {', '.join(map(str, resolutions)) or 'source size'} px -> {root}")
+        info = {"label": sub.label, "split": sub.split, "seed": sub.seed, "size": sub.size, "is_val": sub.is_val}
+        prepare_store(datasets[data], sub.image_ids, sub.targets, root,
+                      PrepareConfig(resolutions=resolutions, formats=(fmt,), quiet=quiet), info)
+        for cell in members:
+            cell.settings["store"] = str(root)
+            cell.config = cell.config.replace(store=str(root))
+    return subsamples
+
+
+@dataclass
+class StudySummary:
+    cells: int
+    already_done: int
+    ran: int
+    rows: list[dict[str, Any]]
+
+
+def run_study(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any = None,
+              only: Sequence[str] | None = None, run_fn: RunFn | None = None, progress: bool = True,
+              prepare: bool | None = None) -> StudySummary:
+    """Run every unfinished cell into ``study_dir`` and return what the store holds.
+
+    ``cfg``: a study config (decided here first) or what ``decide`` already made of it; a refused study leaves
+    the folder as it was. ``run_fn(config) -> metrics`` defaults to the real training (``train_cell``, which
+    is also given each cell's resolved init and drawn subsample); tests pass a fake. ``executor`` defaults to
+    ``LocalExecutor()``. ``prepare`` (default: when training for real) decodes each label's images once into a
+    shared store.
+    """
+    from cxr_fast.executors import Job, LocalExecutor
+
+    study_dir = Path(study_dir).resolve()  # Ray workers may run in another working directory
+    executor = executor or LocalExecutor()
+    real = run_fn is None
+    prepare = real if prepare is None else prepare
+    run_fn = run_fn or train_cell
+    decided = cfg if isinstance(cfg, StudyPlan) else decide(cfg, study_dir, only, progress=progress)
+    with study_lock(study_dir):
+        ResultsStore(study_dir / RESULTS).repair()
+        status = _status(decided.cells, study_dir)  # again under the lock: the rows are final now
+        cells = decided.cells
+        todo = [c for c in cells if status[c.cell_id] != "done"]
+        write_text(study_dir / STUDY_CONFIG, yaml.safe_dump(decided.config.to_dict(), sort_keys=False))
+        store = ResultsStore(study_dir / RESULTS)
+        subsamples = prepare_stores(todo, study_dir, quiet=not progress) if prepare and todo else {}
+        by_id = {c.cell_id: c for c in todo}
+
+        def inputs(cell: Cell) -> dict[str, Any]:
+            if not real:
+                return {}
+            return {"init": decided.inits.get(cell.cell_id), "subsample": subsamples.get(cell.cell_id)}
+
+        jobs = [Job(c.cell_id, c.config, c.describe(), inputs(c)) for c in todo]
+        with StudyProgress(len(cells), len(cells) - len(todo), enabled=progress) as bar:
+            def on_done(job: Job, metrics: dict) -> None:
+                cell = by_id[job.key]
+                row = result_row(cell, metrics)
+                store.append(row)
+                bar.finished(cell, row)
+
+            executor.run(jobs, run_fn, on_done, on_start=lambda job: bar.started(by_id[job.key]))
+        ids = {c.cell_id for c in cells}
+        rows = [r for cid, r in store.finished().items() if cid in ids]
+    return StudySummary(len(cells), len(cells) - len(todo), len(todo), rows)

@@ -1,5 +1,5 @@
 """``cxr-fast bench`` settings: dataclasses with the built-in defaults (``configs/bench.yaml`` writes them
-out), then a YAML file, then command-line flags. Nothing global: ``load_config`` returns the object the
+out), then a YAML file, then command-line flags. Nothing global: ``load_bench_config`` returns the object the
 run uses, and it is saved with the results."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cxr_fast.errors import CxrError
-from cxr_fast.vocabulary import ARCHS, PRECISIONS, check_choice, parse_resolutions
+from cxr_fast.schema.run import RunConfig
+from cxr_fast.vocabulary import ARCHS, check_choice, parse_resolutions
 
 
 @dataclass
@@ -37,18 +38,25 @@ def cpu_effort() -> Effort:
                   measure_limit=False, limit_cap=0)
 
 
+_RUN = RunConfig.model_fields
+# The bench's settings that mean what a run's do: their defaults and their rules are the run schema's.
+RUN_SETTINGS = ("label", "precision", "channels_last", "optimizer", "device", "data")
+
+
 @dataclass
 class BenchConfig:
+    """What ``cxr-fast bench`` measures: lists of resolutions and architectures, the loaders, the efforts."""
+
     res: list[int] = field(default_factory=lambda: [224])
     archs: list[str] = field(default_factory=lambda: list(ARCHS))
     loaders: list[str] = field(default_factory=lambda: ["all"])
-    label: str = "Nodule"
-    precision: str = "auto"
-    channels_last: bool = True
-    optimizer: str = "sgd"
-    device: str = "auto"
+    label: str = _RUN["label"].default
+    precision: str = _RUN["precision"].default
+    channels_last: bool = _RUN["channels_last"].default
+    optimizer: str = _RUN["optimizer"].default
+    device: str = _RUN["device"].default
     predict_gpu_gb: float = 11.0  # the card the prediction is for when not on a GPU (the paper's)
-    data: str | None = None
+    data: str | None = _RUN["data"].default
     out: str | None = None
     json: str | None = None
     batch_size: int | None = None  # overrides the effort's training batch size
@@ -57,7 +65,7 @@ class BenchConfig:
     gpu: Effort = field(default_factory=Effort)
 
 
-def load_config(path: str | None = None, **flags: Any) -> BenchConfig:
+def load_bench_config(path: str | None = None, **flags: Any) -> BenchConfig:
     """Defaults, then the YAML file (if given), then the command-line flags that were set."""
     from cxr_fast.config import from_dict, load_yaml, override
 
@@ -92,8 +100,7 @@ def validate(cfg: BenchConfig) -> None:
         check_choice(arch, ARCHS, "architecture")
     for name in cfg.loaders:
         check_choice(name, ("all", *BACKENDS), "loader")
-    check_choice(cfg.optimizer, ("sgd", "adam"), "optimizer")
-    check_choice(cfg.precision, ("auto", *PRECISIONS), "precision")
+    RunConfig.parse({name: getattr(cfg, name) for name in RUN_SETTINGS}, "bench")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise CxrError(f"--batch-size must be 1 or more, got {cfg.batch_size}")
     if cfg.threads is not None and cfg.threads < 1:

@@ -331,9 +331,11 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
 
     def prepare() -> dict:
         from cxr_fast.loaders import availability
+        from cxr_fast.stores import ffcv
+        from cxr_fast.stores.manifest import FORMATS
         from cxr_fast.stores.prepare import PrepareConfig, auto_store_dir, prepare_store
 
-        formats = ["jpeg", "cache"] + (["ffcv"] if availability()["ffcv"][0] else [])
+        formats = [f for f in FORMATS if f != ffcv.FORMAT or availability()["ffcv"][0]]
         root = auto_store_dir(dataset, ids, targets)  # where the loaders look for it
         prepare_store(dataset, ids, targets, root, PrepareConfig(resolutions=tuple(resolutions),
                                                                  formats=tuple(formats), quiet=False))

@@ -19,7 +19,7 @@ images_per_s, ratio_to_pil, images, seconds, setup_s``. A backend that cannot ru
 ``available=True``, ``error`` set and ``None`` numbers. ``setup_s`` includes making its store the
 first time (decode once); the measured rate excludes it and a warm-up of ``warmup_batches``.
 The rate counts a batch as delivered when it is on the device (CUDA synchronised), in the format
-training receives: float32 in [0, 1], augmented, channels-last. ``machine_info()`` describes the host.
+training receives: float32 in [0, 1], augmented, channels-last. ``results_io.machine_info`` describes the host.
 
 From a shell, the loader table alone: ``python -m cxr_fast.bench.loaders --res 600 --json PATH``
 (how ``results/loaders-cpu-600.json`` was made).
@@ -42,27 +42,6 @@ from cxr_fast.loaders import BACKENDS, availability, backend
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.runtime import sync
 from cxr_fast.vocabulary import DEFAULT_RECIPE
-
-
-def machine_info(device: torch.device | None = None) -> dict:
-    """What the numbers were measured on: the shared machine record plus what loaders depend on."""
-    from cxr_fast.bench.results_io import machine_info as base_machine_info
-
-    info = base_machine_info(device or "cpu")
-    info["torch_threads"] = torch.get_num_threads()
-    try:
-        import nvidia.dali as dali
-
-        info["dali"] = dali.__version__
-    except Exception:
-        pass
-    try:
-        import ffcv
-
-        info["ffcv"] = getattr(ffcv, "__version__", "installed")
-    except Exception:
-        pass
-    return info
 
 
 def measure(loader, device: torch.device, warmup_batches: int, min_seconds: float, min_batches: int) -> tuple[int, float]:
@@ -166,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import json
 
+    from cxr_fast.bench.results_io import machine_info
     from cxr_fast.io import write_json
 
     parser = argparse.ArgumentParser(prog="python -m cxr_fast.bench.loaders", description=main.__doc__)
@@ -184,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          batch_size=args.batch_size, augment=args.augment, device=dev, min_seconds=args.seconds,
                          progress=lambda m: print(m, flush=True))
     used = torch.device(rows[0]["device"])
-    doc = {"machine": machine_info(used), "data": args.data or "built-in phantom (600 images, 1024 px)",
+    doc = {"machine": machine_info(used, loader_libraries=True), "data": args.data or "built-in phantom (600 images, 1024 px)",
            "command": "python -m cxr_fast.bench.loaders " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
            "rows": rows}
     if args.json:

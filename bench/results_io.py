@@ -52,8 +52,9 @@ ROW_FIELDS: tuple[str, ...] = (
 MACHINE_FIELDS: tuple[str, ...] = ("hostname", "cpu_count", "torch_version", "device", "device_name", "date")
 
 
-def machine_info(device: Any = "cpu") -> dict[str, Any]:
-    """Who measured: host, cores, torch, the device and its name (the GPU model on CUDA), and when."""
+def machine_info(device: Any = "cpu", loader_libraries: bool = False) -> dict[str, Any]:
+    """Who measured: host, cores, torch, the device and its name (the GPU model on CUDA), and when; with
+    ``loader_libraries``, also what loader numbers depend on (torch's threads, DALI's and FFCV's versions)."""
     import torch
 
     dev = torch.device(device)
@@ -64,7 +65,7 @@ def machine_info(device: Any = "cpu") -> dict[str, Any]:
     else:
         name = cpu_name()
         gpu_memory = None
-    return {
+    info = {
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "torch_version": torch.__version__,
@@ -75,6 +76,14 @@ def machine_info(device: Any = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
+    if loader_libraries:
+        info["torch_threads"] = torch.get_num_threads()
+        for key, module in (("dali", "nvidia.dali"), ("ffcv", "ffcv")):
+            try:
+                info[key] = getattr(__import__(module, fromlist=["_"]), "__version__", "installed")
+            except Exception:  # noqa: BLE001 - not installed, or not importable here: not recorded
+                pass
+    return info
 
 
 def make_row(machine: dict[str, Any], **fields: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from cxr_fast import __version__
+from cxr_fast.version import __version__
 from cxr_fast.errors import CxrError
 
 # Order is the order shown in --help.

@@ -21,7 +21,7 @@ import pytest
 import cxr_fast.data.archives as A
 import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
-from cxr_fast.data.nih import open_dataset
+from cxr_fast.data.nih import read_nih_folder
 from cxr_fast.data.reader import DataWarning, ImageError, read_gray
 from imagesets import make_dataset
 from tarballs import pack
@@ -121,11 +121,11 @@ def test_member_rules_refuse_links_paths_outside_and_repeats(tmp_path: Path, cap
     assert f"refused in an archive: {ids[1]}" in capsys.readouterr().out
 
     with pytest.warns(DataWarning, match="7 image name"):
-        ds = open_dataset(arch)
+        ds = read_nih_folder(arch)
     assert ds.metadata.image_ids.tolist() == [ids[5]]
     store = P.prepare_store(ds, [ids[5]], [1.0], tmp_path / "store",
                             P.PrepareConfig(resolutions=(32,), formats=("cache",), workers=1, quiet=True))
-    reference = P.prepare_store(open_dataset(src), [ids[5]], [1.0], tmp_path / "reference",
+    reference = P.prepare_store(read_nih_folder(src), [ids[5]], [1.0], tmp_path / "reference",
                                 P.PrepareConfig(resolutions=(32,), formats=("cache",), workers=1, quiet=True))
     assert np.array_equal(store.cache_array(32), reference.cache_array(32))
 
@@ -142,7 +142,7 @@ def test_a_broken_archive_is_named_keeps_its_work_and_a_rerun_finishes(damage: s
     whole = archives[1].read_bytes()
     cfg = P.PrepareConfig(resolutions=(32,), formats=("jpeg", "cache"), workers=2, quiet=True)
     reference = tmp_path / "reference"
-    P.prepare_store(open_dataset(src), ids, labels, reference, cfg)
+    P.prepare_store(read_nih_folder(src), ids, labels, reference, cfg)
 
     broken = bytearray(whole)
     if damage == "truncate":
@@ -151,7 +151,7 @@ def test_a_broken_archive_is_named_keeps_its_work_and_a_rerun_finishes(damage: s
         broken[len(whole) // 2] ^= 0x40
     archives[1].write_bytes(bytes(broken))
     with pytest.warns(DataWarning, match="images_002.tar.gz: broken"):
-        ds = open_dataset(arch)
+        ds = read_nih_folder(arch)
     store = tmp_path / "store"
     with pytest.raises(P.UnfinishedStoreError) as info:
         P.prepare_store(ds, ids, labels, store, cfg)
@@ -172,7 +172,7 @@ def test_a_broken_archive_is_named_keeps_its_work_and_a_rerun_finishes(damage: s
     assert "broken archive: " in capsys.readouterr().out
 
     archives[1].write_bytes(whole)  # fetched again
-    P.prepare_store(open_dataset(arch), ids, labels, store, cfg)
+    P.prepare_store(read_nih_folder(arch), ids, labels, store, cfg)
     _same_store(reference, store)
 
 
@@ -182,7 +182,7 @@ def test_images_on_disk_win_and_the_reader_names_an_archive_member(tmp_path: Pat
     pack(src, arch, parts=2)
     (arch / "images").mkdir()
     (arch / "images" / ids[0]).write_bytes((src / "images" / ids[0]).read_bytes())
-    ds = open_dataset(arch)
+    ds = read_nih_folder(arch)
     assert ds.path_of(ids[0]) == arch / "images" / ids[0]
     assert ds.path_of(ids[3]) == arch / "images_002.tar.gz" / "images" / ids[3]
     with pytest.raises(ImageError, match="a member of the archive images_002.tar.gz, which only verify and prepare"):
@@ -194,20 +194,20 @@ def test_images_on_disk_win_and_the_reader_names_an_archive_member(tmp_path: Pat
     (full / "images").mkdir()
     for name in ids:
         (full / "images" / name).write_bytes((src / "images" / name).read_bytes())
-    assert open_dataset(full).archives is None
+    assert read_nih_folder(full).archives is None
 
 
 def test_listings_are_cached_until_the_archive_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     src, _, _ = make_dataset(tmp_path / "src", n=4, size=96)
     arch = tmp_path / "arch"
     archives = pack(src, arch, parts=2)
-    assert len(open_dataset(arch).archives.members) == 4
+    assert len(read_nih_folder(arch).archives.members) == 4
     calls: list[str] = []
     real = A.list_archive
     monkeypatch.setattr(A, "list_archive", lambda p: calls.append(Path(p).name) or real(p))
-    assert len(open_dataset(arch).archives.members) == 4 and calls == []
+    assert len(read_nih_folder(arch).archives.members) == 4 and calls == []
     os.utime(archives[0], ns=(1, 1))
-    assert len(open_dataset(arch).archives.members) == 4 and calls == ["images_001.tar.gz"]
+    assert len(read_nih_folder(arch).archives.members) == 4 and calls == ["images_001.tar.gz"]
 
 
 def _die_on_second(payload: str, data: bytes) -> str:

@@ -405,7 +405,7 @@ def test_tta_views_use_the_config_they_are_given():
 @pytest.fixture(scope="module")
 def gray_set(tmp_path_factory: pytest.TempPathFactory):
     """64 uniform mid-grey 32 px images in the NIH layout: any non-uniform output is geometry."""
-    from cxr_fast.data.nih import open_dataset
+    from cxr_fast.data.nih import read_nih_folder
     from imagesets import HEADER
 
     root = tmp_path_factory.mktemp("gray") / "data"
@@ -417,7 +417,7 @@ def gray_set(tmp_path_factory: pytest.TempPathFactory):
         ids.append(name)
         lines.append(f"{name},{'Effusion' if i % 2 else 'No Finding'},0,{i + 1},50,M,PA,32,32,0.143,0.143")
     (root / "Data_Entry_2017_v2020.csv").write_text("\n".join(lines) + "\n")
-    return open_dataset(root), np.array(ids), (np.arange(64) % 2).astype(np.float32)
+    return read_nih_folder(root), np.array(ids), (np.arange(64) % 2).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", ["pil", "cache", "resident", "ffcv", "dali"])

@@ -11,7 +11,7 @@ import pytest
 from cxr_fast.cost import memory
 from cxr_fast.bench.results_io import KINDS, MACHINE_FIELDS, ROW_FIELDS, make_row
 from cxr_fast.cli import main
-from cxr_fast.bench.config import BenchConfig, Effort, load_config
+from cxr_fast.bench.config import BenchConfig, Effort, load_bench_config
 from cxr_fast.bench.pipeline import run_bench
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_unavailable_backend_is_reported_as_skipped(tiny_phantom, monkeypatch):
 
 
 def test_config_file_matches_builtin_defaults():
-    assert load_config(str(REPO / "configs" / "bench.yaml")) == load_config()
+    assert load_bench_config(str(REPO / "configs" / "bench.yaml")) == load_bench_config()
 
 
 def test_config_errors_are_one_line(tmp_path, capsys):

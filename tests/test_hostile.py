@@ -40,7 +40,7 @@ from torch import nn
 import cxr_fast.stores.decode as D
 import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
-from cxr_fast.data.nih import open_dataset, read_metadata
+from cxr_fast.data.nih import read_nih_folder, read_metadata
 from cxr_fast.data.reader import DataWarning, OutsideRootError
 from cxr_fast.errors import CxrError
 from cxr_fast.loaders.base import LoaderSpec
@@ -81,7 +81,7 @@ def _prepare(root: Path | None, out: Path, *extra: str) -> int:
 def _cache_spec(root: Path, store: Path, res: int = 32) -> LoaderSpec:
     """A loader spec over every image of ``store`` (read from its manifest: opening it is what is tested)."""
     manifest = json.loads((store / P.MANIFEST).read_text())
-    return LoaderSpec(dataset=open_dataset(root), image_ids=np.array(manifest["image_ids"]),
+    return LoaderSpec(dataset=read_nih_folder(root), image_ids=np.array(manifest["image_ids"]),
                       targets=np.array(manifest["targets"], dtype=np.float32), res=res, batch_size=4, train=False,
                       device=CPU, store=store, num_workers=0)
 
@@ -204,7 +204,7 @@ def test_prepare_skips_outside_names_with_one_counted_warning(escaping, tmp_path
 def test_every_lookup_refuses_a_name_leading_outside(escaping):
     root, names = escaping
     with pytest.warns(DataWarning):
-        dataset = open_dataset(root)
+        dataset = read_nih_folder(root)
     assert set(dataset.outside) == set(names)
     assert not set(names) & set(dataset.metadata.image_ids.tolist())
     for name in names:
@@ -324,13 +324,13 @@ def _fake_study(tmp_path: Path, **train) -> Path:
 
 
 def _finish_fake(cfg_path: Path, out: Path) -> None:
-    from cxr_fast.study import load_study_config, run_study
+    from cxr_fast.study import load_study_config, run_cells
 
     def fake(cfg):
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         return {"auc": 0.6, "auc_sd": 0.01, "n_pos": 5, "n_neg": 5, "init": "random"}
 
-    run_study(load_study_config(cfg_path), out, run_fn=fake, progress=False)
+    run_cells(load_study_config(cfg_path), out, run_fn=fake, progress=False)
 
 
 def test_a_refused_study_rerun_leaves_study_yaml_and_dry_run_refuses_alike(tmp_path, capsys):
@@ -349,7 +349,7 @@ def test_a_refused_study_rerun_leaves_study_yaml_and_dry_run_refuses_alike(tmp_p
 
 def test_a_rerun_with_more_epochs_is_not_reported_as_more_runs_than_the_config_has(tmp_path):
     from cxr_fast.report.build import make_report
-    from cxr_fast.study import apply_overrides, load_study_config, run_study
+    from cxr_fast.study import apply_overrides, load_study_config, run_cells
 
     def fake(cfg):
         out = Path(cfg.out)
@@ -361,8 +361,8 @@ def test_a_rerun_with_more_epochs_is_not_reported_as_more_runs_than_the_config_h
 
     config = _fake_study(tmp_path)
     out = tmp_path / "out"
-    run_study(load_study_config(config), out, run_fn=fake, progress=False)
-    run_study(apply_overrides(load_study_config(config), epochs=2), out, run_fn=fake, progress=False)
+    run_cells(load_study_config(config), out, run_fn=fake, progress=False)
+    run_cells(apply_overrides(load_study_config(config), epochs=2), out, run_fn=fake, progress=False)
     text = (make_report(out).out / "report.md").read_text()
     assert "1 of 1 runs finished" in text and "1 more finished run(s) belong to cells no longer in study.yaml" in text
 

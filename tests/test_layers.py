@@ -1,143 +1,110 @@
-"""The layer contract of the code base: imports only run downwards, and no module imports itself back.
+"""The layer contract (``.importlinter``, DESIGN.md "Layers") holds, and would fail if anything ran upwards.
 
-Read top to bottom, a layer may import any layer below it and its own siblings, never one above::
-
-    cli -> commands -> study/report -> train/lr_find/bench -> feed -> prepare/loaders
-        -> store/step/models/recipes/weights/augment/metrics -> data -> errors/io/config/vocabulary/...
-
-Every import counts, including the ones inside functions (the code imports heavy libraries lazily), so
-the check reads the source with ``ast`` rather than importing it. Modules are named as installed:
-``loaders/`` is ``cxr_fast.loaders`` and ``bench/`` is ``cxr_fast.bench`` (pyproject's ``package-dir``).
+import-linter checks it on the tree as installed (``tests/layer_contract.py`` assembles it), so the mapped
+``cxr_fast.loaders`` and ``cxr_fast.bench`` are checked too; every planted violation below, lazy and relative
+imports included, must break it. Module names in strings (``importlib``) are held to the same order here.
 """
 
 from __future__ import annotations
 
-import ast
+import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ROOTS = {"cxr_fast": REPO / "cxr_fast", "cxr_fast.loaders": REPO / "loaders", "cxr_fast.bench": REPO / "bench"}
+import pytest
 
-# Highest first; a module belongs to the first layer with an entry that is it or a package above it.
-LAYERS: list[tuple[str, ...]] = [
-    ("cxr_fast.cli", "cxr_fast.__main__"),
-    ("cxr_fast.commands",),
-    ("cxr_fast.study", "cxr_fast.report", "cxr_fast.executors"),
-    ("cxr_fast.train", "cxr_fast.lr_find", "cxr_fast.bench"),
-    ("cxr_fast.feed",),
-    ("cxr_fast.prepare", "cxr_fast.loaders"),
-    ("cxr_fast.store", "cxr_fast.step", "cxr_fast.models", "cxr_fast.recipes", "cxr_fast.weights",
-     "cxr_fast.augment", "cxr_fast.augment_cpu", "cxr_fast.metrics"),
-    ("cxr_fast.data",),
-    ("cxr_fast.errors", "cxr_fast.io", "cxr_fast.config", "cxr_fast.vocabulary", "cxr_fast.runtime",
-     "cxr_fast.paths", "cxr_fast.parallel", "cxr_fast.paper_results", "cxr_fast.progress", "cxr_fast"),
-]
+sys.path.insert(0, str(Path(__file__).parent))
+import layer_contract as contract  # noqa: E402
+
+REPO = contract.REPO
 
 
-def _modules() -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for package, folder in ROOTS.items():
-        for path in folder.rglob("*.py"):
-            if "results" in path.relative_to(folder).parts:
-                continue
-            parts = list(path.relative_to(folder).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            name = ".".join([package, *parts])
-            out[name] = path
-    return out
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    return contract.assemble(tmp_path / "installed")
 
 
-def _imports(path: Path, known: set[str]) -> set[str]:
-    """Project modules ``path`` imports anywhere in its body (``from a import b`` counts ``a.b`` when that
-    is a module, else ``a``)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]
-        else:
-            continue
-        for name in names:
-            while name and name not in known:
-                name = name.rpartition(".")[0]
-            if name:
-                found.add(name)
-    return found
+def _plant(tree: Path, module: str, code: str) -> Path:
+    path = tree.joinpath(*module.split(".")).with_suffix(".py")
+    if not path.exists():
+        path = tree.joinpath(*module.split("."), "__init__.py")
+    path.write_text(path.read_text(encoding="utf-8") + "\n\n" + code + "\n", encoding="utf-8")
+    return path
 
 
-def _layer(module: str) -> int:
-    for i, entries in enumerate(LAYERS):
-        for entry in entries:
-            if entry == "cxr_fast" and module != "cxr_fast":
-                continue  # the bare package means its __init__ only
-            if module == entry or module.startswith(entry + ".") or module.startswith(entry + "_"):
-                return i
-    raise AssertionError(f"{module} is in no layer; add it to LAYERS in tests/test_layers.py")
+def test_the_contract_holds_on_the_tree_as_installed(tree):
+    result = contract.lint(tree)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 2 kept, 0 broken." in result.stdout
+    assert contract.upward_string_imports(tree) == []
 
 
-def _graph() -> dict[str, set[str]]:
-    modules = _modules()
-    known = set(modules)
-    return {name: _imports(path, known) - {name} for name, path in modules.items()}
+def test_import_linter_sees_the_mapped_packages(tree):
+    # Every module under loaders/ and bench/ is in the graph import-linter analyses: it counts all files.
+    mapped = [p for folder in ("cxr_fast", "loaders", "bench") for p in (REPO / folder).rglob("*.py")
+              if "__pycache__" not in p.parts]
+    result = contract.lint(tree)
+    assert f"Analyzed {len(mapped)} files" in result.stdout
 
 
-def test_every_module_has_a_layer():
-    for module in _graph():
-        _layer(module)
+@pytest.mark.parametrize("module, code, broken", [
+    # A lazy import inside a function, from the data layer up to training.
+    ("cxr_fast.data.nih", "def _late():\n    from cxr_fast.train import run_training\n    return run_training",
+     "cxr_fast.data is not allowed to import cxr_fast.train"),
+    # A relative import, from the stores up to the study.
+    ("cxr_fast.stores.manifest", "def _late():\n    from ..study import grid\n    return grid",
+     "cxr_fast.stores is not allowed to import cxr_fast.study"),
+    # In a package mapped from another folder (loaders/ is cxr_fast.loaders): up to the study runner.
+    ("cxr_fast.loaders.resident", "def _late():\n    import cxr_fast.study.runner\n",
+     "cxr_fast.loaders is not allowed to import cxr_fast.study"),
+    # bench/ up to the commands.
+    ("cxr_fast.bench.throughput", "from cxr_fast.commands import train as _train  # noqa\n",
+     "cxr_fast.bench is not allowed to import cxr_fast.commands"),
+    # The cost room below training must not reach back up to it (the old cycle).
+    ("cxr_fast.cost.plan", "def _late():\n    from cxr_fast.train.parts import loader_for\n",
+     "cxr_fast.cost is not allowed to import cxr_fast.train"),
+    # Independent siblings of one layer do not import each other.
+    ("cxr_fast.report.data", "def _late():\n    from cxr_fast.study import SPEED_ONLY\n",
+     "cxr_fast.report is not allowed to import cxr_fast.study"),
+])
+def test_a_planted_upward_import_breaks_the_contract(tree, module, code, broken):
+    _plant(tree, module, code)
+    result = contract.lint(tree)
+    assert result.returncode != 0
+    assert broken in result.stdout, result.stdout[-2000:]
 
 
-def test_no_import_runs_upwards():
-    upward = [f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})"
-              for m, deps in _graph().items() for d in sorted(deps)
-              if _layer(d) < _layer(m) and not (m.startswith(d + ".") and d != "cxr_fast")]
-    assert upward == [], "\n".join(upward)
+def test_a_cycle_between_siblings_of_one_package_breaks_it(tree):
+    # stores.prepare imports stores.files; files importing prepare back is a cycle inside one layer.
+    _plant(tree, "cxr_fast.stores.files", "def _late():\n    from cxr_fast.stores import prepare\n")
+    result = contract.lint(tree)
+    assert result.returncode != 0 and "no cycles between sibling modules or packages, at any depth BROKEN" \
+        in result.stdout
 
 
-def test_no_import_cycles():
-    graph = _graph()
-    # A package's __init__ importing its own submodules is not a cycle of the code's design.
-    graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    cycles: list[list[str]] = []
-    counter = [0]
-
-    def visit(v: str) -> None:  # Tarjan's strongly connected components
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph.get(v, ()):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                cycles.append(sorted(component))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    assert cycles == [], cycles
+def test_a_module_outside_every_layer_breaks_it(tree):
+    # Membership is written out: a new module is in no layer until .importlinter names it.
+    (tree / "cxr_fast" / "newcomer.py").write_text('"""A module nobody placed."""\n', encoding="utf-8")
+    result = contract.lint(tree)
+    assert result.returncode != 0 and "cxr_fast.newcomer" in result.stdout
 
 
-def test_the_check_sees_lazy_imports(tmp_path):
-    # An import inside a function is an import: the heavy ones are all lazy, so a check that skipped
-    # them would pass a tangled tree.
-    module = tmp_path / "m.py"
-    module.write_text("def f():\n    from cxr_fast.study import run_study\n    import cxr_fast.train\n")
-    assert _imports(module, {"cxr_fast.study", "cxr_fast.train"}) == {"cxr_fast.study", "cxr_fast.train"}
+def test_a_module_named_in_a_string_is_held_to_the_same_order(tree):
+    assert ("cxr_fast.cli", "cxr_fast.commands.train") in contract.string_imports(tree)  # the command table
+    _plant(tree, "cxr_fast.data.nih", 'def _late():\n    import importlib\n    return importlib.import_module('
+                                      '"cxr_fast.study.runner")\n')
+    found = contract.upward_string_imports(tree)
+    assert len(found) == 1 and found[0].startswith("cxr_fast.data.nih names cxr_fast.study.runner in a string")
+
+
+def test_every_package_on_disk_is_installed():
+    # A package missing from pyproject's list works from a checkout and vanishes from a wheel.
+    import re
+
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    listed = set(re.findall(r'"(cxr_fast[\w.]*)"', re.search(r"^packages = \[(.*?)\]", text, re.M | re.S).group(1)))
+    on_disk = set()
+    for package, folder in contract.package_dirs().items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).parts
+            on_disk.add(".".join([package, *rel]))
+    assert listed == on_disk

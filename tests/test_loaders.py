@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_fast.data.nih import open_dataset
+from cxr_fast.data.nih import read_nih_folder
 from cxr_fast.loaders import BACKENDS, availability, backend
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.reference import reference_batch
@@ -41,7 +41,7 @@ CPU = torch.device("cpu")
 def images640(tmp_path_factory: pytest.TempPathFactory):
     root, ids, labels = make_dataset(tmp_path_factory.mktemp("loaders") / "data", n=8, size=640, rgba=True,
                                      sixteen=True)
-    return open_dataset(root), np.array(ids), labels
+    return read_nih_folder(root), np.array(ids), labels
 
 
 def _need(name: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from cxr_fast.cli import main
 from cxr_fast.data.nih import (
-    PAPER_LABELS, canonical_label, index_images, open_dataset, read_metadata, read_official_split,
+    PAPER_LABELS, canonical_label, index_images, read_nih_folder, read_metadata, read_official_split,
 )
 from cxr_fast.errors import CxrError
 
@@ -115,5 +115,5 @@ def test_images_are_found_in_the_nih_tarball_folders_and_official_split_is_read(
     assert found["a.png"] == tmp_path / "images_001/images/a.png"
     assert found["b.png"] == tmp_path / "images_012/images/b.png"
     assert read_official_split(tmp_path) == {"a.png": "train", "b.png": "test"}
-    ds = open_dataset(tmp_path)
+    ds = read_nih_folder(tmp_path)
     assert ds.path_of("b.png") == found["b.png"] and len(ds.metadata) == 2

@@ -13,7 +13,7 @@ import pytest
 
 from cxr_fast.cli import main
 from cxr_fast.data.conspicuity import Conspicuity
-from cxr_fast.data.nih import NULL_LABEL, open_dataset, read_metadata
+from cxr_fast.data.nih import NULL_LABEL, read_nih_folder, read_metadata
 from cxr_fast.data.phantom import PhantomSpec, lesion_sizes, make_phantom, render
 from cxr_fast.data.phantom_draw import SOFT_TISSUE
 from cxr_fast.errors import CxrError
@@ -36,7 +36,7 @@ def test_seeded_runs_are_identical_whatever_the_worker_count(tmp_path):
 
 def test_rows_come_from_the_real_metadata(tiny_phantom):
     real = read_metadata(BUNDLED_METADATA)
-    ds = open_dataset(tiny_phantom)
+    ds = read_nih_folder(tiny_phantom)
     where = {name: i for i, name in enumerate(real.image_ids.tolist())}
     for i, name in enumerate(ds.metadata.image_ids.tolist()):
         j = where[name]
@@ -103,7 +103,7 @@ def test_synth_command_rejects_bad_values_in_one_line(tmp_path, capsys):
 
 def test_enrichment_over_represents_labels_with_real_rows(tmp_path):
     root = make_phantom(tmp_path / "e", n=40, size=32, seed=0, enrich=("Nodule", "Mass"), enrich_fraction=0.5, quiet=True)
-    meta = open_dataset(root).metadata
+    meta = read_nih_folder(root).metadata
     # Real frequencies would give about 2 nodules and 2 masses in 40 images; half are drawn from them.
     assert meta.has("Nodule").sum() >= 10 and meta.has("Mass").sum() >= 10
     real = read_metadata(BUNDLED_METADATA)
@@ -161,7 +161,7 @@ def test_synth_takes_the_control_settings(tmp_path, capsys):
 def test_null_label_is_given_at_random_and_draws_no_pixel(tmp_path):
     without = make_phantom(tmp_path / "a", n=40, size=48, seed=2, quiet=True, workers=1)
     null = make_phantom(tmp_path / "b", n=40, size=48, seed=2, quiet=True, workers=1, look=Conspicuity(null=0.5))
-    meta_a, meta_b = open_dataset(without).metadata, open_dataset(null).metadata
+    meta_a, meta_b = read_nih_folder(without).metadata, read_nih_folder(null).metadata
     flags = meta_b.has(NULL_LABEL)
     assert 10 <= flags.sum() <= 30  # a fair coin per image
     assert meta_b.image_ids.tolist() == meta_a.image_ids.tolist()  # the same real rows
@@ -180,7 +180,7 @@ def test_real_data_never_carries_the_null_label(tmp_path):
         "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
         "a.png,Nodule|Null_Control,0,1,50,M,PA\n")
     with pytest.raises(CxrError, match="unknown label 'Null_Control' for image a.png \\(a phantom control label"):
-        open_dataset(folder)
+        read_nih_folder(folder)
     real = read_metadata(BUNDLED_METADATA)
     with pytest.raises(CxrError, match="Null_Control is the phantom's control label"):
         real.has(NULL_LABEL)
@@ -191,7 +191,7 @@ def test_real_data_never_carries_the_null_label(tmp_path):
 def test_only_keeps_rows_whose_findings_are_all_listed(tmp_path):
     root = make_phantom(tmp_path / "o", n=60, size=32, seed=1, enrich=("Nodule", "Mass"), enrich_fraction=0.6,
                         only=("Nodule", "Mass"), quiet=True, workers=1)
-    meta = open_dataset(root).metadata
+    meta = read_nih_folder(root).metadata
     assert meta.has("Nodule").sum() >= 10 and meta.has("Mass").sum() >= 10
     for label in ("Effusion", "Infiltration", "Atelectasis", "Cardiomegaly"):
         assert not meta.has(label).any()

@@ -245,7 +245,7 @@ def test_auto_keeps_the_resident_split_only_where_it_fits_beside_the_step(monkey
     import cxr_fast.cost.memcache as memcache
     from cxr_fast.cost.fit import choose_loader as rule
     from cxr_fast.schema.run import RunConfig as TrainConfig
-    from cxr_fast.train.parts import choose_loader
+    from cxr_fast.train.parts import loader_for as choose_loader
     from cxr_fast.units import GIB
 
     def auto_for_memory(split: int, step: int, card: int) -> tuple[str, str]:  # the rule, on a GPU

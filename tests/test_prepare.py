@@ -13,7 +13,7 @@ from PIL import Image
 import cxr_fast.stores.decode as D
 import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
-from cxr_fast.data.nih import open_dataset
+from cxr_fast.data.nih import read_nih_folder
 from cxr_fast.data.reader import DataWarning, read_gray
 from cxr_fast.errors import CxrError
 from cxr_fast.loaders.base import LoaderSpec
@@ -26,7 +26,7 @@ from imagesets import make_dataset
 @pytest.fixture
 def data(tmp_path: Path):
     root, ids, labels = make_dataset(tmp_path / "data", n=6, size=128, rgba=True, truncated=True)
-    return open_dataset(root), ids, labels
+    return read_nih_folder(root), ids, labels
 
 
 def _cfg(**kw) -> P.PrepareConfig:

@@ -18,7 +18,7 @@ from cxr_fast.errors import CxrError
 from cxr_fast.executors import LocalExecutor, RayExecutor
 from cxr_fast.io import read_jsonl
 from cxr_fast.study import (
-    RESULTS, ResultsStore, apply_overrides, dry_run, expand, load_study_config, parse_study, run_study, study_lock,
+    RESULTS, ResultsStore, apply_overrides, dry_run, expand, load_study_config, parse_study, run_cells, study_lock,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,20 +123,20 @@ def test_interrupted_study_resumes_with_every_cell_exactly_once(tmp_path):
     cfg = parse_study(fake_config())
     first = FakeRun(interrupt_on=2)
     with pytest.raises(KeyboardInterrupt):
-        run_study(cfg, tmp_path, run_fn=first, progress=False)
+        run_cells(cfg, tmp_path, run_fn=first, progress=False)
     assert cell_ids(tmp_path) == ["Nodule/resnet34-e1/r32"]
     statuses = dry_run(cfg, tmp_path).status
     assert statuses["Nodule/resnet34-e1/r32"] == "done" and statuses["Mass/resnet34-e1/r64"] == "todo"
 
     second = FakeRun()
-    summary = run_study(cfg, tmp_path, run_fn=second, progress=False)
+    summary = run_cells(cfg, tmp_path, run_fn=second, progress=False)
     assert second.calls == [("Nodule", 64), ("Mass", 32), ("Mass", 64)]  # the interrupted cell is redone, once
     assert summary.already_done == 1 and summary.ran == 3
     ids = cell_ids(tmp_path)
     assert sorted(ids) == sorted(c.cell_id for c in expand(cfg)) and len(ids) == len(set(ids)) == 4
 
     third = FakeRun()
-    assert run_study(cfg, tmp_path, run_fn=third, progress=False).ran == 0 and third.calls == []
+    assert run_cells(cfg, tmp_path, run_fn=third, progress=False).ran == 0 and third.calls == []
     assert len(cell_ids(tmp_path)) == 4
     saved = load_study_config(tmp_path / "study.yaml")
     assert [c.cell_id for c in expand(saved)] == [c.cell_id for c in expand(cfg)]
@@ -144,12 +144,12 @@ def test_interrupted_study_resumes_with_every_cell_exactly_once(tmp_path):
 
 def test_torn_last_row_is_cut_and_redone(tmp_path):
     cfg = parse_study(fake_config(n_labels=1))
-    run_study(cfg, tmp_path, run_fn=FakeRun(), progress=False)
+    run_cells(cfg, tmp_path, run_fn=FakeRun(), progress=False)
     store = tmp_path / RESULTS
     rows = store.read_text().splitlines(keepends=True)
     store.write_text(rows[0] + rows[1][: len(rows[1]) // 2])  # a kill in the middle of appending row 2
     again = FakeRun()
-    run_study(cfg, tmp_path, run_fn=again, progress=False)
+    run_cells(cfg, tmp_path, run_fn=again, progress=False)
     assert again.calls == [("Nodule", 64)]
     parsed = [json.loads(line) for line in store.read_text().splitlines()]  # every line is whole JSON
     assert [r["cell_id"] for r in parsed] == ["Nodule/resnet34-e1/r32", "Nodule/resnet34-e1/r64"]
@@ -162,7 +162,7 @@ def test_killed_process_resumes_without_loss_or_duplicates(tmp_path):
         import time, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_study import FakeRun, fake_config
-        from cxr_fast.study import parse_study, run_study
+        from cxr_fast.study import parse_study, run_cells
 
         class Slow(FakeRun):
             def __call__(self, cfg):
@@ -171,7 +171,7 @@ def test_killed_process_resumes_without_loss_or_duplicates(tmp_path):
                     time.sleep(120)
                 return super().__call__(cfg)
 
-        run_study(parse_study(fake_config()), {str(study)!r}, run_fn=Slow(), progress=False)
+        run_cells(parse_study(fake_config()), {str(study)!r}, run_fn=Slow(), progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
@@ -185,7 +185,7 @@ def test_killed_process_resumes_without_loss_or_duplicates(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     rerun = FakeRun()
-    run_study(parse_study(fake_config()), study, run_fn=rerun, progress=False)  # the lock died with the process
+    run_cells(parse_study(fake_config()), study, run_fn=rerun, progress=False)  # the lock died with the process
     assert rerun.calls == [("Nodule", 64), ("Mass", 32), ("Mass", 64)]
     ids = cell_ids(study)
     assert len(ids) == len(set(ids)) == 4
@@ -193,16 +193,16 @@ def test_killed_process_resumes_without_loss_or_duplicates(tmp_path):
 
 def test_changed_settings_in_the_same_folder_are_refused(tmp_path):
     cfg = parse_study(fake_config(n_labels=1))
-    run_study(cfg, tmp_path, run_fn=FakeRun(), progress=False)
+    run_cells(cfg, tmp_path, run_fn=FakeRun(), progress=False)
     with pytest.raises(CxrError, match="other settings"):
-        run_study(apply_overrides(cfg, lr=0.1), tmp_path, run_fn=FakeRun(), progress=False)
+        run_cells(apply_overrides(cfg, lr=0.1), tmp_path, run_fn=FakeRun(), progress=False)
 
 
 def test_one_driver_per_study_folder(tmp_path):
     cfg = parse_study(fake_config(n_labels=1))
     with study_lock(tmp_path):
         with pytest.raises(CxrError, match="in use"):
-            run_study(cfg, tmp_path, run_fn=FakeRun(), progress=False)
+            run_cells(cfg, tmp_path, run_fn=FakeRun(), progress=False)
     assert ResultsStore(tmp_path / RESULTS).rows() == []
 
 
@@ -214,7 +214,7 @@ def test_run_errors_stop_the_study_and_keep_finished_rows(tmp_path):
             return super().__call__(cfg)
 
     with pytest.raises(CxrError, match="boom"):
-        run_study(parse_study(fake_config(n_labels=1)), tmp_path, executor=LocalExecutor(), run_fn=Failing(),
+        run_cells(parse_study(fake_config(n_labels=1)), tmp_path, executor=LocalExecutor(), run_fn=Failing(),
                   progress=False)
     assert cell_ids(tmp_path) == ["Nodule/resnet34-e1/r32"]
 
@@ -243,9 +243,9 @@ def check_tiny_study(study: Path, summary) -> None:
 
 def test_tiny_grid_on_the_phantom_runs_real_training(tiny_phantom, tmp_path, one_thread):
     cfg = parse_study(tiny_config(tiny_phantom))
-    summary = run_study(cfg, tmp_path / "study", progress=False)
+    summary = run_cells(cfg, tmp_path / "study", progress=False)
     check_tiny_study(tmp_path / "study", summary)
-    again = run_study(cfg, tmp_path / "study", progress=False)  # finished: nothing retrains, nothing duplicates
+    again = run_cells(cfg, tmp_path / "study", progress=False)  # finished: nothing retrains, nothing duplicates
     assert again.ran == 0 and len(read_jsonl(tmp_path / "study" / RESULTS)) == 2
     # The report of this real study holds the store's numbers.
     import csv
@@ -264,12 +264,12 @@ def test_tiny_grid_on_the_phantom_runs_real_training(tiny_phantom, tmp_path, one
 def test_ray_executor_runs_the_tiny_grid_on_a_local_ray(tiny_phantom, tmp_path):
     pytest.importorskip("ray")
     cfg = parse_study(tiny_config(tiny_phantom))
-    summary = run_study(cfg, tmp_path / "ray", executor=RayExecutor(num_cpus=2), progress=False)
+    summary = run_cells(cfg, tmp_path / "ray", executor=RayExecutor(num_cpus=2), progress=False)
     check_tiny_study(tmp_path / "ray", summary)
     # A user error inside a task reaches the driver as a one-line CxrError naming the cell.
     bad = parse_study(tiny_config(tiny_phantom, val_fraction=0.02))
     with pytest.raises(CxrError, match="Infiltration/resnet34-e1/r32|Infiltration/resnet34-e1/r48"):
-        run_study(bad, tmp_path / "bad", executor=RayExecutor(num_cpus=2), progress=False)
+        run_cells(bad, tmp_path / "bad", executor=RayExecutor(num_cpus=2), progress=False)
 
 
 def test_ray_missing_is_a_clear_error(monkeypatch):
@@ -301,7 +301,7 @@ def test_weights_file_sha256_is_in_every_record_and_in_the_fingerprint(tiny_phan
     grid = {"name": "table2", "labels": ["Infiltration"], "resolutions": [32], "archs": ["resnet34"], "epochs": 1}
     cfg = parse_study({"name": "w", "train": {**TINY_TRAIN, "data": str(tiny_phantom), "init": "imagenet",
                                              "weights": str(weights)}, "grids": [grid]})
-    run_study(cfg, tmp_path / "study", progress=False)
+    run_cells(cfg, tmp_path / "study", progress=False)
     [row] = read_jsonl(tmp_path / "study" / RESULTS)
     run = tmp_path / "study" / row["run_dir"]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -313,4 +313,4 @@ def test_weights_file_sha256_is_in_every_record_and_in_the_fingerprint(tiny_phan
     # Other weights are other settings: the finished cell refuses them.
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in torch.load(weights).items()}, weights)
     with pytest.raises(CxrError, match="other settings"):
-        run_study(cfg, tmp_path / "study", progress=False)
+        run_cells(cfg, tmp_path / "study", progress=False)

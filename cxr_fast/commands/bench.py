@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from cxr_fast.vocabulary import PRECISIONS
+from cxr_fast.bench.config import RUN_SETTINGS
+from cxr_fast.schema.flags import add_run_flags
 
 HELP = "throughput and batch-size limits per resolution: loaders, training step, memory"
 DESCRIPTION = (
@@ -36,12 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--arch", dest="archs", metavar="A[,B]", help="resnet34,densenet121 (default: both on a GPU, resnet34 on the CPU)")
     add("--loaders", metavar="all|NAME,...", help="loader backends to measure (default all; pil is always the baseline)")
     add("--batch-size", type=int, metavar="B", help="training batch (default: 2 on the CPU, ~80%% of the predicted max on a GPU, at most 256)")
-    add("--data", metavar="DIR", help="NIH-layout data folder (default: the built-in phantom)")
-    add("--label", help="label the loaders carry (default Nodule; speed does not depend on it)")
-    add("--precision", choices=("auto", *PRECISIONS), help="autocast dtype (default auto)")
-    add("--channels-last", action=argparse.BooleanOptionalAction, help="channels-last memory format (default on)")
-    add("--optimizer", choices=("sgd", "adam"), help="optimizer (default sgd, the paper's)")
-    add("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_run_flags(parser, RUN_SETTINGS, help_for={"label": "label the loaders carry (speed does not depend on it)"})
     add("--threads", type=int, metavar="N", help="CPU intra-op threads (default: torch's, or 1 when the machine is already busy)")
     add("--predict-gpu-gb", type=float, metavar="GB", help="card size for the predicted max batch when not on a GPU (default 11)")
     add("--json", metavar="PATH", help="also write the JSON document here")
@@ -52,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cxr_fast.bench.config import load_config
+    from cxr_fast.bench.config import load_bench_config
     from cxr_fast.bench.pipeline import failed_sections, run_bench
     from cxr_fast.bench.results_io import default_out_dir, write_results
     from cxr_fast.bench.tables import print_tables
@@ -62,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for key in ("archs", "loaders"):
         if flags[key] is not None:
             flags[key] = [s.strip() for s in flags[key].split(",") if s.strip()]
-    cfg = load_config(getattr(args, "config", None), **flags)
+    cfg = load_bench_config(getattr(args, "config", None), **flags)
     if flags["archs"]:  # an explicit --arch wins over the per-device default
         cfg.cpu.archs = cfg.gpu.archs = None
     console, quiet = Console(), getattr(args, "quiet", False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cxr_fast.cost.memory import DEFAULT_GPU_GB
-from cxr_fast.vocabulary import ARCHS
+from cxr_fast.vocabulary import ARCHS, OPTIMIZERS
 
 HELP = "predict the largest training batch per resolution and GPU size (no GPU needed)"
 DESCRIPTION = (
@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="card sizes in GiB, comma separated")
     parser.add_argument("--precision", type=_csv(str, ("amp", "fp32", "both")), default=["amp"],
                         help="amp (fp16/bf16 activations), fp32, or both")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="optimizer state to count")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=OPTIMIZERS[0], help="optimizer state to count")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels-last memory format")
     parser.add_argument("--json", metavar="PATH", help="write the table and the assumptions as JSON")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_fast.schema.flags import add_run_flags
+from cxr_fast.stores import cache, jpeg
+from cxr_fast.stores.manifest import FORMATS
+
 HELP = "decode a label's subsample once into a fast store (JPEG for DALI, uint8 arrays, FFCV)"
 DESCRIPTION = (
     "Decode each image of the label's paper subsample (all positives plus negatives up to --size, split "
@@ -23,20 +27,21 @@ def _words(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+SUBSAMPLE = ("label", "subsample_size", "seed", "split", "val_fraction")  # what draws the subsample
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", nargs="?", default=None,
                         help="NIH-layout dataset folder, extracted or as images_NNN.tar.gz archives (default: the one "
                         "an existing STORE was made from, else the built-in phantom)")
-    parser.add_argument("--label", required=True, help="finding whose subsample to prepare, e.g. Nodule")
     parser.add_argument("--out", required=True, metavar="STORE", help="store folder to create or resume")
     parser.add_argument("--res", default="all",
                         help="resolutions for cache and ffcv, comma-separated, or 'all' (the paper's nine)")
-    parser.add_argument("--format", type=_words, default=["jpeg", "cache"], dest="formats",
-                        help="store formats, comma-separated: jpeg, cache, ffcv")
-    parser.add_argument("--size", type=int, default=20_000, help="subsample size (the paper: 20,000)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--split", choices=["image", "patient", "official"], default="image",
-                        help="train/validation split: by image (the paper), by patient, or NIH's lists")
+    parser.add_argument("--format", type=_words, default=[jpeg.FORMAT, cache.FORMAT], dest="formats",
+                        help=f"store formats, comma-separated: {', '.join(FORMATS)}")
+    # The subsample's settings are a run's (the same declaration as train's flags, --size for --subsample-size).
+    add_run_flags(parser, SUBSAMPLE, flags={"subsample_size": "--size"}, defaults=True, show_defaults=False,
+                  required=("label",))
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bar")
@@ -45,6 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxr_fast.data.source import resolve_dataset
     from cxr_fast.errors import CxrError
+    from cxr_fast.schema.flags import given
+    from cxr_fast.schema.run import RunConfig
     from cxr_fast.stores.manifest import data_of
     from cxr_fast.stores.prepare import PrepareConfig, prepare_subsample
     from cxr_fast.vocabulary import parse_resolutions
@@ -55,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = resolve_dataset(data_of(args.data, args.out), quiet=args.quiet)
     cfg = PrepareConfig(resolutions=tuple(resolutions), formats=tuple(args.formats), jpeg_quality=args.quality,
                         workers=args.workers, quiet=args.quiet)
-    store = prepare_subsample(dataset, args.label, args.out, cfg, size=args.size, seed=args.seed, split=args.split)
+    sub = RunConfig.parse(given(args, SUBSAMPLE), "flags").draw_subsample(dataset)
+    store = prepare_subsample(dataset, sub, args.out, cfg)
     m = store.manifest
     done = ", ".join(f"{k} {v if isinstance(v, list) else ''}".strip() for k, v in m["formats"].items())
     print(f"{store.root}: {len(m['image_ids'])} images of {m['label']} ({int(sum(m['targets']))} positive); {done}")

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.errors import CxrError
     from cxr_fast.executors import LocalExecutor, RayExecutor
     from cxr_fast.schema.flags import given
-    from cxr_fast.study import apply_overrides, decide, dry_run, load_study_config, run_study
+    from cxr_fast.study import apply_overrides, decide, dry_run, load_study_config, run_cells
 
     cfg = load_study_config(args.config)
     overrides = given(args, OVERRIDES)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         data_root(cfg.train.get("data"), quiet=args.quiet)
     print(announce(decided.cells, out, cfg.train.get("device"), cfg.name))  # never raises
     executor = RayExecutor(args.ray_address, num_cpus=args.ray_cpus) if args.executor == "ray" else LocalExecutor()
-    summary = run_study(decided, out, executor=executor, progress=not args.quiet)
+    summary = run_cells(decided, out, executor=executor, progress=not args.quiet)
     print(f"{summary.cells} runs in {out}: {summary.already_done} were already finished, {summary.ran} ran now; "
           f"results in {out / 'results.jsonl'}. Next: cxr-fast report {out}")
     return 0

@@ -38,13 +38,13 @@ def _print_some(lines: list[str]) -> None:
 def _verify_data(args: argparse.Namespace) -> tuple[bool, dict]:
     import warnings
 
-    from cxr_fast.data.nih import open_dataset
+    from cxr_fast.data.nih import read_nih_folder
     from cxr_fast.data.reader import DataWarning
     from cxr_fast.data.verify import verify_dataset
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # the rows other commands skip are listed below instead
-        dataset = open_dataset(args.data)
+        dataset = read_nih_folder(args.data)
     report = verify_dataset(dataset, workers=args.workers, quiet=args.quiet)
     print(f"{report.n_ok}/{report.n_images} images usable in {report.root} "
           f"({report.rgba_converted} RGBA converted to gray, {report.scaled_16bit} 16-bit scaled to 8-bit)")

@@ -334,13 +334,3 @@ def measured_profiles() -> list[DeviceProfile]:
             continue
     return out
 
-
-def table_rows() -> list[dict[str, Any]]:
-    """The card table as rows (TFLOPS, GB/s, GiB), for the docs and ``--json``."""
-    rows = []
-    for c in CARDS.values():
-        rows.append({"name": c.name, "title": c.title, "memory_gib": c.memory_gib,
-                     "bandwidth_gb_s": round(c.bandwidth / GIGA), "fp32_tflops": c.fp32 / TERA,
-                     "tf32_tflops": None if c.tf32 is None else c.tf32 / TERA, "fp16_tflops": c.fp16 / TERA,
-                     "bf16_tflops": None if c.bf16 is None else c.bf16 / TERA, "source": c.source})
-    return rows

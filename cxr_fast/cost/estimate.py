@@ -163,7 +163,7 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float:
     return math.exp(pts[-1][1])
 
 
-def describe(t: StepTime) -> dict[str, Any]:
+def step_summary(t: StepTime) -> dict[str, Any]:
     """Milliseconds, for tables."""
     return {"ms": t.seconds * 1e3, "compute_ms": t.compute * 1e3, "bandwidth_ms": t.bandwidth * 1e3,
             "launches_ms": t.launches * 1e3, "bound": t.bound}

@@ -15,7 +15,8 @@ from cxr_fast.errors import CxrError
 from cxr_fast.units import GIB
 from cxr_fast.vocabulary import AUTO, LOADERS
 
-RESIDENT, FALLBACK = "resident", "cache"
+RESIDENT = "resident"  # the fastest, and the one that holds the whole split on the device
+FALLBACK = "cache"  # the same pixels, memory-mapped on the host
 
 
 def choose_loader(requested: str, on_accelerator: bool, usable: Callable[[str], bool], split_bytes: int,

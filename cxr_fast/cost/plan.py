@@ -115,7 +115,7 @@ def memory_fit(arch: str, res: int, batch: int, precision: str, optimizer: str, 
 
 def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:
     """Every number of one cell: sizes, step times (eager and CUDA graphs), phase times, bound, memory."""
-    from cxr_fast.cost.estimate import describe, rate_for, step_time
+    from cxr_fast.cost.estimate import rate_for, step_summary, step_time
     from cxr_fast.cost.work import eval_work, parameter_bytes, train_work
 
     from cxr_fast.cost.fit import choose_loader
@@ -160,7 +160,7 @@ def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:
         eval_s = eval_batches * (cell.epochs * t_plain.seconds + t_final.seconds)
         cell_time = t_train.scaled(cell.epochs * steps) + t_plain.scaled(cell.epochs * eval_batches) \
             + t_final.scaled(eval_batches)
-        out[mode] = {"step": describe(t_train), "train_s": train_s, "eval_s": eval_s,
+        out[mode] = {"step": step_summary(t_train), "train_s": train_s, "eval_s": eval_s,
                      "wall_s": setup + train_s + eval_s + checkpoint, "bound": cell_time.bound,
                      "train_bound": t_train.bound}
     out["memory"] = memory

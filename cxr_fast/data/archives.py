@@ -268,7 +268,7 @@ def _listed(path: Path) -> bool:
 
 def attach_archives(root: str | Path, names: Iterable[str], found: dict[str, Path],
                     outside: dict[str, str]) -> Archives | None:
-    """Add what the archives in ``root`` hold to ``open_dataset``'s maps: each usable member to ``found``
+    """Add what the archives in ``root`` hold to ``read_nih_folder``'s maps: each usable member to ``found``
     (as ``Archives.path_of``), each refused name to ``outside``. A file on disk wins; None (nothing listed)
     when there is no archive or every name is already on disk."""
     paths = find_archives(root)

@@ -137,7 +137,7 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
-    from cxr_fast import __version__
+    from cxr_fast.version import __version__
 
     headers = {"User-Agent": f"cxr-fast/{__version__}", "Accept-Encoding": "identity"}
     if offset:

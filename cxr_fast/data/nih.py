@@ -9,7 +9,7 @@ Two rules hold before anything downstream (sampling, splits, stores) sees a row:
 
 - An ``Image Index`` names a bare file inside the data folder (``reader.contained_path``). A name with
   a path separator or ``..``, or a file that is a link leading out of the folder, is skipped with one
-  warning (``open_dataset``); ``verify`` lists such rows as bad. A layout folder that is itself a link
+  warning (``read_nih_folder``); ``verify`` lists such rows as bad. A layout folder that is itself a link
   to another disk counts as outside too: link the whole data folder instead.
 - A label is one of ChestX-ray14's. The one exception is the phantom's negative control, ``NULL_LABEL``:
   a label the phantom assigns at random and draws nothing for. Only a phantom folder (one holding
@@ -303,7 +303,7 @@ class NihDataset:
         return contained_path(self.root, image_id, self.root / "images")
 
 
-def open_dataset(root: str | Path) -> NihDataset:
+def read_nih_folder(root: str | Path) -> NihDataset:
     """Open an NIH-layout folder; rows naming files outside it are left out with one ``DataWarning``."""
     r = Path(root)
     meta = read_metadata(find_metadata_file(r), controls=(r / PHANTOM_MARKER).is_file())

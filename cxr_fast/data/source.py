@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_fast.data.conspicuity import Conspicuity, conspicuity
-from cxr_fast.data.nih import NihDataset, open_dataset
+from cxr_fast.data.nih import NihDataset, read_nih_folder
 from cxr_fast.errors import CxrError
 from cxr_fast.paths import cache_dir
 
@@ -100,4 +100,4 @@ def data_root(data: str | Path | None, quiet: bool = False) -> Path:
 
 def resolve_dataset(data: str | Path | None, quiet: bool = False) -> NihDataset:
     """Open ``data`` as an NIH-layout folder, or a built-in phantom (None, ``phantom`` or ``phantom:n=...``)."""
-    return open_dataset(data_root(data, quiet=quiet))
+    return read_nih_folder(data_root(data, quiet=quiet))

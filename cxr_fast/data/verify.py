@@ -115,7 +115,7 @@ def _check_archives(ds: NihDataset, items: list[tuple[str, str]], report: Verify
 def verify_dataset(ds: NihDataset, workers: int | None = None, quiet: bool = False) -> VerifyReport:
     """Decode every image named in the metadata; never raises for a bad image, lists it instead.
 
-    The rows ``open_dataset`` left out for leading outside the folder count as images, and as bad.
+    The rows ``read_nih_folder`` left out for leading outside the folder count as images, and as bad.
     """
     items = [(str(name), str(ds.path_of(str(name)))) for name in ds.metadata.image_ids]
     report = VerifyReport(root=str(ds.root), n_images=len(items) + len(ds.outside))

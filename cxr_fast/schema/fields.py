@@ -5,7 +5,7 @@ metavar and the noun a wrong choice is called by, and three roles a study and a 
 (``grid``: set per cell by the grids, not by a ``train:`` block; ``speed_only``: changes speed, not results,
 so it is left out of a cell's fingerprint; ``resume_free``: may differ when a run is resumed).
 
-``one_line(error, source)`` turns pydantic's ``ValidationError`` into the project's one-line error, in the
+``explain(error, source)`` turns pydantic's ``ValidationError`` into the project's one-line error, in the
 words cxr-fast has always used: ``cfg.yaml: batch_size must be int, got 'eight'``, ``unknown recipe
 'fastai2'; choose from fastai07, modern``, ``lr must be positive, got -1``. The phrase for a range comes
 from the declared bounds, so a bound and its message cannot drift apart.
@@ -97,7 +97,7 @@ def choices(info: FieldInfo) -> tuple[Any, ...] | None:
     return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
 
 
-def one_line(error: ValidationError, source: str, fields: dict[str, FieldInfo]) -> str:
+def explain(error: ValidationError, source: str, fields: dict[str, FieldInfo]) -> str:
     """The first problem of ``error`` as one line, prefixed by ``source`` (a file, a study cell)."""
     problems = error.errors(include_url=False)
     extras = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden" and p["loc"])

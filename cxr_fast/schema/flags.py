@@ -45,19 +45,22 @@ def shown_default(name: str) -> str:
 
 def add_run_flags(parser: argparse.ArgumentParser | Any, names: Iterable[str] | None = None, *,
                   flags: dict[str, str] | None = None, defaults: bool = False, show_defaults: bool = True,
-                  help_for: dict[str, str] | None = None) -> None:
+                  help_for: dict[str, str] | None = None, required: Iterable[str] = ()) -> None:
     """Add one flag per run setting in ``names`` (default: all) to ``parser`` (or an argument group).
 
     ``flags`` renames a flag (``{"subsample_size": "--size"}``); ``defaults`` gives each flag its declared
     default instead of leaving it absent; ``help_for`` replaces a setting's help where a command means it
-    differently.
+    differently; ``required`` names settings a command cannot do without (no default then).
     """
     fields = RunConfig.model_fields
     for name in names if names is not None else RunConfig.names():
         info = fields[name]
         kw: dict[str, Any] = {"dest": name, "default": info.default if defaults else argparse.SUPPRESS}
         text = (help_for or {}).get(name, info.description or "")
-        if show_defaults:
+        if name in required:
+            kw.pop("default")
+            kw["required"] = True
+        elif show_defaults:
             text += f" (default {shown_default(name)})"
         kw["help"] = text
         allowed = choices(info)
@@ -70,7 +73,8 @@ def add_run_flags(parser: argparse.ArgumentParser | Any, names: Iterable[str] | 
             kw["type"] = tp
             if extra(info, "metavar"):
                 kw["metavar"] = extra(info, "metavar")
-        parser.add_argument((flags or {}).get(name, flag_of(name)), **kw)
+        action = parser.add_argument((flags or {}).get(name, flag_of(name)), **kw)
+        action.run_setting = name  # made from the declaration (tests hold every command's run flags to it)
 
 
 def given(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:

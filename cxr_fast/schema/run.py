@@ -10,7 +10,7 @@ This one declaration is all of these (nothing else lists the fields):
 
 pydantic v2 (``extra="forbid"``, strict types), chosen by trying it beside tyro and jsonargparse: it is the
 one of the three that validates a YAML mapping (a study's blocks) as well as flags, and its errors are data
-that ``schema.fields.one_line`` turns into the project's one-line messages; a 60-line generator gives the
+that ``schema.fields.explain`` turns into the project's one-line messages; a 60-line generator gives the
 argparse flags. DESIGN.md says more.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from cxr_fast.errors import CxrError
-from cxr_fast.schema.fields import PathText, extra, one_line, setting
+from cxr_fast.schema.fields import PathText, explain, extra, setting
 from cxr_fast.vocabulary import (AUTO, DEFAULT_RECIPE, Arch, Init, LoaderChoice, Optimizer, PrecisionChoice, Recipe,
                                  Split, check_res)
 
@@ -61,7 +61,7 @@ class RunConfig(BaseModel):
     lr: float = setting(5e-4, "fixed learning rate (the paper's, from a range test: cxr-fast lr-find)",
                         metavar="LR", gt=0)
     optimizer: Optimizer = setting("sgd", "sgd (momentum, fastai 0.7's and the paper's) or adam", noun="optimizer")
-    momentum: float = setting(0.9, "SGD momentum", metavar="M", ge=0, lt=1)
+    momentum: float = setting(0.9, "SGD momentum (Adam: its beta1)", metavar="M", ge=0, lt=1)
     precision: PrecisionChoice = setting(
         AUTO, "autocast dtype: auto is bf16 on a GPU that has it, fp16 on older GPUs, fp32 on the CPU",
         noun="precision")
@@ -96,7 +96,7 @@ class RunConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise SettingsError(one_line(exc, _SOURCE.get(), type(self).model_fields)) from None
+            raise SettingsError(explain(exc, _SOURCE.get(), type(self).model_fields)) from None
 
     @field_validator("label")
     @classmethod

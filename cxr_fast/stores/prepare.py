@@ -19,7 +19,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -250,12 +250,8 @@ def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequenc
     return prepare_store(dataset, ids, tg, root, cfg)
 
 
-def prepare_subsample(dataset: NihDataset, label: str, out: str | Path, cfg: PrepareConfig, size: int = 20_000,
-                      seed: int = 0, split: str = "image") -> Store:
-    """The command's job: the label's paper subsample (train and validation) into ``out``."""
-    from cxr_fast.data.sampling import subsample
-
-    sub = subsample(dataset.metadata, label, size=size, seed=seed, split=split,  # type: ignore[arg-type]
-                    official_split=dataset.official_split)
-    info = {"label": sub.label, "split": split, "seed": seed, "size": size, "is_val": sub.is_val}
+def prepare_subsample(dataset: NihDataset, sub: Any, out: str | Path, cfg: PrepareConfig) -> Store:
+    """A label's drawn subsample (``RunConfig.draw_subsample``: train and validation) into ``out``, with how
+    it was drawn recorded in the manifest. The store never draws one itself: the run's settings do."""
+    info = {"label": sub.label, "split": sub.split, "seed": sub.seed, "size": sub.size, "is_val": sub.is_val}
     return prepare_store(dataset, sub.image_ids, sub.targets, out, cfg, info)

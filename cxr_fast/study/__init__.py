@@ -10,8 +10,8 @@ The names a caller needs are imported here.
 from cxr_fast.study.grid import (Cell, GridSpec, StudyConfig, apply_overrides, checked_cells, expand,
                                  load_study_config, parse_study)
 from cxr_fast.study.results import RESULTS, STUDY_CONFIG, ResultsStore, result_row
-from cxr_fast.study.runner import StudyPlan, StudySummary, decide, dry_run, run_study, study_lock, train_cell
+from cxr_fast.study.runner import StudyPlan, StudySummary, decide, dry_run, run_cells, study_lock, train_cell
 
 __all__ = ["Cell", "GridSpec", "StudyConfig", "apply_overrides", "checked_cells", "expand", "load_study_config",
            "parse_study", "RESULTS", "STUDY_CONFIG", "ResultsStore", "result_row", "StudyPlan", "StudySummary",
-           "decide", "dry_run", "run_study", "study_lock", "train_cell"]
+           "decide", "dry_run", "run_cells", "study_lock", "train_cell"]

@@ -184,7 +184,7 @@ class Cell:
         return RunConfig.parse(data, f"cell {self.cell_id}")
 
 
-def variant_tag(overrides: dict[str, Any]) -> str:
+def overrides_tag(overrides: dict[str, Any]) -> str:
     """A grid's result-changing overrides as a folder-safe tag (speed-only settings do not count)."""
     parts = []
     for key, value in sorted(overrides.items()):
@@ -211,7 +211,7 @@ def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
         if only and g.name not in only:
             continue
         settings = {**cfg.train, **g.train}
-        tag = variant_tag({k: v for k, v in g.train.items() if cfg.train.get(k) != v})
+        tag = overrides_tag({k: v for k, v in g.train.items() if cfg.train.get(k) != v})
         for label in g.labels:
             for arch in g.archs:
                 for res in g.resolutions:

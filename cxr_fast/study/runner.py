@@ -2,7 +2,7 @@
 
 ``decide`` validates every cell (``grid.checked_cells``), resolves each init once and matches finished rows,
 writing nothing, so a refused study leaves its folder as it was and ``--dry-run`` refuses exactly what a run
-would. ``run_study`` then takes the folder's lock (one driver per study), decodes each label's subsample
+would. ``run_cells`` then takes the folder's lock (one driver per study), decodes each label's subsample
 once into a shared store (``prepare_stores``: the subsample is drawn once and given to the store and to
 every run of the label) and runs the cells through an executor (here, or on Ray). A kill loses at most the
 run in flight; its run folder resumes from its last epoch checkpoint on the next ``cxr-fast study``. Every
@@ -131,7 +131,8 @@ def prepare_stores(cells: Sequence[Cell], study_dir: Path, quiet: bool = False) 
     read one store, and a rerun finds it made.
     """
     from cxr_fast.data.source import resolve_dataset
-    from cxr_fast.stores.prepare import PrepareConfig, prepare_store
+    from cxr_fast.stores import jpeg
+    from cxr_fast.stores.prepare import PrepareConfig, prepare_subsample
 
     groups: dict[tuple[str, ...], list[Cell]] = {}
     for cell in cells:
@@ -153,12 +154,10 @@ def prepare_stores(cells: Sequence[Cell], study_dir: Path, quiet: bool = False) 
         sub = subsamples[members[0].cell_id]
         digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
         root = (study_dir / STORES / f"{label}-{digest}").resolve()
-        resolutions = tuple(sorted({c.res for c in members})) if fmt != "jpeg" else ()
+        resolutions = tuple(sorted({c.res for c in members})) if fmt != jpeg.FORMAT else ()
         if not quiet:
             print(f"preparing {label}: {fmt} at {', '.join(map(str, resolutions)) or 'source size'} px -> {root}")
-        info = {"label": sub.label, "split": sub.split, "seed": sub.seed, "size": sub.size, "is_val": sub.is_val}
-        prepare_store(datasets[data], sub.image_ids, sub.targets, root,
-                      PrepareConfig(resolutions=resolutions, formats=(fmt,), quiet=quiet), info)
+        prepare_subsample(datasets[data], sub, root, PrepareConfig(resolutions=resolutions, formats=(fmt,), quiet=quiet))
         for cell in members:
             cell.settings["store"] = str(root)
             cell.config = cell.config.replace(store=str(root))
@@ -173,7 +172,7 @@ class StudySummary:
     rows: list[dict[str, Any]]
 
 
-def run_study(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any = None,
+def run_cells(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any = None,
               only: Sequence[str] | None = None, run_fn: RunFn | None = None, progress: bool = True,
               prepare: bool | None = None) -> StudySummary:
     """Run every unfinished cell into ``study_dir`` and return what the store holds.

@@ -24,6 +24,7 @@ from cxr_fast.runtime import sync
 from cxr_fast.schema.run import RunConfig
 from cxr_fast.train.folder import CHECKPOINT_NAME, LOG_NAME, RunPlan
 from cxr_fast.train.parts import RunParts
+from cxr_fast.units import MIB
 
 
 def peak_memory_mb(device: Any) -> float:
@@ -31,9 +32,9 @@ def peak_memory_mb(device: Any) -> float:
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+        return torch.cuda.max_memory_allocated(device) / MIB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return rss / MIB if sys.platform == "darwin" else rss * 1024 / MIB
 
 
 def _rng_state() -> dict[str, Any]:

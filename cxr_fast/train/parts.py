@@ -44,8 +44,6 @@ def build_parts(cfg: RunConfig, device: Any, precision: str, quiet: bool = False
     import torch
 
     from cxr_fast.data.source import resolve_dataset
-    from cxr_fast.feed import make_loader
-    from cxr_fast.loaders.base import LoaderSpec
     from cxr_fast.metrics import _check
     from cxr_fast.models import build_model
     from cxr_fast.recipes import augmentation
@@ -72,25 +70,17 @@ def build_parts(cfg: RunConfig, device: Any, precision: str, quiet: bool = False
     step = TrainStep(model, optimizer, pos_weight, precision, device, cfg.channels_last, recipe=cfg.recipe)
     aug = augmentation(cfg.recipe)
 
-    def spec(ids: np.ndarray, targets: np.ndarray, train: bool) -> LoaderSpec:
-        # A last training batch of one image cannot be batch-normalised in train mode: drop it.
-        return LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=cfg.res, batch_size=cfg.batch_size,
-                          train=train, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
-                          drop_last=train and len(ids) % cfg.batch_size == 1,
-                          augment=cfg.augment and train, store=Path(cfg.store) if cfg.store else None,
-                          num_workers=cfg.workers, augmentation=aug)
-
-    loader, loader_why = choose_loader(cfg, device, precision, len(train_ids) + (len(val_ids) if need_val else 0))
+    loader, loader_why = loader_for(cfg, device, precision, len(train_ids) + (len(val_ids) if need_val else 0))
     if loader_why and loader != "resident" and not quiet:
         print(loader_why)
-    train_loader = make_loader(loader, spec(train_ids, train_targets, True))
-    val_loader = make_loader(loader, spec(val_ids, val_targets, False)) if need_val else None
+    train_loader = part_loader(cfg, dataset, sub, "train", device, loader, aug)
+    val_loader = part_loader(cfg, dataset, sub, "val", device, loader, aug) if need_val else None
     loader_name = type(train_loader).__module__.rsplit(".", 1)[-1]
     return RunParts(dataset, sub, model, optimizer, step, train_loader, val_loader, loader_name, pos_weight, aug,
                     loader_why)
 
 
-def choose_loader(cfg: RunConfig, device: Any, precision: str, n_images: int) -> tuple[str, str]:
+def loader_for(cfg: RunConfig, device: Any, precision: str, n_images: int) -> tuple[str, str]:
     """(backend, why) for this run on ``device``, by the one rule (``cost.fit.choose_loader``): the memory it
     weighs is the predicted step (``cost.memcache``) and the card's capacity."""
     import torch
@@ -108,3 +98,20 @@ def choose_loader(cfg: RunConfig, device: Any, precision: str, n_images: int) ->
 
     return rule(cfg.loader, device.type == "cuda", lambda name: ready[name][0], n_images * cfg.res * cfg.res,
                 step_bytes, lambda: torch.cuda.get_device_properties(device).total_memory)
+
+
+def part_loader(cfg: RunConfig, dataset: Any, sub: Any, part: str, device: Any, loader: str, augmentation: Any) -> Any:
+    """The ``train`` or ``val`` part of ``sub`` through backend ``loader`` (its store prepared first), as the run
+    reads it: training batches shuffled and augmented by the recipe, validation in order and plain."""
+    from cxr_fast.feed import make_loader
+    from cxr_fast.loaders.base import LoaderSpec
+
+    ids, targets = sub.part(part)
+    train = part == "train"
+    # A last training batch of one image cannot be batch-normalised in train mode: drop it.
+    spec = LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=cfg.res, batch_size=cfg.batch_size,
+                      train=train, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
+                      drop_last=train and len(ids) % cfg.batch_size == 1, augment=cfg.augment and train,
+                      store=Path(cfg.store) if cfg.store else None, num_workers=cfg.workers,
+                      augmentation=augmentation)
+    return make_loader(loader, spec)

@@ -244,8 +244,8 @@ def test_auto_keeps_the_resident_split_only_where_it_fits_beside_the_step(monkey
 
     import cxr_fast.cost.memcache as memcache
     from cxr_fast.cost.fit import choose_loader as rule
-    from cxr_fast.schema.run import RunConfig as TrainConfig
-    from cxr_fast.train.parts import loader_for as choose_loader
+    from cxr_fast.schema.run import RunConfig
+    from cxr_fast.train.parts import loader_for
     from cxr_fast.units import GIB
 
     def auto_for_memory(split: int, step: int, card: int) -> tuple[str, str]:  # the rule, on a GPU
@@ -259,12 +259,12 @@ def test_auto_keeps_the_resident_split_only_where_it_fits_beside_the_step(monkey
     monkeypatch.setattr("torch.cuda.get_device_properties", lambda d: types.SimpleNamespace(total_memory=11 * GIB))
     monkeypatch.setattr(memcache, "memory_profile",
                         lambda *a, **k: types.SimpleNamespace(predicted_bytes=lambda b: 5 * GIB))
-    cfg = TrainConfig(label="Nodule", res=600, arch="densenet121")
-    assert choose_loader(cfg, cuda, "fp32", 20_000)[0] == "cache"  # 6.7 GiB of split
-    assert choose_loader(cfg, cuda, "fp32", 2_000)[0] == "resident"  # 0.7 GiB
-    assert choose_loader(TrainConfig(label="Nodule", res=600, loader="cache"), cuda, "fp32",
-                         20_000) == ("cache", "")  # a named loader is used as named
-    assert choose_loader(cfg, types.SimpleNamespace(type="cpu"), "fp32", 20_000) == ("resident", "")
+    cfg = RunConfig(label="Nodule", res=600, arch="densenet121")
+    assert loader_for(cfg, cuda, "fp32", 20_000)[0] == "cache"  # 6.7 GiB of split
+    assert loader_for(cfg, cuda, "fp32", 2_000)[0] == "resident"  # 0.7 GiB
+    assert loader_for(RunConfig(label="Nodule", res=600, loader="cache"), cuda, "fp32",
+                      20_000) == ("cache", "")  # a named loader is used as named
+    assert loader_for(cfg, types.SimpleNamespace(type="cpu"), "fp32", 20_000) == ("resident", "")
 
 
 def test_precision_auto_follows_the_card_and_bf16_is_refused_where_missing():

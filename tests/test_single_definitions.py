@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -24,6 +25,7 @@ SOURCE = [p for folder in ("cxr_fast", "loaders", "bench") for p in (REPO / fold
           if "__pycache__" not in p.parts]
 
 
+@functools.lru_cache(maxsize=1)
 def _trees() -> dict[Path, ast.Module]:
     return {p: ast.parse(p.read_text(encoding="utf-8")) for p in SOURCE}
 

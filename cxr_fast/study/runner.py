@@ -3,8 +3,8 @@
 ``decide`` validates every cell (``grid.checked_cells``), resolves each init once and matches finished rows,
 writing nothing, so a refused study leaves its folder as it was and ``--dry-run`` refuses exactly what a run
 would. ``run_cells`` then takes the folder's lock (one driver per study), decodes each label's subsample
-once into a shared store (``prepare_stores``: the subsample is drawn once and given to the store and to
-every run of the label) and runs the cells through an executor (here, or on Ray). A kill loses at most the
+once into a shared store (``draw_subsamples`` draws each label's subsample once, and it is given to the store
+and to every run of the label) and runs the cells through an executor (here, or on Ray). A kill loses at most the
 run in flight; its run folder resumes from its last epoch checkpoint on the next ``cxr-fast study``. Every
 resolution of a label uses the same subsample and validation images, so the report can compare resolutions
 with the paired DeLong test.
@@ -122,15 +122,35 @@ def _store_key(cell: Cell) -> tuple[str, ...] | None:
     return (cell.label, str(c.data), str(c.subsample_size), str(c.seed), str(c.split), fmt)
 
 
-def prepare_stores(cells: Sequence[Cell], study_dir: Path, quiet: bool = False) -> dict[str, Any]:
-    """Draw each label's subsample once and decode it once, at every resolution its cells need, into
-    ``stores/``; returns each cell's subsample by cell id, to be handed to its run.
+def draw_subsamples(cells: Sequence[Cell]) -> dict[str, tuple[Any, Any]]:
+    """Each cell's (dataset, subsample), drawn once per distinct label, data, size, seed, split and validation
+    share: every resolution of a label trains and is scored on the same images, and its store holds them."""
+    from cxr_fast.data.source import resolve_dataset
+    from cxr_fast.stores.manifest import data_of
+
+    datasets: dict[str, Any] = {}
+    drawn: dict[tuple[Any, ...], Any] = {}
+    out: dict[str, tuple[Any, Any]] = {}
+    for cell in cells:
+        c = cell.config
+        data = str(data_of(c.data, c.store))
+        if data not in datasets:
+            datasets[data] = resolve_dataset(None if data == "None" else data, quiet=True)
+        key = (cell.label, data, c.subsample_size, c.seed, c.split, c.val_fraction)
+        if key not in drawn:
+            drawn[key] = c.draw_subsample(datasets[data])
+        out[cell.cell_id] = (datasets[data], drawn[key])
+    return out
+
+
+def prepare_stores(cells: Sequence[Cell], study_dir: Path, drawn: dict[str, tuple[Any, Any]],
+                   quiet: bool = False) -> None:
+    """Decode each label's subsample (``drawn``) once, at every resolution its cells need, into ``stores/``.
 
     Without this each run would extend the loader's store with its own resolution, decoding every PNG
     again (10 ms per 1024 px image per core). The cells then name the store, so all resolutions of a label
     read one store, and a rerun finds it made.
     """
-    from cxr_fast.data.source import resolve_dataset
     from cxr_fast.stores import jpeg
     from cxr_fast.stores.prepare import PrepareConfig, prepare_subsample
 
@@ -139,29 +159,18 @@ def prepare_stores(cells: Sequence[Cell], study_dir: Path, quiet: bool = False) 
         key = _store_key(cell)
         if key is not None:
             groups.setdefault(key, []).append(cell)
-    datasets: dict[str, Any] = {}
-    drawn: dict[tuple[Any, ...], Any] = {}
-    subsamples: dict[str, Any] = {}
     for key, members in groups.items():
-        label, data, _, _, _, fmt = key
-        if data not in datasets:
-            datasets[data] = resolve_dataset(None if data == "None" else data, quiet=True)
-        for cell in members:  # the image set is the key's; the validation share may differ per cell
-            sub_key = (*key[:5], cell.config.val_fraction)
-            if sub_key not in drawn:
-                drawn[sub_key] = cell.config.draw_subsample(datasets[data])
-            subsamples[cell.cell_id] = drawn[sub_key]
-        sub = subsamples[members[0].cell_id]
+        label, fmt = key[0], key[-1]
+        dataset, sub = drawn[members[0].cell_id]  # the image set is the key's; the validation share may differ
         digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
         root = (study_dir / STORES / f"{label}-{digest}").resolve()
         resolutions = tuple(sorted({c.res for c in members})) if fmt != jpeg.FORMAT else ()
         if not quiet:
             print(f"preparing {label}: {fmt} at {', '.join(map(str, resolutions)) or 'source size'} px -> {root}")
-        prepare_subsample(datasets[data], sub, root, PrepareConfig(resolutions=resolutions, formats=(fmt,), quiet=quiet))
+        prepare_subsample(dataset, sub, root, PrepareConfig(resolutions=resolutions, formats=(fmt,), quiet=quiet))
         for cell in members:
             cell.settings["store"] = str(root)
             cell.config = cell.config.replace(store=str(root))
-    return subsamples
 
 
 @dataclass
@@ -198,13 +207,15 @@ def run_cells(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any
         todo = [c for c in cells if status[c.cell_id] != "done"]
         write_text(study_dir / STUDY_CONFIG, yaml.safe_dump(decided.config.to_dict(), sort_keys=False))
         store = ResultsStore(study_dir / RESULTS)
-        subsamples = prepare_stores(todo, study_dir, quiet=not progress) if prepare and todo else {}
+        drawn = draw_subsamples(todo) if real and todo else {}
+        if prepare and todo:
+            prepare_stores(todo, study_dir, drawn or draw_subsamples(todo), quiet=not progress)
         by_id = {c.cell_id: c for c in todo}
 
         def inputs(cell: Cell) -> dict[str, Any]:
             if not real:
                 return {}
-            return {"init": decided.inits.get(cell.cell_id), "subsample": subsamples.get(cell.cell_id)}
+            return {"init": decided.inits.get(cell.cell_id), "subsample": drawn[cell.cell_id][1]}
 
         jobs = [Job(c.cell_id, c.config, c.describe(), inputs(c)) for c in todo]
         with StudyProgress(len(cells), len(cells) - len(todo), enabled=progress) as bar:

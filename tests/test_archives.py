@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import cxr_fast.data.archives as A
+import cxr_fast.data.archive_stream as S
 import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
 from cxr_fast.data.nih import read_nih_folder
@@ -221,12 +222,12 @@ def test_a_worker_that_dies_is_named_and_its_unread_members_returned(tmp_path: P
     paths = pack(src, tmp_path / "arch", parts=2)
     tasks = [(str(p), {f"images/{n}": f"{p.name}#{i}" for i, n in enumerate(ids[k * 3:(k + 1) * 3], 1)})
              for k, p in enumerate(paths)]
-    events = list(A.imap_members(_die_on_second, tasks, "test", workers=2, quiet=True))
-    finished = {Path(e.archive).name: e for e in events if isinstance(e, A.Finished)}
+    events = list(S.imap_members(_die_on_second, tasks, "test", workers=2, quiet=True))
+    finished = {Path(e.archive).name: e for e in events if isinstance(e, S.Finished)}
     assert set(finished) == {"images_001.tar.gz", "images_002.tar.gz"}
     for name, event in finished.items():
         assert re.search(r"worker died \(exit code 3\)|every worker died \(exit codes 3, 3\)", event.problem)
-        read = {e.result for e in events if isinstance(e, A.Read) and Path(e.archive).name == name}
+        read = {e.result for e in events if isinstance(e, S.Read) and Path(e.archive).name == name}
         # What the dying worker had not yet handed over comes back as unread, never as lost.
         assert {f"{name}#2", f"{name}#3"} <= set(event.unread) and read | set(event.unread) == \
             {f"{name}#1", f"{name}#2", f"{name}#3"} and not read & set(event.unread)

@@ -2,7 +2,7 @@
 
 cxr-fast decodes each image once (``prepare``), so an extracted copy is pure waste. ``verify`` and
 ``prepare`` stream each archive's members instead, one worker per archive (a gzip stream can only be read
-from its start), and decode straight from memory: no PNG is ever written to disk.
+from its start; ``data.archive_stream``), and decode straight from memory: no PNG is ever written to disk.
 
 The reader's rules (``reader``) hold for members as for files. A member is used only when it is a plain
 file named ``NAME`` or ``images/NAME`` with NAME a bare ``.png`` name (NIH's tarballs hold ``images/NAME``).
@@ -21,14 +21,12 @@ import gzip
 import hashlib
 import json
 import os
-import queue as queue_module
 import tarfile
-import time
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 from cxr_fast.data.reader import DataWarning, is_inside, name_problem
 from cxr_fast.errors import CxrError, one_line
@@ -61,25 +59,6 @@ class Listing:
     mtime_ns: int
     claims: tuple[tuple[str, str, str | None], ...]
     broken: str | None = None
-
-
-@dataclass(frozen=True)
-class Read:
-    """One wanted member, decoded by the caller's function (``imap_members``)."""
-
-    archive: str
-    member: str
-    result: Any
-
-
-@dataclass(frozen=True)
-class Finished:
-    """An archive read to its end (``problem`` None) or to where it broke (the ``ArchiveError`` line);
-    ``unread``: the payloads of the wanted members it never yielded."""
-
-    archive: str
-    problem: str | None
-    unread: tuple[Any, ...]
 
 
 def find_archives(root: str | Path) -> list[Path]:
@@ -284,119 +263,3 @@ def attach_archives(root: str | Path, names: Iterable[str], found: dict[str, Pat
     for line in archives.broken.values():
         warnings.warn(f"{line}: images past that point are missing; fetch it again", DataWarning, stacklevel=3)
     return archives
-
-
-# ----------------------------------------------------------------------------- streaming, one worker per archive
-
-
-def _events(fn: Callable[[Any, bytes], Any], archive: str, wanted: Mapping[str, Any]) -> Iterator[Read | Finished]:
-    seen: set[str] = set()
-    problem = None
-    try:
-        for member, data in read_members(archive, wanted):
-            seen.add(member)
-            yield Read(archive, member, fn(wanted[member], data))
-    except ArchiveError as exc:
-        problem = str(exc)
-    yield Finished(archive, problem, tuple(p for m, p in wanted.items() if m not in seen))
-
-
-def _worker(fn: Callable[[Any, bytes], Any], todo: Any, out: Any, initializer: Callable[[], None] | None,
-            wid: int) -> None:
-    """One long-lived worker: archives from ``todo`` until a None, each read through, events to ``out``."""
-    archive = "?"
-    try:
-        if initializer is not None:
-            initializer()
-        while (task := todo.get()) is not None:
-            archive, wanted = task
-            out.put(("start", wid, archive))
-            for event in _events(fn, archive, wanted):
-                out.put(event)
-    except KeyboardInterrupt:
-        pass  # the parent is stopping too, and says so
-    except BaseException as exc:  # a bug, not a broken archive: the parent raises it
-        out.put(("failed", archive, one_line(exc)))
-
-
-def imap_members(fn: Callable[[Any, bytes], Any], tasks: Sequence[tuple[str, Mapping[str, Any]]], description: str,
-                 workers: int | None = None, quiet: bool = False,
-                 initializer: Callable[[], None] | None = None) -> Iterator[Read | Finished]:
-    """For each task (archive, {member: payload}) yield ``Read(archive, fn(payload, bytes))`` per wanted member
-    as it is decoded, then one ``Finished`` for the archive; one process per archive, ``workers`` at a time
-    (inline with one). Results stream back as they come, so the caller can write and checkpoint them."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from cxr_fast.parallel import worker_count
-
-    n = worker_count(workers, len(tasks))
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=quiet) as progress:
-        bar = progress.add_task(description, total=sum(len(w) for _, w in tasks))
-        source = (event for archive, wanted in tasks for event in _events(fn, archive, wanted)) if n == 1 \
-            else _pooled(fn, tasks, n, initializer)
-        for event in source:
-            progress.advance(bar, 1 if isinstance(event, Read) else len(event.unread))
-            yield event
-
-
-def _pooled(fn: Callable[[Any, bytes], Any], tasks: Sequence[tuple[str, Mapping[str, Any]]], n: int,
-            initializer: Callable[[], None] | None) -> Iterator[Read | Finished]:
-    """``n`` workers, started once (each imports and initialises once), share the archives."""
-    from cxr_fast.parallel import mp_context
-
-    ctx = mp_context()
-    todo, out = ctx.Queue(), ctx.Queue(maxsize=64 * n)
-    for archive, wanted in tasks:
-        todo.put((archive, dict(wanted)))
-    for _ in range(n):
-        todo.put(None)
-    procs = [ctx.Process(target=_worker, args=(fn, todo, out, initializer, i), daemon=True) for i in range(n)]
-    for proc in procs:
-        proc.start()
-    wanted_of = {archive: wanted for archive, wanted in tasks}
-    seen: dict[str, set[str]] = {archive: set() for archive in wanted_of}
-    at: dict[int, str] = {}  # worker -> the archive it is reading
-    finished: set[str] = set()
-    dead_since: dict[int, float] = {}
-
-    def died(archive: str, why: str) -> Finished:
-        finished.add(archive)
-        return Finished(archive, f"{archive}: {why}",
-                        tuple(p for m, p in wanted_of[archive].items() if m not in seen[archive]))
-
-    try:
-        while len(finished) < len(tasks):
-            try:
-                event = out.get(timeout=0.5)
-            except queue_module.Empty:
-                # A dead worker's last events may still be in the pipe: give them two seconds first.
-                now = time.monotonic()
-                gone = [i for i, p in enumerate(procs)
-                        if p.exitcode is not None and now - dead_since.setdefault(i, now) > 2.0]
-                for i in gone:
-                    if i in at:
-                        yield died(at.pop(i), f"its worker died (exit code {procs[i].exitcode})")
-                if len(gone) == len(procs):  # nobody left to read what is still queued
-                    codes = ", ".join(str(p.exitcode) for p in procs)
-                    for archive in [a for a in wanted_of if a not in finished]:
-                        yield died(archive, f"not read to its end: every worker died (exit codes {codes})")
-                continue
-            if isinstance(event, tuple):
-                if event[0] == "failed":
-                    raise CxrError(f"{event[1]}: reading it failed: {event[2]}")
-                at[event[1]] = event[2]
-                continue
-            if isinstance(event, Finished):
-                if event.archive in finished:
-                    continue
-                finished.add(event.archive)
-                at = {i: a for i, a in at.items() if a != event.archive}
-            else:
-                seen[event.archive].add(event.member)
-            yield event
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.join()

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from cxr_fast.data.archives import Finished, imap_members
+from cxr_fast.data.archive_stream import Finished, imap_members
 from cxr_fast.data.nih import NihDataset
 from cxr_fast.data.reader import ImageError, decode_gray_with_info, read_gray_with_info
 from cxr_fast.parallel import imap_progress

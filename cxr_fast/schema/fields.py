@@ -89,11 +89,19 @@ def _type_message(key: str, value: Any, want: str, nullable: bool) -> str:
     return f"{key} must be {want}{' or null' if nullable else ''}, got {value!r}"
 
 
-def choices(info: FieldInfo) -> tuple[Any, ...] | None:
-    """The allowed values of a ``Literal`` field (``Optional`` stripped), else None."""
+def base_type(info: FieldInfo) -> Any:
+    """A field's type without ``Optional`` and ``Annotated``: ``int`` for ``int | None``, the ``Literal`` itself."""
     tp = info.annotation
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def choices(info: FieldInfo) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` field, else None."""
+    tp = base_type(info)
     return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
 
 

@@ -10,27 +10,14 @@ take their run flags from here, so a setting added to ``RunConfig`` is a flag ev
 from __future__ import annotations
 
 import argparse
-import types
-import typing
 from typing import Any, Iterable
 
-from pydantic.fields import FieldInfo
-
-from cxr_fast.schema.fields import choices, extra
+from cxr_fast.schema.fields import base_type, choices, extra
 from cxr_fast.schema.run import RunConfig
 
 
 def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _base_type(info: FieldInfo) -> Any:
-    tp = info.annotation
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
 
 
 def shown_default(name: str) -> str:
@@ -64,7 +51,7 @@ def add_run_flags(parser: argparse.ArgumentParser | Any, names: Iterable[str] | 
             text += f" (default {shown_default(name)})"
         kw["help"] = text
         allowed = choices(info)
-        tp = _base_type(info)
+        tp = base_type(info)
         if allowed is not None:
             kw["choices"] = allowed
         elif tp is bool:

@@ -139,12 +139,6 @@ class RunConfig(BaseModel):
         finally:
             _SOURCE.reset(token)
 
-    @classmethod
-    def check_partial(cls, data: Mapping[str, Any], source: str) -> dict[str, Any]:
-        """Check the keys and each value of a partial block (a study's ``train:``), the rest left to defaults."""
-        cls.parse(data, source)
-        return dict(data)
-
     def replace(self, **changes: Any) -> "RunConfig":
         """This config with resolved values put in (a device, a weights file): no second validation."""
         return self.model_copy(update=changes)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_fast.data.archives import Finished, imap_members
+from cxr_fast.data.archive_stream import Finished, imap_members
 from cxr_fast.data.nih import NihDataset
 from cxr_fast.data.reader import ImageError
 from cxr_fast.errors import CxrError

@@ -77,7 +77,8 @@ def _check_train(train: Any, where: str) -> dict[str, Any]:
     unknown = sorted(map(str, set(train) - known))
     if unknown:
         raise CxrError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return RunConfig.check_partial(train, where)
+    RunConfig.parse(train, where)  # each value by the run schema, the settings not given left to defaults
+    return dict(train)
 
 
 def _parse_grid(g: Any, where: str) -> GridSpec:

@@ -57,10 +57,6 @@ class StudyPlan:
     inits: dict[str, Any]  # cell_id -> cxr_fast.weights.InitChoice
     notes: list[str] = field(default_factory=list)  # what a dry run could not check, said once
 
-    @property
-    def todo(self) -> list[Cell]:
-        return [c for c in self.cells if self.status[c.cell_id] != "done"]
-
 
 def _status(cells: list[Cell], study_dir: Path, by_fingerprint: bool = True) -> dict[str, str]:
     """done (a row), partial (a run folder) or todo; a finished row with another fingerprint is refused."""

@@ -93,6 +93,7 @@ def load_bench_config(path: str | None = None, **flags: Any) -> BenchConfig:
 
 def validate(cfg: BenchConfig) -> None:
     """Every setting by the shared vocabulary, before anything is measured."""
+    from cxr_fast.cost.memory import check_gpu_gb
     from cxr_fast.loaders import BACKENDS
 
     cfg.res = parse_resolutions(cfg.res, "--res")
@@ -105,5 +106,4 @@ def validate(cfg: BenchConfig) -> None:
         raise CxrError(f"--batch-size must be 1 or more, got {cfg.batch_size}")
     if cfg.threads is not None and cfg.threads < 1:
         raise CxrError(f"--threads must be 1 or more, got {cfg.threads}")
-    if cfg.predict_gpu_gb <= 0:
-        raise CxrError(f"predict_gpu_gb must be positive, got {cfg.predict_gpu_gb}")
+    check_gpu_gb(cfg.predict_gpu_gb, "predict_gpu_gb")

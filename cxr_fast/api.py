@@ -77,10 +77,11 @@ def run_study(config: str | Path | Mapping[str, Any], out: str | Path | None = N
     for every cell (and ``epochs`` for every grid), as ``cxr-fast study``'s flags. Returns the summary, whose
     ``rows`` are the finished runs; a rerun skips what is done and resumes the rest."""
     from cxr_fast.study import apply_overrides, load_study_config, parse_study, run_cells
+    from cxr_fast.study.grid import default_study_dir
 
     cfg = parse_study(dict(config), "config") if isinstance(config, Mapping) else load_study_config(config)
     cfg = apply_overrides(cfg, **overrides)
-    folder = Path(out) if out is not None else Path("studies") / cfg.name
+    folder = Path(out) if out is not None else default_study_dir(cfg)
     return run_cells(cfg, folder, only=list(only) or None, progress=progress)
 
 

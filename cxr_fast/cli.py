@@ -7,10 +7,13 @@ Each module in ``cxr_fast.commands`` defines ``HELP`` (one line), ``configure(pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from cxr_fast.version import __version__
 from cxr_fast.errors import CxrError
@@ -73,9 +76,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = lambda message, *a, **k: print(
             f"cxr-fast {args.command}: warning: {message}", file=sys.stderr)
         try:
-            return _run(args)
+            with _sigterm_as_interrupt():
+                return _run(args)
         finally:
             warnings.showwarning = previous
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a plain ``kill``), raised like Ctrl-C so the same cleanup runs: workers stopped, work kept."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises ``_Terminated`` instead of ending the process on the spot, which
+    would leave its pool workers running and its checkpoints unwritten (main thread only: Python's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -88,9 +114,10 @@ def _run(args: argparse.Namespace) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"cxr-fast {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"cxr-fast {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, _Terminated) else ("interrupted", 130)
+        print(f"cxr-fast {args.command}: {how}; finished work is kept, rerun to resume", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -21,15 +21,61 @@ from cxr_fast.io import write_text
 T = TypeVar("T")
 
 
+# What a settings file may expand to, each use of an alias counted whole: real ones hold hundreds of values
+# (PyYAML's own dumper writes aliases for a list used twice), a "billion laughs" of nested aliases billions.
+MAX_YAML_VALUES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``SafeLoader`` that counts what a document expands to before building it: a few lines of nested aliases
+    (a "billion laughs") expand to gigabytes once a value is printed or hashed, so such a file, or a recursive
+    alias, is refused while it is still a small graph of nodes."""
+
+    def construct_document(self, node: Any) -> Any:
+        size = _expanded(node, {}, set())
+        if size > MAX_YAML_VALUES:
+            raise yaml.YAMLError(f"its aliases expand it to {size:,} values, over the {MAX_YAML_VALUES:,} a "
+                                 "settings file may hold; write the values out")
+        return super().construct_document(node)
+
+
+def _expanded(node: Any, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` stands for once every alias in it is copied out (memoized: linear in nodes)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise yaml.YAMLError(f"a recursive alias on line {node.start_mark.line + 1}")
+    open_.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded(k, sizes, open_) + _expanded(v, sizes, open_) for k, v in node.value)
+    else:
+        size = 1
+    open_.discard(key)
+    sizes[key] = size
+    return size
+
+
+def parse_yaml(text: str, source: str | Path) -> Any:
+    """The one reader of a user's YAML (run configs, study files, bench settings, a study's ``study.yaml``):
+    safe types only, and at most ``MAX_YAML_VALUES`` once aliases are expanded; an error is one line naming
+    ``source``."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader subclass: safe types only
+    except yaml.YAMLError as exc:
+        raise CxrError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise CxrError(f"{source}: not valid YAML (nested too deeply)") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping is a one-line error naming the file."""
     p = Path(path)
     if not p.is_file():
         raise CxrError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise CxrError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = parse_yaml(p.read_text(encoding="utf-8"), p)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -25,19 +25,27 @@ def pick_backend(name: str) -> str:
     return name
 
 
-def with_store(name: str, spec: LoaderSpec) -> LoaderSpec:
-    """``spec`` naming a store that holds what backend ``name`` reads: ``spec.store`` extended if it lacks
-    it, else one in the cache folder keyed by the images (``stores.prepare.ensure_store``)."""
+def store_for(name: str, dataset: Any, image_ids: Any, targets: Any, res: int, store: Any = None,
+              workers: int | None = None, info: dict | None = None) -> Any:
+    """The store backend ``name`` reads, holding these images (made or extended now), or None for a backend
+    that reads the source files: ``store`` when given, else one in the cache folder keyed by the images
+    (``stores.prepare.ensure_store``). A run asks once for all its images, train and validation, so it
+    never makes a store that one of its parts cannot use (``train.parts.run_store``)."""
     from cxr_fast.stores.prepare import ensure_store
 
     from cxr_fast.stores import jpeg
 
-    fmt = backend(name).STORE_FORMAT
+    fmt = backend(pick_backend(name)).STORE_FORMAT
     if fmt is None:
-        return spec
-    store = ensure_store(spec.dataset, spec.image_ids, spec.targets, fmt, spec.res if fmt != jpeg.FORMAT else None,
-                         store=spec.store, workers=spec.num_workers)
-    return dataclasses.replace(spec, store=store.root)
+        return None
+    return ensure_store(dataset, image_ids, targets, fmt, res if fmt != jpeg.FORMAT else None, store=store,
+                        workers=workers, info=info)
+
+
+def with_store(name: str, spec: LoaderSpec) -> LoaderSpec:
+    """``spec`` naming a store that holds what backend ``name`` reads (``store_for`` of its images)."""
+    store = store_for(name, spec.dataset, spec.image_ids, spec.targets, spec.res, spec.store, spec.num_workers)
+    return spec if store is None else dataclasses.replace(spec, store=store.root)
 
 
 def make_loader(name: str, spec: LoaderSpec) -> Any:

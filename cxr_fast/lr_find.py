@@ -65,16 +65,42 @@ def lr_range_test(step: Any, loader: Any, start_lr: float = 1e-7, end_lr: float 
     if len(lrs) < 2:
         raise CxrError("the range test diverged at once; lower --start-lr")
     return {"lrs": lrs, "losses": losses, "smoothed": smoothed, "stopped_on_divergence": stopped,
-            **suggest(lrs, smoothed), "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter,
-            "beta": beta, "diverge": diverge}
+            **suggest(lrs, smoothed, losses=losses, beta=beta), "start_lr": start_lr, "end_lr": end_lr,
+            "num_iter": num_iter, "beta": beta, "diverge": diverge}
 
 
-def suggest(lrs: list[float], smoothed: list[float], skip_start: int | None = None) -> dict[str, float]:
+# The smoothed loss must fall by more than this many standard deviations of its own noise before its lowest
+# point says anything: the lowest of many noisy points lies below the truth, so one deviation is not enough.
+NOISE_Z = 2.5  # a flat curve of seeded noise gets a suggestion about 2% of the time, 5% at 2.0
+
+
+def loss_noise(losses: list[float]) -> float:
+    """A robust standard deviation of one raw loss around the curve's trend: the median absolute deviation of
+    second differences (a locally straight trend cancels in them; their SD is sqrt(6) losses'), scaled to a
+    normal SD; a few wild batches cannot move it."""
+    d = np.diff(np.asarray(losses, dtype=np.float64), n=2)
+    if len(d) == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(6.0))
+
+
+def smoothed_sd(sigma: float, i: int, beta: float) -> float:
+    """SD of the bias-corrected moving average after ``i + 1`` losses of SD ``sigma`` (its weights' norm)."""
+    b = beta ** (i + 1)
+    return sigma * math.sqrt((1 - beta) / (1 + beta) * (1 + b) / (1 - b))
+
+
+def suggest(lrs: list[float], smoothed: list[float], skip_start: int | None = None,
+            losses: list[float] | None = None, beta: float = 0.98) -> dict[str, Any]:
     """``lr_min_loss`` (lowest smoothed loss), ``lr_steepest`` (fastest fall before it) and the suggestion.
 
     The first ``skip_start`` points (default a tenth, at least 1 when there are 10 or more) are left out:
     the bias-corrected average of the first few noisy losses is not yet a trend. The suggestion is
-    never below the first learning rate tried.
+    never below the first learning rate tried. With the raw ``losses`` (smoothed with ``beta``), a fall
+    from the first point kept to the lowest that is within ``NOISE_Z`` SDs of the smoothed curve's own
+    noise suggests nothing (``suggested_lr`` None, ``no_suggestion`` says why): the curve cannot support
+    one. ``edge`` says when the suggestion sits at the sweep's low or high end, where the sweep cannot show
+    what lies beyond.
     """
     lr = np.asarray(lrs, dtype=np.float64)
     sm = np.asarray(smoothed, dtype=np.float64)
@@ -88,8 +114,23 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int | None = No
         i_steep = skip_start + int(np.argmin(slope))
     else:
         i_steep = i_min
-    return {"lr_min_loss": float(lr[i_min]), "lr_steepest": float(lr[i_steep]),
-            "suggested_lr": float(max(lr[i_min] / 10.0, lr[0]))}
+    drop = float(sm[skip_start] - sm[i_min])
+    sigma = loss_noise(losses) if losses is not None else 0.0
+    noise = NOISE_Z * math.hypot(smoothed_sd(sigma, skip_start, beta), smoothed_sd(sigma, i_min, beta))
+    out: dict[str, Any] = {"lr_min_loss": float(lr[i_min]), "lr_steepest": float(lr[i_steep]),
+                           "loss_drop": drop, "loss_noise": noise, "suggested_lr": None, "edge": None,
+                           "no_suggestion": None}
+    if drop <= noise:
+        out["no_suggestion"] = (f"the smoothed loss fell by {drop:.3g} from {lr[skip_start]:.1e} to its lowest, "
+                                f"at {lr[i_min]:.1e}, within {NOISE_Z:g} SD of its noise ({noise:.3g}): "
+                                "the curve shows no learning rate at which the loss falls")
+        return out
+    out["suggested_lr"] = float(max(lr[i_min] / 10.0, lr[0]))
+    if i_min == len(sm) - 1:
+        out["edge"] = "high: the loss was still falling at the last learning rate tried; raise --end-lr"
+    elif lr[i_min] / 10.0 <= lr[0]:
+        out["edge"] = "low: a tenth of the lowest-loss rate is at or below the first rate tried; lower --start-lr"
+    return out
 
 
 def plot(result: dict[str, Any], path: str | Path, title: str = "") -> None:
@@ -102,7 +143,10 @@ def plot(result: dict[str, Any], path: str | Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result["lrs"], result["losses"], color="0.75", lw=1, label="loss")
     ax.plot(result["lrs"], result["smoothed"], color="C0", lw=2, label="smoothed loss")
-    ax.axvline(result["suggested_lr"], color="C3", ls="--", label=f"suggested {result['suggested_lr']:.1e}")
+    if result.get("suggested_lr") is not None:
+        ax.axvline(result["suggested_lr"], color="C3", ls="--", label=f"suggested {result['suggested_lr']:.1e}")
+    else:
+        title = f"{title}: no suggestion (loss falls within its noise)" if title else "no suggestion"
     ax.axvline(result["lr_min_loss"], color="C2", ls=":", label=f"lowest loss {result['lr_min_loss']:.1e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")

@@ -4,11 +4,13 @@ splits and loader backends.
 Every command and config reader checks its values against these (the run schema, ``cxr_fast.schema``,
 builds its ``Literal`` types from them), so a name that one command accepts is accepted by all of them,
 with the same one-line error when it is not. ``tests/test_single_definitions.py`` holds each spelled here
-and nowhere else.
+and nowhere else. ``check_number`` is the one check of a number the user gives outside the run schema (a
+flag, a phantom spec, a device profile), in the schema's words (``range_phrase``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Literal
 
 from cxr_fast.errors import CxrError
@@ -34,6 +36,8 @@ SPLITS: tuple[str, ...] = tuple(SPLIT_NAMES)
 # Loader backends, fastest first: the order ``loader: auto`` tries them in (``cxr_fast.loaders``).
 LOADERS: tuple[str, ...] = ("resident", "dali", "cache", "ffcv", "pil")
 AUTO = "auto"  # "decide for me": a precision from the device, a loader from what runs and fits
+# A seed is what numpy's and torch's generators take: 0 to 2**32 - 1 (numpy refuses more; torch wraps it).
+SEED_BOUNDS: dict[str, int] = {"ge": 0, "le": 2**32 - 1}
 
 # The same names as types, for the run schema (``Literal[("a", "b")]`` is ``Literal["a", "b"]``).
 Arch = Literal[ARCHS]  # type: ignore[valid-type]
@@ -73,6 +77,47 @@ def parse_resolutions(value: Any, where: str = "--res") -> list[int]:
     if len(set(out)) != len(out):
         raise CxrError(f"{where}: resolutions repeat a value: {out}")
     return out
+
+
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def range_phrase(b: dict[str, Any]) -> str:
+    """``{"ge": 1}`` -> "at least 1"; ``{"ge": 0}`` -> "0 or more"; ``{"gt": 0}`` -> "positive";
+    ``{"gt": 0, "lt": 1}`` -> "between 0 and 1"; ``{"ge": 0, "lt": 1}`` -> "in [0, 1)"."""
+    low = ("ge", b["ge"]) if "ge" in b else ("gt", b["gt"]) if "gt" in b else None
+    high = ("le", b["le"]) if "le" in b else ("lt", b["lt"]) if "lt" in b else None
+    if low and high:
+        if low[0] == "gt" and high[0] == "lt":
+            return f"between {_num(low[1])} and {_num(high[1])}"
+        return f"in {'[' if low[0] == 'ge' else '('}{_num(low[1])}, {_num(high[1])}{']' if high[0] == 'le' else ')'}"
+    if low:
+        if low == ("gt", 0):
+            return "positive"
+        return f"{_num(low[1])} or more" if low == ("ge", 0) else \
+            (f"at least {_num(low[1])}" if low[0] == "ge" else f"more than {_num(low[1])}")
+    if high:
+        return f"at most {_num(high[1])}" if high[0] == "le" else f"less than {_num(high[1])}"
+    return "in range"
+
+
+_INSIDE = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
+
+
+def check_number(value: Any, what: str, *, integer: bool = False, **bounds: Any) -> Any:
+    """The one check of a number the user gives (a flag, a spec, a profile): a number of the right kind,
+    finite, within ``bounds`` (``ge``, ``gt``, ``le``, ``lt``). A NaN, an infinity or a huge value would
+    otherwise hang a search, plan a negative time or fail after the work; here it is one line naming ``what``.
+    The run schema declares the same bounds on its fields and says a refusal in the same words."""
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise CxrError(f"{what} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise CxrError(f"{what} must be a finite number, got {value!r}")
+    if not all(_INSIDE[k](value, b) for k, b in bounds.items()):
+        raise CxrError(f"{what} must be {range_phrase(bounds)}, got {value!r}")
+    return value
 
 
 def check_choice(value: Any, choices: Iterable[str], what: str, where: str = "") -> str:

@@ -104,7 +104,7 @@ class PilDataset(torch.utils.data.Dataset):
             # Seeded per (seed, epoch, item): the same draw whatever the worker count and order, and
             # the caller's global RNG is left as it was.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i)
+                torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i) % (2**63 - 1))  # any seed
                 img = self.transform(img)
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())[None]
         return x, torch.tensor(self.targets[i])

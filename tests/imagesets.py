@@ -31,6 +31,15 @@ def picture(i: int, size: int, positive: bool) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def _significant_bits(bits: int):
+    """A PNG's sBIT chunk: how many bits of each sample carry the picture (``data.pixels``, the ``bits`` step)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sBIT", bytes([bits]))
+    return info
+
+
 def make_dataset(root: Path, n: int = 8, size: int = 640, rgba: bool = False, sixteen: bool = False,
                  truncated: bool = False) -> tuple[Path, list[str], np.ndarray]:
     """Write ``n`` PNGs + metadata under ``root``; returns (root, image ids, labels as float32).
@@ -48,8 +57,8 @@ def make_dataset(root: Path, n: int = 8, size: int = 640, rgba: bool = False, si
         path = root / "images" / name
         if rgba and i == 1:
             Image.fromarray(np.stack([gray, gray, gray, np.full_like(gray, 255)], -1), mode="RGBA").save(path)
-        elif sixteen and i == 2:
-            Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+        elif sixteen and i == 2:  # the 8-bit picture stored in 16 bits, declared so (sBIT 8): its brightness kept
+            Image.fromarray(gray.astype(np.uint16) * 257).save(path, pnginfo=_significant_bits(8))
         else:
             Image.fromarray(gray, mode="L").save(path)
         if truncated and i == count - 1:

@@ -373,7 +373,7 @@ def test_a_rerun_with_more_epochs_is_not_reported_as_more_runs_than_the_config_h
 
 @pytest.mark.parametrize("train, grid_train, expected", [
     ({"batch_size": "eight"}, {}, "batch_size must be int, got 'eight'"),
-    ({"seed": -1}, {}, "seed must be 0 or more"),
+    ({"seed": -1}, {}, "seed must be in [0, 4294967295], got -1"),
     ({}, {"lr": -1}, "lr must be positive"),
     ({"recipe": "fastai2"}, {}, "unknown recipe"),
 ])

@@ -353,7 +353,8 @@ def test_against_puts_two_studies_side_by_side(tmp_path, capsys):
     b_extra = {k: {"split": "patient", "val_leak_share": 0.0, "val_leak_images": 0, "init": "random",
                    "weights_sha256": None} for k in b_cells}
     make_study(tmp_path / "b", b_cells, [GRID2], name="paper-patients", n=200, extra=b_extra)
-    assert main(["report", str(tmp_path / "a"), "--against", str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 0
+    assert main(["report", str(tmp_path / "a"), "--against", str(tmp_path / "b"), "--out", str(tmp_path / "r"),
+                 "--mixed-init"]) == 0  # B started from random init: refused without it (issue 19)
     assert "paper (A) against paper-patients (B)" in capsys.readouterr().out
     rows = read_csv(tmp_path / "r" / "against.csv")
     assert [(r["label"], r["res"]) for r in rows] == [("Nodule", "32"), ("Nodule", "64")]  # only shared cells

@@ -125,7 +125,7 @@ def test_interrupted_study_resumes_with_every_cell_exactly_once(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_cells(cfg, tmp_path, run_fn=first, progress=False)
     assert cell_ids(tmp_path) == ["Nodule/resnet34-e1/r32"]
-    statuses = dry_run(cfg, tmp_path).status
+    statuses = dry_run(cfg, tmp_path, inputs=False).status  # fake runs: the data folder is never read
     assert statuses["Nodule/resnet34-e1/r32"] == "done" and statuses["Mass/resnet34-e1/r64"] == "todo"
 
     second = FakeRun()
@@ -261,8 +261,10 @@ def test_tiny_grid_on_the_phantom_runs_real_training(tiny_phantom, tmp_path, one
     assert (tmp_path / "study" / "report" / "figure2.png").is_file()
 
 
-def test_ray_executor_runs_the_tiny_grid_on_a_local_ray(tiny_phantom, tmp_path):
+def test_ray_executor_runs_the_tiny_grid_on_a_local_ray(tiny_phantom, tmp_path, monkeypatch):
     pytest.importorskip("ray")
+    # Without --ray-address the study starts a Ray of its own: it never joins a cluster named elsewhere.
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     cfg = parse_study(tiny_config(tiny_phantom))
     summary = run_cells(cfg, tmp_path / "ray", executor=RayExecutor(num_cpus=2), progress=False)
     check_tiny_study(tmp_path / "ray", summary)

@@ -20,6 +20,8 @@ DESCRIPTION = (
     "Data_Entry_2017.csv) is already read as a data folder: no fetch needed, point DATA or --data at it."
 )
 
+_DAY_S = 86400.0  # the most a wait or a timeout may be, in seconds
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", choices=["nih"], help="the dataset: nih (ChestX-ray14)")
@@ -30,7 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--mirror", metavar="URL", help="fetch every file by its name from URL instead (URL/images_001.tar.gz ...)")
     where.add_argument("--links", metavar="FILE", help="a links file of your own, in the format of nih_links.json")
-    p.add_argument("--retries", type=int, default=8, help="retries of a failing transfer without progress before giving up")
+    p.add_argument("--retries", type=int, default=8,
+                   help="attempts in a row that get no further toward the whole file before giving up")
     p.add_argument("--backoff", type=float, default=2.0, metavar="SECONDS",
                    help="first wait before a retry; it doubles each time (at most 2 minutes)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="network timeout per read")
@@ -45,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.data.download import Policy
     from cxr_fast.data.fetch import RECORD, describe, fetch, make_plan, parse_parts
     from cxr_fast.errors import CxrError
+    from cxr_fast.vocabulary import check_number
 
-    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
-        raise CxrError("--retries and --backoff must be 0 or more, --timeout more than 0")
+    check_number(args.retries, "--retries", integer=True, ge=0)
+    check_number(args.backoff, "--backoff", ge=0, le=_DAY_S)
+    check_number(args.timeout, "--timeout", gt=0, le=_DAY_S)  # a socket takes no NaN, and no 1e30 s
     plan = make_plan(args.links, args.mirror, parse_parts(args.parts) if args.parts else None)
     root = Path(args.dir)
     if root.exists() and not root.is_dir():

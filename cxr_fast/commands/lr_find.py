@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cxr_fast.schema.flags import add_run_flags
 
@@ -10,7 +11,9 @@ HELP = "learning-rate range test (loss vs exponentially growing lr), PNG plot + 
 DESCRIPTION = (
     "Smith's range test, the paper's way of choosing lr 5e-4: train with an exponentially growing learning "
     "rate, smooth the loss, stop when it diverges, and suggest a learning rate (a tenth of the lowest-loss "
-    "one). Writes lr_find.json and lr_find.png to --out. Model and data flags mean what they mean for train."
+    "one), or none, exiting 1, where the smoothed loss falls no more than its own noise; a suggestion "
+    "at the sweep's edge says so. Writes lr_find.json and lr_find.png to --out. Model and data flags mean what "
+    "they mean for train."
 )
 
 
@@ -38,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(getattr(args, "config", None), **given(args, SETTINGS))
     r = run_lr_find(cfg, out=args.out, start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter,
                     progress=not args.quiet)
+    steps = f"{len(r['lrs'])} steps{', stopped on divergence' if r['stopped_on_divergence'] else ''}"
+    if r["suggested_lr"] is None:
+        print(f"cxr-fast lr-find: error: no learning rate suggested for {r['label']} {r['arch']} {r['res']}px: "
+              f"{r['no_suggestion']} ({steps}); see {r['out']}/lr_find.png", file=sys.stderr)
+        return 1
+    edge = f"; at the {r['edge']}" if r["edge"] else ""
     print(f"{r['label']} {r['arch']} {r['res']}px: suggested lr {r['suggested_lr']:.1e} (lowest loss at "
-          f"{r['lr_min_loss']:.1e}, steepest fall at {r['lr_steepest']:.1e}; {len(r['lrs'])} steps"
-          f"{', stopped on divergence' if r['stopped_on_divergence'] else ''}) -> {r['out']}/lr_find.png")
+          f"{r['lr_min_loss']:.1e}, steepest fall at {r['lr_steepest']:.1e}; {steps}{edge}) -> {r['out']}/lr_find.png")
     return 0

@@ -28,12 +28,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="put the paper's published numbers beside ours (tables, sections and figures)")
     parser.add_argument("--mixed-init", action="store_true",
                         help="allow cells of different inits (imagenet, random, other weights) in one table, "
-                             "each marked, instead of refusing")
+                             "or beside each other with --against, each marked, instead of refusing")
     parser.add_argument("--json", metavar="PATH", dest="json_path",
                         help="also write every cell and the controls' answers as JSON to PATH")
     parser.add_argument("--against", metavar="DIR",
                         help="a second study folder to set beside this one, cell by cell, with the z-test "
-                             "(e.g. the patient-wise split of configs/paper-patients.yaml)")
+                             "(e.g. the patient-wise split of configs/paper-patients.yaml); every setting that "
+                             "differs is stated, and different inits are refused unless --mixed-init")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,14 +6,17 @@ import argparse
 
 HELP = "check that every image the metadata names decodes, and that a prepared store is intact"
 DESCRIPTION = (
-    "Decode every image named in DATA's Data_Entry_2017*.csv with the reader all stages use. RGBA images are "
-    "converted to gray by luminance and 16-bit ones scaled to 8 bits (both counted); missing or unreadable files, "
-    "names that lead outside DATA, repeated metadata rows and images of no chest X-ray's shape (a side under 64 px, "
-    "or longer than 4:1) are listed by name. DATA may hold NIH's images_NNN.tar.gz archives instead of (or beside) "
+    "Decode every image named in DATA's Data_Entry_2017*.csv with the reader all stages use, under the rules "
+    "prepare stores by. Colour, palette and gray-alpha images are converted to gray by luminance, 16-bit gray ones "
+    "windowed to 8 bits (a PNG's sBIT, else the 0.5-99.5th percentile of the image), EXIF orientations applied "
+    "(each counted by kind); missing or unreadable files (an image over 6000x6000 px is refused as a "
+    "decompression bomb), names that lead outside DATA, repeated metadata rows and images of no chest X-ray's "
+    "shape (a side under 32 px, the smallest resolution, or longer than 4:1) are listed by name. DATA may hold NIH's images_NNN.tar.gz archives instead of (or beside) "
     "the extracted images: their members are streamed, one archive per worker, under the same rules (only plain "
     "files named NAME or images/NAME; links, paths outside and names two members claim are refused), and an "
     "archive that is cut short or corrupt is named with the member where it broke. With --store DIR, every file of a prepared store is checked against "
-    "the sha256 recorded when it was written; each damaged file is one line saying how to rebuild it. "
+    "the sha256 recorded when it was written, and every JPEG entry against the one image it is named for; each damaged "
+    "file is one line saying how to rebuild it. "
     "Exit status 0 when everything is usable, 1 otherwise."
 )
 _SHOWN = 50  # lines per kind of problem before '... and N more (see --json)'
@@ -35,6 +38,17 @@ def _print_some(lines: list[str]) -> None:
         print(f"  ... and {len(lines) - _SHOWN} more (see --json)")
 
 
+def _what_was_done(report) -> str:
+    """The reader's conversions, truthfully by kind: modes converted to gray, 16-bit images windowed (by the
+    step of the high-bit rule that set the window), images turned upright by their EXIF orientation."""
+    from cxr_fast.data.pixels import RULE
+
+    converted = ", ".join(f"{n} {mode}" for mode, n in sorted(report.converted.items())) or "none"
+    windowed = ", ".join(f"{n} by {how}" for how, n in sorted(report.windowed.items())) or "none"
+    return (f"converted to gray: {converted}; 16-bit windowed to 8-bit ({RULE['name']} rule)"
+            f": {windowed}; turned upright by EXIF: {report.reoriented}")
+
+
 def _verify_data(args: argparse.Namespace) -> tuple[bool, dict]:
     import warnings
 
@@ -46,8 +60,7 @@ def _verify_data(args: argparse.Namespace) -> tuple[bool, dict]:
         warnings.simplefilter("ignore", DataWarning)  # the rows other commands skip are listed below instead
         dataset = read_nih_folder(args.data)
     report = verify_dataset(dataset, workers=args.workers, quiet=args.quiet)
-    print(f"{report.n_ok}/{report.n_images} images usable in {report.root} "
-          f"({report.rgba_converted} RGBA converted to gray, {report.scaled_16bit} 16-bit scaled to 8-bit)")
+    print(f"{report.n_ok}/{report.n_images} images usable in {report.root} ({_what_was_done(report)})")
     _print_some([f"missing: {name}" for name in report.missing])
     _print_some([f"unreadable: {bad['image']}: {bad['reason']}" for bad in report.unreadable])
     _print_some([f"outside the data folder: {bad['image']}: {bad['reason']}" for bad in report.outside])
@@ -67,12 +80,16 @@ def _verify_store(path: str) -> tuple[bool, dict]:
     store = open_store(path, check=False)  # a manifest naming files outside the store is refused here
     files = sum(len(store.part_files(fmt, res)) for fmt, res in store.parts())
     damaged = store.damage(full=True)
+    entries = store.entry_problems()  # every entry one image's, and no two images' one entry
     print(f"{files - len(damaged)}/{files} store files intact in {store.root} (sha256 checked)")
     for d in damaged:
         print(f"  {store.describe(d)}")
-    return not damaged, {"root": str(store.root), "files": files, "intact": not damaged,
-                         "damaged": [{"file": str(d.path), "reason": d.reason,
-                                      "rebuild": store.rebuild_hint(d.fmt, d.res)} for d in damaged]}
+    _print_some([f"entry: {line}" for line in entries])
+    intact = not damaged and not entries
+    return intact, {"root": str(store.root), "files": files, "intact": intact,
+                    "damaged": [{"file": str(d.path), "reason": d.reason,
+                                 "rebuild": store.rebuild_hint(d.fmt, d.res)} for d in damaged],
+                    "entries": entries}
 
 
 def run(args: argparse.Namespace) -> int:

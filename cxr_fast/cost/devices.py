@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_fast.errors import CxrError
-from cxr_fast.vocabulary import resolve_precision
+from cxr_fast.vocabulary import check_number, resolve_precision
 from cxr_fast.units import GIB
 
 SCHEMA = "cxr-fast-device/1"
@@ -120,6 +120,15 @@ CARDS: dict[str, Card] = {c.name: c for c in (
 )}
 
 
+# What each rate of a profile may be: FLOP/s and bytes/s positive, shares of a peak in (0, 1], times 0 or more,
+# memory a real size (far beyond a million GiB the batch search's float rounding counts down for hours).
+PROFILE_BOUNDS: dict[str, dict[str, float]] = {
+    "memory_gib": {"gt": 0, "le": 1e6}, "bandwidth": {"gt": 0}, "compute_share": {"gt": 0, "le": 1},
+    "bandwidth_share": {"gt": 0, "le": 1}, "launch_s": {"ge": 0}, "graph_kernel_s": {"ge": 0},
+    "graph_launch_s": {"ge": 0}, "sync_s": {"ge": 0}, "setup_s": {"ge": 0}, "host_to_device": {"gt": 0},
+    "checkpoint_bytes_per_s": {"gt": 0}}
+
+
 @dataclass
 class DeviceProfile:
     """The rates of one device, modelled or measured (``points``: the calibration's timed steps)."""
@@ -146,6 +155,16 @@ class DeviceProfile:
     points: list[dict[str, Any]] = field(default_factory=list)
     machine: dict[str, Any] | None = None
     card: str | None = None  # the CARDS entry a measured GPU replaces
+
+    def __post_init__(self) -> None:
+        """Every rate by the one number check (``PROFILE_BOUNDS``): a profile file with ``launch_s: -1`` planned a
+        negative total, and a string bandwidth gave a traceback."""
+        if not isinstance(self.peak_flops, dict):
+            raise CxrError(f"peak_flops must be a mapping of precision to FLOP/s, got {self.peak_flops!r}")
+        for key, value in self.peak_flops.items():
+            check_number(value, f"peak_flops[{key}]", gt=0)
+        for key, bounds in PROFILE_BOUNDS.items():
+            check_number(getattr(self, key), key, **bounds)
 
     def auto_precision(self) -> str:
         """What ``precision: auto`` resolves to here, by the one rule (``vocabulary.resolve_precision``)."""
@@ -174,6 +193,8 @@ class DeviceProfile:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise CxrError(f"{source}: incomplete device profile ({exc})") from None
+        except CxrError as exc:
+            raise CxrError(f"{source}: {exc}") from None
 
 
 def modelled(card: Card) -> DeviceProfile:

@@ -45,10 +45,18 @@ from dataclasses import asdict, dataclass
 
 from cxr_fast.errors import CxrError
 from cxr_fast.units import GIB, MIB
-from cxr_fast.vocabulary import check_res
+from cxr_fast.vocabulary import check_number, check_res
 
 # Common card sizes, GiB: 1080 Ti (the paper's), V100 16, 24 (3090/4090/A10), A100 40/80, H200 141.
 DEFAULT_GPU_GB: tuple[float, ...] = (11, 16, 24, 40, 80, 141)
+# A card size the model answers for: positive, finite and at most 1 TiB (the largest cards hold under 300 GiB).
+# Beyond that float rounding makes the batch search count down from ~1e20 (``memory --gpu-gb 1e30`` hung).
+GPU_GB_BOUNDS: dict[str, float] = {"gt": 0, "le": 1024}
+
+
+def check_gpu_gb(value: object, what: str = "GPU memory (GiB)") -> float:
+    """A card size in GiB held to ``GPU_GB_BOUNDS`` by the one number check; one line naming ``what``."""
+    return float(check_number(value, what, **GPU_GB_BOUNDS))
 
 WORKSPACE_FRACTION = 0.10
 CUDA_CONTEXT_BYTES = 768 * MIB
@@ -261,8 +269,7 @@ def predicted_bytes(arch: str, res: int, batch_size: int, precision: str = "amp"
 def max_batch_size(arch: str, res: int, gpu_gb: float, precision: str = "amp", channels_last: bool = True,
                    optimizer: str = "sgd") -> int:
     """Largest training batch predicted to fit a ``gpu_gb`` GiB card (0 when not even one image fits)."""
-    if gpu_gb <= 0:
-        raise CxrError(f"GPU memory must be positive, got {gpu_gb} GB")
+    gpu_gb = check_gpu_gb(gpu_gb)
     return profile(arch, int(res), precision, bool(channels_last), optimizer).max_batch_size(gpu_gb * GIB)
 
 
@@ -270,6 +277,7 @@ def memory_table(archs, resolutions, gpu_gbs, precisions=("amp",), channels_last
                  optimizer: str = "sgd") -> list[dict]:
     """One row per (arch, precision, res, gpu_gb): the predicted largest batch and the memory behind it."""
     rows: list[dict] = []
+    gpu_gbs = [check_gpu_gb(gb) for gb in gpu_gbs]
     for arch in archs:
         for precision in precisions:
             for res in resolutions:

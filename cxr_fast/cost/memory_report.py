@@ -12,10 +12,7 @@ from cxr_fast.units import MIB
 def memory_report(archs: list[str], resolutions: list[int], gpu_gbs: list[float], precisions: list[str],
                   channels_last: bool = True, optimizer: str = "sgd") -> dict[str, Any]:
     """Rows of the largest batch per card, the paper's case, the model's assumptions and the profiles."""
-    from cxr_fast.errors import CxrError
-
-    if any(g <= 0 for g in gpu_gbs):
-        raise CxrError(f"--gpu-gb values must be positive, got {gpu_gbs}")
+    gpu_gbs = [memory.check_gpu_gb(g, "--gpu-gb") for g in gpu_gbs]
     precisions = expand_precisions(precisions)
     rows = memory.memory_table(archs, resolutions, gpu_gbs, precisions, channels_last, optimizer)
     lines = paper_case(rows) or ["Paper's case (600 px, 11 GB): add 600 to --res and 11 to --gpu-gb to see it."]

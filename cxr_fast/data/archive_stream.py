@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from cxr_fast.data.archives import ArchiveError, read_members
 from cxr_fast.errors import CxrError, one_line
+from cxr_fast.parallel import worker_signals
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def _worker(fn: Callable[[Any, bytes], Any], todo: Any, out: Any, initializer: C
             wid: int) -> None:
     """One long-lived worker: archives from ``todo`` until a None, each read through, events to ``out``."""
     archive = "?"
+    worker_signals()
     try:
         if initializer is not None:
             initializer()

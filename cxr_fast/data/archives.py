@@ -6,7 +6,8 @@ from its start; ``data.archive_stream``), and decode straight from memory: no PN
 
 The reader's rules (``reader``) hold for members as for files. A member is used only when it is a plain
 file named ``NAME`` or ``images/NAME`` with NAME a bare ``.png`` name (NIH's tarballs hold ``images/NAME``).
-A link, a device, an absolute path, ``..`` or a deeper folder is never read, and an image name that two
+A link, a device, an absolute path, ``..``, a deeper folder or a member over ``MAX_MEMBER_BYTES`` (128 MiB, from
+its header: a member is read whole into memory) is never read, and an image name that two
 members claim (in one archive or two) is refused, since either copy could be the truth. An image on disk
 beside the archives wins over a member. A truncated or corrupt archive is named with the member where it
 broke; images decoded before that point are kept.
@@ -32,12 +33,17 @@ from cxr_fast.data.reader import DataWarning, is_inside, name_problem
 from cxr_fast.errors import CxrError, one_line
 from cxr_fast.io import write_json
 from cxr_fast.paths import cache_dir
+from cxr_fast.units import MIB
 
 # NIH's Box folder names them images_001.tar.gz ... images_012.tar.gz; NIH's batch_download_zips.py saves
 # them as images_01.tar.gz ... images_12.tar.gz.
 PATTERNS: tuple[str, ...] = ("images_[0-9][0-9][0-9].tar.gz", "images_[0-9][0-9].tar.gz")
-LISTING_VERSION = 1
+LISTING_VERSION = 2  # 2: members over MAX_MEMBER_BYTES are refused
 _BLOCK = 1 << 20
+# A member is read whole into a worker's memory, so its size (from its tar header, before a byte is read) is
+# capped. NIH's PNGs are 0.1-4 MiB; a 4,300 x 4,300 radiograph (the largest in use) stored with no compression
+# at all as 16-bit RGB is 106 MiB. A member over the cap is no radiograph PNG: refused, named, never read.
+MAX_MEMBER_BYTES = 128 * MIB
 _STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
@@ -85,6 +91,8 @@ def member_image(info: tarfile.TarInfo) -> tuple[str | None, str | None]:
         return base, "leads outside the archive (..)"
     if name_problem(base) is not None or not (len(parts) == 1 or (len(parts) == 2 and parts[0] == "images")):
         return base, "is not NAME or images/NAME"
+    if info.size > MAX_MEMBER_BYTES:
+        return base, f"is {info.size / MIB:,.0f} MiB, over the {MAX_MEMBER_BYTES / MIB:g} MiB an image member may be"
     return base, None
 
 
@@ -103,7 +111,8 @@ def _walk(archive: str | Path, wanted: Collection[str] = ()) -> Iterator[tuple[t
                 if info.isreg():
                     fh = tar.extractfile(info)
                     assert fh is not None
-                    if info.name in wanted:
+                    if info.name in wanted and info.size <= MAX_MEMBER_BYTES:  # a bigger one is refused when
+                        # listed; never read whole, even when a changed archive offers it
                         data = fh.read()
                         if len(data) != info.size:
                             raise EOFError(f"member cut short: {len(data)} of {info.size} bytes")

@@ -18,7 +18,6 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
 import socket
 import time
 import urllib.error
@@ -29,12 +28,15 @@ from pathlib import Path
 from typing import Callable
 
 from cxr_fast.errors import CxrError, one_line
+from cxr_fast.io import check_space, disk_full_error, is_disk_full
 
 _BLOCK = 1 << 20
 _RETRY_HTTP = {408, 425, 429, 500, 502, 503, 504}
 _UNREACHABLE = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _SPARE = 256 << 20  # free disk kept beyond what a download needs
+_HEAD = 512  # first bytes kept to tell a web page from the file
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body")
 
 Progress = Callable[[int, "int | None"], None]  # (bytes in the .part so far, total or None)
 
@@ -56,19 +58,23 @@ class BadDownload(CxrError):
 
 @dataclass
 class Digest:
-    """sha256 of the bytes so far and, for gzip data, whether they make one whole gzip stream (or several)."""
+    """sha256 of the bytes so far, their first bytes (a web page in place of the file shows there) and, for
+    gzip data, whether they make one whole gzip stream (or several)."""
 
     gzip: bool
     size: int = 0
     sha: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     _inflate: "zlib._Decompress | None" = None
     problem: str | None = None  # the first gzip error, if any
+    head: bytes = b""  # the first _HEAD bytes
 
     def __post_init__(self) -> None:
         if self.gzip:
             self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def update(self, data: bytes) -> None:
+        if len(self.head) < _HEAD:
+            self.head += data[:_HEAD - len(self.head)]
         self.size += len(data)
         self.sha.update(data)
         if self.gzip and self.problem is None:
@@ -94,8 +100,11 @@ class Digest:
         except zlib.error as exc:
             self.problem = f"not a whole gzip stream ({exc})"
 
-    def gzip_problem(self) -> str | None:
-        """Why the bytes so far are not one or more whole gzip streams, or None."""
+    def content_problem(self) -> str | None:
+        """Why the bytes so far are not the file: a web page (``is_html``), or, for gzip data, not one or
+        more whole gzip streams; None when nothing is wrong."""
+        if is_html(self.head):
+            return "an HTML page, not the file (a login, consent or error page in its place?)"
         if self.problem is not None:
             return self.problem
         if self.gzip and self._inflate is not None and not self._inflate.eof:
@@ -104,6 +113,13 @@ class Digest:
 
     def hexdigest(self) -> str:
         return self.sha.hexdigest()
+
+
+def is_html(head: bytes) -> bool:
+    """Whether a file's first bytes are a web page's: no archive, CSV or image starts like one, and a server
+    answers a stale link, a login or a quota page that way, with 200 OK."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith(_HTML_STARTS)
 
 
 def digest_file(path: str | Path, gzip: bool, progress: Progress | None = None) -> Digest:
@@ -145,12 +161,6 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
-def _check_space(folder: Path, need: int, url: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if need + _SPARE > free:
-        raise CxrError(f"{folder}: {free / 1e9:.1f} GB free, and {url} needs {need / 1e9:.1f} GB more; free some space")
-
-
 def download(url: str, part: str | Path, gzip: bool, policy: Policy = Policy(), progress: Progress | None = None,
              sleep: Callable[[float], None] = time.sleep) -> Digest:
     """Fetch ``url`` into ``part`` (resuming what it holds), and return the ``Digest`` of the whole file.
@@ -162,13 +172,17 @@ def download(url: str, part: str | Path, gzip: bool, policy: Policy = Policy(), 
     path = Path(part)
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = digest_file(path, gzip, progress) if path.exists() else Digest(gzip)
-    failures = 0
+    failures = 0  # attempts in a row that got no further toward the whole file than any attempt before
+    furthest = digest.size  # a server that ignores Range and never finishes sends the same bytes each time
     received = False  # any byte from this URL in this run: after that a failure is a flaky transfer
     while True:
         offset = digest.size
         total: int | None = None
         try:
             with _open(url, offset, policy.timeout_s) as response:
+                if (response.headers.get("Content-Type") or "").lower().startswith("text/html"):
+                    raise BadDownload(f"{url}: served as a web page (Content-Type text/html), not the file: "
+                                      "a login, consent or error page? Check the link in a browser")
                 if offset and response.status == 206:
                     match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
                     if match is None or int(match.group(1)) != offset:
@@ -183,15 +197,14 @@ def download(url: str, part: str | Path, gzip: bool, policy: Policy = Policy(), 
                     length = response.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
                 if total is not None:
-                    _check_space(path.parent, total - offset, url)
+                    check_space(path, total - offset, spare=_SPARE)
                 with open(path, "ab") as fh:
                     while block := response.read1(_BLOCK):  # what has arrived: a kill loses little
                         fh.write(block)
                         digest.update(block)
                         if digest.problem is not None:  # deflate errors show where they are: stop there
-                            raise BadDownload(f"{url}: {digest.problem}")
+                            raise BadDownload(f"{url}: {digest.content_problem()}")
                         received = True
-                        failures = 0
                         if progress is not None:
                             progress(digest.size, total)
             if total is not None and digest.size < total:
@@ -211,16 +224,20 @@ def download(url: str, part: str | Path, gzip: bool, policy: Policy = Policy(), 
                 raise CxrError(f"{url}: HTTP {exc.code} {exc.reason}") from None
             failure = f"HTTP {exc.code} {exc.reason}"
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if is_disk_full(exc):  # not the network's fault: no retry can help
+                raise disk_full_error(path, digest.size, total) from None
             if not received and _unreachable(exc):
                 raise Unreachable(f"cannot reach {url} ({one_line(getattr(exc, 'reason', exc))}); offline, or a "
                                   "wrong --mirror? Nothing more was fetched") from None
             failure = one_line(exc)
+        if digest.size > furthest:  # progress: bytes past the furthest any attempt reached
+            furthest, failures = digest.size, 0
         failures += 1
         if failures > policy.retries:
-            raise GaveUp(f"{url}: gave up after {policy.retries} retries without progress (last: {failure}); "
-                           f"rerun to resume from byte {digest.size}")
+            raise GaveUp(f"{url}: gave up after {policy.retries} retries without progress toward the whole file "
+                         f"(furthest: byte {furthest:,}; last: {failure}); rerun to resume from byte {digest.size}")
         sleep(min(policy.max_wait_s, policy.backoff_s * 2 ** (failures - 1)))
-    problem = digest.gzip_problem()
+    problem = digest.content_problem()
     if problem is not None:
         raise BadDownload(f"{url}: {problem}")
     return digest

@@ -35,6 +35,7 @@ NIH_LINKS = RESOURCES / "nih_links.json"
 RECORD = "fetch.json"
 LOCK = ".fetch.lock"
 RECORD_VERSION = 1
+_WORKING = (".part", ".bad")  # fetch's names for a file in flight and a refused one
 _METADATA = re.compile(r"Data_Entry_2017.*\.csv(\.gz)?$")
 _SHA256 = re.compile(r"[0-9a-f]{64}$")
 
@@ -57,6 +58,19 @@ class Plan:
     copy_metadata: bool  # no item is a Data_Entry file: copy the bundled one
 
 
+def entry_name_problem(name: str) -> str | None:
+    """Why a links file may not name ``name`` in DIR, or None: a plain file name that is none of fetch's
+    own (the record, the lock, a ``.part`` or ``.bad`` file), so no entry can overwrite fetch's work."""
+    if name_problem(name) or name.startswith(".") or any(ord(c) < 32 for c in name):
+        return "is not a plain file name"
+    folded = name.casefold()
+    if folded in (RECORD.casefold(), LOCK.casefold()):
+        return f"is reserved: {RECORD} is fetch's record of what it fetched"
+    if folded.endswith(_WORKING):
+        return f"is reserved: fetch keeps a file being fetched or refused as NAME{' or NAME'.join(_WORKING)}"
+    return None
+
+
 def read_links(path: str | Path | None = None) -> dict:
     """A links file (default: NIH's, bundled), checked: every name a bare file name, every URL http(s)."""
     p = Path(path) if path is not None else NIH_LINKS
@@ -74,11 +88,12 @@ def read_links(path: str | Path | None = None) -> dict:
         where = f"{p}: files[{i}]"
         if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(f.get("url"), str):
             raise CxrError(f"{where}: needs a 'name' and a 'url'")
-        if name_problem(f["name"]) or f["name"].startswith("."):
-            raise CxrError(f"{where}: name {f['name']!r} is not a plain file name")
-        if f["name"] in seen:
-            raise CxrError(f"{where}: {f['name']} is listed twice")
-        seen.add(f["name"])
+        problem = entry_name_problem(f["name"])
+        if problem is not None:
+            raise CxrError(f"{where}: name {f['name']!r} {problem}")
+        if f["name"].casefold() in seen:  # a case-insensitive disk (macOS, Windows) holds one file for both
+            raise CxrError(f"{where}: {f['name']} is listed twice (names are compared ignoring case)")
+        seen.add(f["name"].casefold())
         if f.get("part") is not None and (not isinstance(f["part"], int) or f["part"] < 1):
             raise CxrError(f"{where}: part must be a whole number from 1")
         if f.get("size") is not None and (not isinstance(f["size"], int) or f["size"] < 0):
@@ -154,7 +169,7 @@ def _mismatch(digest: Digest, size: int | None, sha256: str | None, against: str
         return f"{digest.size} bytes where {against} says {size}"
     if sha256 is not None and digest.hexdigest() != sha256:
         return f"sha256 {digest.hexdigest()[:12]}... is not the {sha256[:12]}... {against} gives"
-    return digest.gzip_problem()
+    return digest.content_problem()
 
 
 # ----------------------------------------------------------------------------- fetching

@@ -32,10 +32,23 @@ from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json, write_text
 from cxr_fast.parallel import imap_progress
 from cxr_fast.paths import BUNDLED_BBOXES, BUNDLED_METADATA
+from cxr_fast.vocabulary import SEED_BOUNDS, check_number
 
 METADATA_NAME = "Data_Entry_2017_v2020.csv"
 # Bumped whenever rendering changes, so a cached phantom from older code is never mixed with new images.
 PHANTOM_VERSION = 3
+# The numbers a phantom is made from, whoever gives them (``synth`` flags, a ``phantom:`` spec, the API): one
+# table, checked by ``check_phantom_numbers`` before anything is written. A negative seed used to reach numpy.
+PHANTOM_BOUNDS: dict[str, dict[str, object]] = {
+    "n": {"integer": True, "gt": 0}, "size": {"integer": True, "ge": 32, "le": 8192},
+    "seed": {"integer": True, **SEED_BOUNDS}, "enrich_fraction": {"gt": 0, "le": 1}}
+
+
+def check_phantom_numbers(where: str = "--", **values: object) -> None:
+    """Each given phantom number (``n``, ``size``, ``seed``, ``enrich_fraction``) within ``PHANTOM_BOUNDS``;
+    one line naming it as ``where`` + its name (``--seed``, ``phantom:seed=-1: seed``)."""
+    for key, value in values.items():
+        check_number(value, f"{where}{key}", **PHANTOM_BOUNDS[key])  # type: ignore[arg-type]
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
           "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
 # Lesion box sizes (sqrt of area, px at 1024) for labels the box file lacks, as (10th, 90th) percentiles.
@@ -147,10 +160,7 @@ def make_phantom(out: str | Path, n: int = 600, size: int = 1024, seed: int = 0,
     different arguments in an existing phantom folder are refused rather than mixed.
     """
     look = look or Conspicuity()
-    if n <= 0:
-        raise CxrError(f"--n must be positive, got {n}")
-    if size < 32:
-        raise CxrError(f"--size must be at least 32 px, got {size}")
+    check_phantom_numbers(n=n, size=size, seed=seed, **({"enrich_fraction": enrich_fraction} if enrich else {}))
     root = Path(out)
     enrich = tuple(canonical_label(label) for label in enrich)
     only = tuple(canonical_label(label) for label in only)

@@ -6,14 +6,14 @@ paper's Table 1 (6.949 for Emphysema ... 87.106 for Hernia, which the paper prin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Iterable, Literal
 
 import numpy as np
 
 from cxr_fast.data.nih import PAPER_LABELS, Metadata, canonical_label
 from cxr_fast.errors import CxrError
-from cxr_fast.vocabulary import SPLITS
+from cxr_fast.vocabulary import SEED_BOUNDS, SPLITS, check_number
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,13 @@ class Subsample:
         mask = self.is_val if part == "val" else ~self.is_val
         return self.image_ids[mask], self.targets[mask]
 
+    def without(self, names: Iterable[str]) -> "Subsample":
+        """This subsample less ``names`` (images a run cannot read), each left image keeping its part; the
+        settings it was drawn with stay, so it is still the run's (``RunConfig.check_subsample``)."""
+        keep = ~np.isin(self.image_ids, np.asarray(list(names), dtype=str))
+        return replace(self, image_ids=self.image_ids[keep], patient_ids=self.patient_ids[keep],
+                       targets=self.targets[keep], is_val=self.is_val[keep])
+
 
 def _ratio(targets: np.ndarray) -> float:
     pos = float(targets.sum())
@@ -91,6 +98,7 @@ def subsample(
     label = canonical_label(label)
     if size <= 0:
         raise CxrError(f"subsample size must be positive, got {size}")
+    check_number(seed, "subsample seed", integer=True, **SEED_BOUNDS)  # numpy takes 0 to 2**32 - 1
     if not 0.0 < val_fraction < 1.0:
         raise CxrError(f"validation fraction must be between 0 and 1, got {val_fraction}")
     if split not in SPLITS:

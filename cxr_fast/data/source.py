@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cxr_fast.data.conspicuity import Conspicuity, conspicuity
 from cxr_fast.data.nih import NihDataset, read_nih_folder
+from cxr_fast.data.phantom import check_phantom_numbers
 from cxr_fast.errors import CxrError
 from cxr_fast.paths import cache_dir
 
@@ -25,8 +26,11 @@ def phantom_dir(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTO
                 enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3, look: Conspicuity | None = None,
                 only: tuple[str, ...] = ()) -> Path:
     """The cache folder of one phantom: every setting that changes its pixels or labels is in the name."""
+    from cxr_fast.data.nih import canonical_label
     from cxr_fast.data.phantom import PHANTOM_VERSION
 
+    enrich = tuple(canonical_label(label) for label in enrich)  # as default_phantom makes it: one name per phantom
+    only = tuple(canonical_label(label) for label in only)
     tag = f"-enrich-{'+'.join(enrich)}-{enrich_fraction:g}" if enrich else ""
     tag += f"-only-{'+'.join(only)}" if only else ""
     return cache_dir() / f"phantom-v{PHANTOM_VERSION}-n{n}-s{size}-seed{seed}{tag}-{(look or Conspicuity()).tag()}"
@@ -82,6 +86,8 @@ def parse_phantom_spec(text: str) -> dict:
                 raise CxrError(f"unknown phantom setting {key!r} in {text!r}; known: {', '.join(SPEC_KEYS)}")
         except ValueError:
             raise CxrError(f"bad value {value!r} for {key} in {text!r}") from None
+    numbers = {k: kwargs[k] for k in ("n", "size", "seed", "enrich_fraction") if k in kwargs}
+    check_phantom_numbers(f"{text}: ", **numbers)  # before a folder is named after them
     if look:
         kwargs["look"] = conspicuity(**look)
     return kwargs
@@ -95,6 +101,14 @@ def data_root(data: str | Path | None, quiet: bool = False) -> Path:
     """
     if is_phantom_spec(data):
         return default_phantom(quiet=quiet, **parse_phantom_spec(str(data or PHANTOM)))
+    return Path(data)
+
+
+def data_folder(data: str | Path | None) -> Path:
+    """The folder ``data`` names on this machine, made or not: where a run here would read it (a phantom spec
+    names a folder in this machine's cache). Lets a cluster check that every node sees the same folder."""
+    if is_phantom_spec(data):
+        return phantom_dir(**parse_phantom_spec(str(data or PHANTOM)))
     return Path(data)
 
 

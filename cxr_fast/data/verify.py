@@ -2,7 +2,9 @@
 
 Reports what a user must know before spending GPU hours: images that are missing or truncated (by
 name), names that lead outside the data folder, repeated metadata rows, images of a shape no chest
-X-ray has, and how many were RGBA or 16-bit and were converted. Every stage after ``verify`` skips
+X-ray has, and how many were converted to gray (by mode), windowed from 16 bits (by the step of the
+high-bit rule) or turned upright. The rules are the reader's (``read_usable``): ``prepare`` stores exactly
+the images counted usable here. Every stage after ``verify`` skips
 the outside names and the repeats with one warning; ``verify`` lists them and fails.
 
 Images held in ``images_NNN.tar.gz`` archives (``data.archives``) are checked the same way, streamed one
@@ -16,27 +18,16 @@ import itertools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from cxr_fast.data.archive_stream import Finished, imap_members
 from cxr_fast.data.nih import NihDataset
-from cxr_fast.data.reader import ImageError, decode_gray_with_info, read_gray_with_info
+from cxr_fast.data.pixels import RULE
+from cxr_fast.data.reader import (ImageError, ImageInfo, OddShapeError, decode_usable, header_problem,
+                                   read_usable)
 from cxr_fast.parallel import imap_progress
 
-# A chest X-ray is roughly square and hundreds of pixels wide (NIH's are 1024 px; the paper goes down to
-# 32 px by resizing, never by starting there). A side under MIN_SIDE or an aspect ratio beyond MAX_ASPECT
-# is a thumbnail, a strip or a broken export: resizing it to a square would feed the model a smear.
-MIN_SIDE = 64
-MAX_ASPECT = 4.0
-
-
-def shape_problem(width: int, height: int) -> str | None:
-    """Why a ``width x height`` image is no plausible chest X-ray (see MIN_SIDE, MAX_ASPECT), or None."""
-    if min(width, height) < MIN_SIDE:
-        return f"odd shape {width}x{height}: a side under {MIN_SIDE} px"
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        return f"odd shape {width}x{height}: aspect ratio beyond 1:{MAX_ASPECT:g}"
-    return None
+_ODD = "odd shape"  # the kind of problem of an image that decodes but has no chest X-ray's shape
 
 
 @dataclass
@@ -46,6 +37,9 @@ class VerifyReport:
     n_ok: int = 0
     rgba_converted: int = 0
     scaled_16bit: int = 0
+    converted: Counter = field(default_factory=Counter)  # mode converted to gray -> images
+    windowed: Counter = field(default_factory=Counter)  # high-bit rule step (data.pixels) -> 16-bit images
+    reoriented: int = 0  # turned upright by their EXIF orientation
     modes: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)
     missing: list[str] = field(default_factory=list)
@@ -64,6 +58,8 @@ class VerifyReport:
         return {
             "root": self.root, "n_images": self.n_images, "n_ok": self.n_ok, "usable": self.usable,
             "rgba_converted": self.rgba_converted, "scaled_16bit": self.scaled_16bit,
+            "converted": dict(self.converted), "windowed": dict(self.windowed), "reoriented": self.reoriented,
+            "pixel_rule": RULE,
             "modes": dict(self.modes), "sizes": {f"{w}x{h}": c for (w, h), c in self.sizes.items()},
             "missing": self.missing, "unreadable": self.unreadable, "outside": self.outside,
             "duplicates": self.duplicates, "odd_shape": self.odd_shape, "refused": self.refused,
@@ -71,27 +67,50 @@ class VerifyReport:
         }
 
 
-def _check(item: tuple[str, str]) -> tuple[str, str | None, tuple | None]:
+def _check(item: tuple[str, str]) -> tuple[str, str | None, ImageInfo | None]:
     name, path = item
     if not os.path.isfile(path):
         return name, "missing", None
     try:
-        _, info = read_gray_with_info(path)
+        _, info = read_usable(path)
+    except OddShapeError as exc:
+        return name, f"{_ODD}\0{exc.reason}", exc.info
     except ImageError as exc:
         return name, exc.reason, None
-    return name, None, (info.mode, info.width, info.height, info.converted_rgba, info.scaled_16bit)
+    return name, None, info
 
 
-def _check_member(name: str, data: bytes) -> tuple[str, str | None, tuple | None]:
+def _check_header(item: tuple[str, str]) -> tuple[str, str | None]:
+    """``_check`` without decoding pixels (``reader.header_problem``): for ``screen_files``."""
+    name, path = item
+    return name, header_problem(path)
+
+
+def screen_files(ds: NihDataset, image_ids: Iterable[str], workers: int | None = None,
+                 quiet: bool = True) -> dict[str, str]:
+    """Images of ``image_ids`` a run reading the source files could not use, name -> why, by the header
+    check ``_check_header`` (the rules ``verify`` applies, short of a full decode). Images held in archives
+    are not screened here: only a store reads them, and its manifest lists the unreadable ones."""
+    items = [(str(n), str(ds.path_of(str(n)))) for n in image_ids]
+    if ds.archives is not None:
+        items = [item for item in items if ds.archives.member_at(item[1]) is None]
+    results = imap_progress(_check_header, items, "screen images", workers=workers, quiet=quiet or not items,
+                            ordered=True, chunksize=64)
+    return {name: why for name, why in results if why is not None}
+
+
+def _check_member(name: str, data: bytes) -> tuple[str, str | None, ImageInfo | None]:
     try:
-        _, info = decode_gray_with_info(data, name)
+        _, info = decode_usable(data, name)
+    except OddShapeError as exc:
+        return name, f"{_ODD}\0{exc.reason}", exc.info
     except ImageError as exc:
         return name, exc.reason, None
-    return name, None, (info.mode, info.width, info.height, info.converted_rgba, info.scaled_16bit)
+    return name, None, info
 
 
 def _check_archives(ds: NihDataset, items: list[tuple[str, str]], report: VerifyReport, workers: int | None,
-                    quiet: bool) -> Iterator[tuple[str, str | None, tuple | None]]:
+                    quiet: bool) -> Iterator[tuple[str, str | None, ImageInfo | None]]:
     """``_check`` results for images held in archives, one streaming worker per archive; archives that
     break go into ``report.archives`` and their unreached images come back as unreadable."""
     assert ds.archives is not None
@@ -132,17 +151,25 @@ def verify_dataset(ds: NihDataset, workers: int | None = None, quiet: bool = Fal
     for name, problem, info in results:
         if problem == "missing":
             report.missing.append(name)
-        elif problem is not None:
-            report.unreadable.append({"image": name, "reason": problem})
+        elif info is None:
+            report.unreadable.append({"image": name, "reason": str(problem)})
         else:
-            mode, w, h, rgba, sixteen = info
-            report.modes[mode] += 1
-            report.sizes[(w, h)] += 1
-            report.rgba_converted += int(rgba)
-            report.scaled_16bit += int(sixteen)
-            odd = shape_problem(w, h)
-            if odd is not None:
-                report.odd_shape.append({"image": name, "reason": odd})
+            _count(report, info)
+            if problem is not None:  # decoded, but of no chest X-ray's shape
+                report.odd_shape.append({"image": name, "reason": problem.split("\0", 1)[1]})
             else:
                 report.n_ok += 1
     return report
+
+
+def _count(report: VerifyReport, info: ImageInfo) -> None:
+    """What the reader did to one decoded image, into the report's counts."""
+    report.modes[info.mode] += 1
+    report.sizes[(info.width, info.height)] += 1
+    report.rgba_converted += int(info.converted_rgba)
+    report.scaled_16bit += int(info.scaled_16bit)
+    if info.converted_from is not None:
+        report.converted[info.converted_from] += 1
+    if info.window is not None:
+        report.windowed[info.window] += 1
+    report.reoriented += int(info.reoriented)

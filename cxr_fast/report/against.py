@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cxr_fast.report.data import (Study, auc_of, init_kind, ordered, sd_of, split_of, variant_name,
+from cxr_fast.errors import CxrError
+from cxr_fast.report.data import (Study, auc_of, init_kind, ordered, recipe_of, sd_of, split_of, variant_name,
                                    variant_tag)
 from cxr_fast.report.format import Section, auc_text, blank, fmt_p, fmt_signed, fmt_z, markdown
 from cxr_fast.report.provenance import init_summary
@@ -47,10 +48,61 @@ def _range(values: list[float]) -> float | None:
     return max(values) - min(values) if len(values) > 1 else None
 
 
-def against_section(a: Study, b: Study) -> Section:
-    """AUC_A, AUC_B, A − B and the z-test p per shared cell, and each label's resolution range in A and B."""
+def _configured(study: Study) -> dict[str, Any]:
+    """The study's result-changing run settings from its study.yaml, the schema's defaults filled in (empty
+    without a study.yaml: then only its rows can speak)."""
+    from cxr_fast.schema.run import GRID_FIELDS, SPEED_ONLY, RunConfig
+
+    if not study.config:
+        return {}
+    train = study.config.get("train") or {}
+    defaults = RunConfig.model_construct()
+    return {n: train.get(n, getattr(defaults, n)) for n in RunConfig.names()
+            if n not in GRID_FIELDS and n not in SPEED_ONLY}
+
+
+# What each row records of its run, for studies compared by their rows (a row outlives a changed study.yaml).
+_ROW_SETTINGS = {"recipe": recipe_of, "init": init_kind, "split": split_of,
+                 "seed": lambda r: str(r.get("seed", "unknown")),
+                 "subsample_size": lambda r: str(r.get("subsample_size", "unknown")),
+                 "epochs": lambda r: str(r["epochs"])}
+
+
+def setting_differences(a: Study, b: Study) -> list[str]:
+    """'lr 0.0005 / 0.001' for every setting in which A and B differ: their study.yaml (result-changing
+    settings, defaults filled in), then what their rows record (recipe, init, split, seed, epochs, ...)."""
+    conf_a, conf_b = _configured(a), _configured(b)
+    out: dict[str, str] = {}
+    for name in conf_a.keys() & conf_b.keys():
+        if conf_a[name] != conf_b[name]:
+            out[name] = f"{name} {conf_a[name]} / {conf_b[name]}"
+    for name, of in _ROW_SETTINGS.items():
+        seen_a, seen_b = ordered(of(r) for r in a.rows), ordered(of(r) for r in b.rows)
+        if name not in out and seen_a and seen_b and set(seen_a) != set(seen_b):
+            out[name] = f"{name} {', '.join(seen_a)} / {', '.join(seen_b)}"
+    return [out[k] for k in sorted(out)]
+
+
+def check_same_init(a: Study, b: Study, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Refuse, as Table 2 does, to set cells of different inits beside each other (``--mixed-init`` allows it):
+    the difference would mix the init's effect with the one the comparison is for."""
+    differ = [(ra, rb) for ra, rb in pairs if init_kind(ra) != init_kind(rb)]
+    if differ:
+        ra, rb = differ[0]
+        raise CxrError(f"{a.root} and {b.root} started {len(differ)} shared cell(s) from different inits (e.g. "
+                       f"{ra['cell_id']}: {init_kind(ra)} in A, {init_kind(rb)} in B); --against compares same-init "
+                       "runs, as Table 2 does: rerun one study with the other's init, or pass --mixed-init to "
+                       "compare them anyway, each cell marked")
+
+
+def against_section(a: Study, b: Study, mixed_init: bool = False) -> Section:
+    """AUC_A, AUC_B, A − B and the z-test p per shared cell, and each label's resolution range in A and B;
+    every setting that differs is stated, and different inits are refused unless ``mixed_init``."""
     pairs = shared_cells(a, b)
+    if not mixed_init:
+        check_same_init(a, b, pairs)
     inits_differ = any(init_kind(ra) != init_kind(rb) for ra, rb in pairs)
+    differences = setting_differences(a, b)
     header = ["Label", "Model", "Resolution", "AUC A", "AUC B", "A − B", "z", f"p ({Z_TEST})"]
     header += ["Init A / B"] if inits_differ else []
     body, records = [], []
@@ -70,6 +122,8 @@ def against_section(a: Study, b: Study) -> Section:
                         "init_b": init_kind(rb), "split_a": split_of(ra), "split_b": split_of(rb)})
     text = (f"A: `{a.root}` ({a.name}; {_splits(a)}; init {init_summary(a.rows)}).  \n"
             f"B: `{b.root}` ({b.name}; {_splits(b)}; init {init_summary(b.rows)}).\n\n")
+    text += (f"Settings that differ (A / B): {'; '.join(differences)}.\n\n" if differences else
+             "No setting that changes results differs between A and B.\n\n")
     text += markdown(header, body) if body else "The two studies share no finished cell.\n"
     text += _ranges(pairs)
     notes = [f"{Z_TEST}: the paper's test on the two AUCs and their DeLong SDs; the studies' validation images "

@@ -99,9 +99,11 @@ def _table(study: Study, name: str, title: str, columns: list[tuple[str, Variant
     """A resolution-by-column table of AUCs with marks, its CSV records and its notes."""
     res_all = sorted({r for _, v in columns for r in resolutions(study, v)})
     rows = table_rows(study, columns)
-    header, cols, records = ["Resolution"], [], []
+    header, cols, records, untested = ["Resolution"], [], [], []
     for label, v in columns:
         cmp = compare_resolutions(study, label, v)
+        untested += [f"{heading[(label, v)]} {res} px ({t.paired_why})" for res, t in cmp.tests.items()
+                     if t.p_paired is None]
         header.append(heading[(label, v)])
         cols.append({res: _cell(study.row(label, res, v), res, cmp, rows) for res in res_all})
         records += [_record(name, label, v, res, study.row(label, res, v), cmp, compare) for res in res_all]
@@ -110,7 +112,15 @@ def _table(study: Study, name: str, title: str, columns: list[tuple[str, Variant
             header.append(f"{label} ({paper_label(pv)})")
             cols.append({res: _paper_cell(label, res, v) for res in res_all})
     body = [[f"{r} × {r}"] + [c[r] for c in cols] for r in res_all]
-    return Section(name, title, markdown(header, body), _notes(rows, compare, name), records, CSV_FIELDS)
+    notes = _notes(rows, compare, name) + ([_untested_note(untested)] if untested else [])
+    return Section(name, title, markdown(header, body), notes, records, CSV_FIELDS)
+
+
+def _untested_note(untested: list[str], shown: int = 6) -> str:
+    """Which cells could not get a ‡, and why: a missing mark must not read as 'not significant'."""
+    more = f", and {len(untested) - shown} more" if len(untested) > shown else ""
+    return (f"No {PAIRED} (so no {DOUBLE_DAGGER} either way) for {len(untested)} cell(s): "
+            f"{'; '.join(untested[:shown])}{more}.")
 
 
 def table2(study: Study, compare: bool = False) -> Table | None:
@@ -200,7 +210,7 @@ def make_report(study_dir: str | Path, out: str | Path | None = None, compare: b
         sections.append(Section("plan", planned["title"], planned["markdown"], records=planned["rows"],
                                 fields=planned["fields"]))
     if other is not None:
-        sections.append(against_section(study, other))
+        sections.append(against_section(study, other, mixed_init))
     files: list[Path] = []
     for s in sections:
         files += write_section(s, out_dir)

@@ -23,6 +23,7 @@ from cxr_fast.report.data import (Study, Variant, auc_of, labels, primary_varian
 from cxr_fast.report.format import DASH, TIED, Section, auc_text, blank, fmt_p, markdown
 from cxr_fast.report.stats import ALPHA, PAIRED, PairTest, pair_test
 
+CANNOT_TELL = "cannot tell"  # a verdict the data cannot support says so, and why, never "no"
 NULL_SD_LIMIT = 2.0  # the negative control's bar: |AUC - 0.5| within this many DeLong SDs at every resolution
 ROLES = {SMALL_LESION: "small lesion", LARGE_LESION: "large lesion", NULL_LABEL: "null (no pixels)"}
 FIELDS = ["label", "role", "architecture", "epochs", "resolution", "auc", "delong_sd", "highest_resolution",
@@ -141,7 +142,7 @@ def lesion_drop(study: Study, label: str, v: Variant) -> Drop | None:
 
 @dataclass
 class PositiveAnswer:
-    answer: str  # yes | partly | no | not answered
+    answer: str  # yes | partly | no | cannot tell
     sentence: str
     record: dict[str, Any]
 
@@ -153,8 +154,9 @@ def positive_control(study: Study, v: Variant) -> PositiveAnswer:
     small, large = lesion_drop(study, SMALL_LESION, v), lesion_drop(study, LARGE_LESION, v)
     if small is None or large is None:
         missing = SMALL_LESION if small is None else LARGE_LESION
-        return PositiveAnswer("not answered", f"{question} Not answered: {missing} lacks an AUC at two resolutions.",
-                              {"answer": "not answered"})
+        why = f"{missing} lacks an AUC at two resolutions"
+        return PositiveAnswer(CANNOT_TELL, f"{question} Cannot tell, because {why}.",
+                              {"answer": CANNOT_TELL, "why": why})
     diff = small.drop - large.drop
     sds = (small.drop_sd, large.drop_sd)
     z = p = diff_sd = None
@@ -164,13 +166,17 @@ def positive_control(study: Study, v: Variant) -> PositiveAnswer:
         p = math.erfc(abs(z) / math.sqrt(2)) if z is not None else None
     more = z is not None and p is not None and z > 0 and p < ALPHA
     below = small.ratio < large.ratio
-    if small.significant and below and more:
+    unknown = _cannot_tell(small, large, below, z is None)
+    if unknown is not None:
+        answer, word = CANNOT_TELL, f"Cannot tell, because {unknown}."
+    elif small.significant and below and more:
         answer, word = "yes", "Yes."
     elif small.significant and below:
         answer, word = "partly", ("Partly: the small lesion's drop is significant and larger than the large "
                                   "lesion's, but the difference between the two drops is not.")
     else:
-        why = [] if small.significant else [f"{SMALL_LESION}'s own drop is not significant at p < {ALPHA:g}"]
+        why = [] if small.significant or not _tested(small) else \
+            [f"{SMALL_LESION}'s own drop is not significant at p < {ALPHA:g}"]
         why += [] if below else [f"its ratio is not below {LARGE_LESION}'s"]
         answer, word = "no", "No: " + "; ".join(why) + "."
     diff_text = (f"The small lesion's drop exceeds the large one's by {diff:+.3f} ± {diff_sd:.3f} "
@@ -178,11 +184,35 @@ def positive_control(study: Study, v: Variant) -> PositiveAnswer:
                  if z is not None and diff_sd is not None else
                  f"The drops differ by {diff:+.3f}; without a paired SD for both, that difference is untested.")
     sentence = f"{question} {word} {small.text()}; {large.text()}. {diff_text}"
-    record = {"answer": answer, "small": _drop_record(small), "large": _drop_record(large),
+    record = {"answer": answer, "why": unknown, "small": _drop_record(small), "large": _drop_record(large),
               "small_drop_significant": small.significant, "small_ratio_below_large": below,
               "drop_difference": diff, "drop_difference_sd": diff_sd, "z_drop_difference": z,
               "p_drop_difference": p}
     return PositiveAnswer(answer, sentence, record)
+
+
+def _tested(d: Drop) -> bool:
+    return d.test is not None and d.test.p_paired is not None
+
+
+def _untested_why(d: Drop) -> str:
+    why = d.test.paired_why if d.test is not None and d.test.paired_why else "it has no paired test"
+    return f"{d.label}'s drop ({d.high} against {d.low} px) has no paired DeLong test: {why}"
+
+
+def _cannot_tell(small: Drop, large: Drop, below: bool, diff_untested: bool) -> str | None:
+    """Why the positive control's answer hangs on a test the data cannot give, or None when it does not.
+
+    A ratio that is not below the large lesion's answers "no" by itself; otherwise the small lesion's own
+    paired test decides, and for "yes" against "partly" the large lesion's too (the difference of the drops)."""
+    if not below:
+        return None
+    if not _tested(small):
+        return _untested_why(small)
+    if small.significant and diff_untested:
+        return _untested_why(large) if not _tested(large) else \
+            "the paired SD of a drop is unknown (paired z of 0), so the difference of the drops is untested"
+    return None
 
 
 def _drop_record(d: Drop) -> dict[str, Any]:
@@ -198,8 +228,9 @@ def negative_control(study: Study, v: Variant) -> PositiveAnswer:
     rows = [(r, study.row(NULL_LABEL, r, v)) for r in resolutions(study, v)]
     rows = [(r, row) for r, row in rows if row is not None]
     if not rows:
-        return PositiveAnswer("not answered", f"{question} Not answered: no finished {NULL_LABEL} cell.",
-                              {"answer": "not answered"})
+        why = f"no {NULL_LABEL} cell has finished"
+        return PositiveAnswer(CANNOT_TELL, f"{question} Cannot tell, because {why}.", {"answer": CANNOT_TELL,
+                                                                                         "why": why})
     parts, devs, unscored = [], [], []
     for res, row in rows:
         dev = sd_from_half(row)
@@ -214,7 +245,7 @@ def negative_control(study: Study, v: Variant) -> PositiveAnswer:
         shown = ", ".join(f"{r} px ({d:+.1f} SD)" for r, d in outside)
         answer, word = "no", f"No: outside at {shown}, which is leakage or a bug until explained."
     elif unscored or not devs:
-        answer, word = "not answered", f"Not answered: {', '.join(f'{r} px' for r in unscored)} gave no AUC."
+        answer, word = CANNOT_TELL, f"Cannot tell, because {', '.join(f'{r} px' for r in unscored)} gave no AUC."
     else:
         answer, word = "yes", f"Yes: the largest distance from 0.5 is {max(abs(d) for _, d in devs):.1f} SD."
     sentence = f"{question} {word} {NULL_LABEL}: " + "; ".join(parts) + "."

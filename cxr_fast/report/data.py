@@ -17,7 +17,8 @@ import numpy as np
 
 from cxr_fast import paper_results
 from cxr_fast.errors import CxrError
-from cxr_fast.io import read_jsonl
+from cxr_fast.io import read_npz
+from cxr_fast.schema.result import TIED, read_result_rows
 
 UNKNOWN = "unknown"
 Variant = tuple[str, int]  # (arch, epochs)
@@ -51,44 +52,74 @@ class Study:
                 self._index.setdefault((r["label"], int(r["res"]), r["arch"], int(r["epochs"])), r)
         return self._index.get((label, int(res), variant[0], int(variant[1])))
 
+    def predictions_path(self, row: dict[str, Any]) -> Path:
+        return self.root / str(row.get("run_dir", "")) / "predictions.npz"
+
     def predictions(self, row: dict[str, Any]) -> Predictions | None:
-        """A run's (image ids, labels, scores); scores may be logits, only their ranking is used."""
-        path = self.root / str(row.get("run_dir", "")) / "predictions.npz"
+        """A run's (image ids, labels, scores), None when its run folder holds none; scores may be logits,
+        only their ranking is used."""
+        path = self.predictions_path(row)
         if path not in self._predictions:
-            self._predictions[path] = _read_predictions(path)
+            self._predictions[path] = _read_predictions(path, n_val(row))
         return self._predictions[path]
 
 
-def _read_predictions(path: Path) -> Predictions | None:
+PREDICTION_ARRAYS = ("image_ids", "labels", "scores")
+_REDO = "rerun that cell or delete the file"
+
+
+def _read_predictions(path: Path, expected: int | None) -> Predictions | None:
+    """None when the run left no file; one line naming a damaged, truncated or inconsistent one, whose paired
+    tests would otherwise vanish without a word. ``expected``: the images its results row counted."""
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return np.asarray(z["image_ids"]).astype(str), np.asarray(z["labels"]), np.asarray(z["scores"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise CxrError(f"{path}: unreadable predictions ({exc}); rerun that cell or delete the file") from None
+        z = read_npz(path, PREDICTION_ARRAYS)
+    except CxrError as exc:
+        raise CxrError(f"{exc}; {_REDO}") from None
+    ids, y, s = z["image_ids"], z["labels"], z["scores"]
+    if any(a.ndim != 1 for a in (ids, y, s)) or not len(ids) == len(y) == len(s):
+        raise CxrError(f"{path}: image_ids, labels and scores are not one value per image "
+                       f"(shapes {ids.shape}, {y.shape}, {s.shape}); {_REDO}")
+    if y.dtype.kind not in "biuf" or s.dtype.kind not in "biuf" or not np.isfinite(s).all() \
+            or not np.isin(y, (0, 1)).all():
+        raise CxrError(f"{path}: labels must be 0 or 1 and scores finite numbers; {_REDO}")
+    if expected is not None and len(ids) != expected:
+        raise CxrError(f"{path}: holds {len(ids)} images but its results row counted {expected} (cut short, or "
+                       f"from another run); {_REDO}")
+    return ids.astype(str), y, s
 
 
 def read_study(root: str | Path) -> Study:
     """Read a study folder; one line naming the folder when it is not one."""
-    import yaml
+    from cxr_fast.config import parse_yaml
 
     root = Path(root)
     results = root / "results.jsonl"
     if not results.is_file():
         raise CxrError(f"{root} is not a study folder (no results.jsonl); run `cxr-fast study CONFIG --out {root}`")
+    numbered = read_result_rows(results)  # each row checked as the study's resume checks it
     seen: dict[str, dict[str, Any]] = {}
-    for r in read_jsonl(results):
-        if isinstance(r, dict) and {"cell_id", "label", "res", "arch", "epochs"} <= set(r):
-            seen.setdefault(r["cell_id"], r)
+    for _, r in numbered:
+        seen.setdefault(r["cell_id"], r)
     config: dict[str, Any] = {}
     if (root / "study.yaml").is_file():
-        try:
-            config = yaml.safe_load((root / "study.yaml").read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise CxrError(f"{root / 'study.yaml'}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        config = parse_yaml((root / "study.yaml").read_text(encoding="utf-8"), root / "study.yaml") or {}
     expected, special = _expected_cells(config)
+    _check_labels(results, numbered, [*expected, *special])
     return Study(root, config, list(seen.values()), expected, special)
+
+
+def _check_labels(results: Path, rows: list[tuple[int, dict[str, Any]]], expected: list[dict[str, Any]]) -> None:
+    """A row whose label no grid of study.yaml names would become a table column of its own: refuse it,
+    naming the row. Without a study.yaml (no expected cells) every row is the study."""
+    known = ordered(c["label"] for c in expected)
+    if not known:
+        return
+    for number, r in rows:
+        if r["label"] not in known:
+            raise CxrError(f"{results}:{number} ({r['cell_id']}): label {r['label']!r} is not in study.yaml's grids "
+                           f"({', '.join(known)}); delete that line, or add the label to a grid")
 
 
 def _expected_cells(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -130,7 +161,7 @@ def finite(x: Any) -> bool:
 
 def is_tied(row: dict[str, Any] | None) -> bool:
     """The model gave every validation image one score: it ranked nothing, so it has no AUC to compare."""
-    return row is not None and row.get("auc_status") == "tied"
+    return row is not None and row.get("auc_status") == TIED
 
 
 def auc_of(row: dict[str, Any] | None) -> float | None:

@@ -44,7 +44,10 @@ def _verdict(cmp: Comparison, test: str) -> str:
     pval = (lambda r: cmp.tests[r].p) if test == Z_TEST else (lambda r: cmp.tests[r].p_paired)
     shown = ", ".join(f"{r} px p = {fmt_p(pval(r))}" for r in misses)
     extra = f"; untested: {res_list(untested)}" if untested else ""
-    return f"no ({len(beaten)} of {n}; not {shown}{extra})" if misses else f"no ({len(beaten)} of {n}{extra})"
+    if not misses:  # every tested one is beaten: the untested decide, and they cannot
+        why = cmp.tests[untested[0]].paired_why if test == PAIRED else "an SD is missing"
+        return f"cannot tell ({len(beaten)} of {n} beaten{extra}{', because ' + why if why else ''})"
+    return f"no ({len(beaten)} of {n}; not {shown}{extra})"
 
 
 def significance_section(study: Study, compare: bool) -> Section | None:

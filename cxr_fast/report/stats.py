@@ -29,6 +29,7 @@ class PairTest:
     p: float | None = None
     z_paired: float | None = None
     p_paired: float | None = None
+    paired_why: str | None = None  # why there is no paired test, in words for a verdict ("... is missing")
 
     def higher(self, test: str) -> bool:
         """a is significantly higher than b under ``test`` (two-sided p < ALPHA, a ahead)."""
@@ -55,14 +56,22 @@ def pair_test(study_a: Study, row_a: dict[str, Any], study_b: Study, row_b: dict
         return None
     out = PairTest(auc_a - auc_b)
     out.z, out.p = z_test(auc_a, sd_of(row_a), auc_b, sd_of(row_b))
-    pred_a = study_a.predictions(row_a) if paired else None
-    pred_b = study_b.predictions(row_b) if paired else None
-    aligned = align(pred_a, pred_b) if pred_a is not None and pred_b is not None else None
-    if aligned is not None:
-        try:
-            out.z_paired, out.p_paired = paired_delong_test(*aligned)
-        except CxrError:  # one class only in the shared images: no paired test, the z-test stands alone
-            pass
+    if not paired:
+        out.paired_why = "the two runs scored different validation images"
+        return out
+    pred_a, pred_b = study_a.predictions(row_a), study_b.predictions(row_b)
+    missing = [f"{r.get('run_dir')}/predictions.npz" for r, p in ((row_a, pred_a), (row_b, pred_b)) if p is None]
+    if missing:
+        out.paired_why = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+        return out
+    aligned = align(pred_a, pred_b)
+    if aligned is None:
+        out.paired_why = f"{row_a['cell_id']} and {row_b['cell_id']} scored different validation images"
+        return out
+    try:
+        out.z_paired, out.p_paired = paired_delong_test(*aligned)
+    except CxrError:  # one class only in the shared images: no paired test, the z-test stands alone
+        out.paired_why = f"the images {row_a['cell_id']} and {row_b['cell_id']} share hold one class only"
     return out
 
 

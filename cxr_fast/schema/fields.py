@@ -22,6 +22,8 @@ import annotated_types
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from cxr_fast.vocabulary import range_phrase  # the words for a range, shared with ``vocabulary.check_number``
+
 
 def _path_text(value: Any) -> Any:
     """A folder or file given as a ``Path`` from Python is the same setting as its text from YAML."""
@@ -54,29 +56,6 @@ def bounds(info: FieldInfo) -> dict[str, Any]:
             if isinstance(m, getattr(annotated_types, name.capitalize())):
                 out[name] = getattr(m, name)
     return out
-
-
-def _num(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def range_phrase(b: dict[str, Any]) -> str:
-    """``{"ge": 1}`` -> "at least 1"; ``{"ge": 0}`` -> "0 or more"; ``{"gt": 0}`` -> "positive";
-    ``{"gt": 0, "lt": 1}`` -> "between 0 and 1"; ``{"ge": 0, "lt": 1}`` -> "in [0, 1)"."""
-    low = ("ge", b["ge"]) if "ge" in b else ("gt", b["gt"]) if "gt" in b else None
-    high = ("le", b["le"]) if "le" in b else ("lt", b["lt"]) if "lt" in b else None
-    if low and high:
-        if low[0] == "gt" and high[0] == "lt":
-            return f"between {_num(low[1])} and {_num(high[1])}"
-        return f"in {'[' if low[0] == 'ge' else '('}{_num(low[1])}, {_num(high[1])}{']' if high[0] == 'le' else ')'}"
-    if low:
-        if low == ("gt", 0):
-            return "positive"
-        return f"{_num(low[1])} or more" if low == ("ge", 0) else \
-            (f"at least {_num(low[1])}" if low[0] == "ge" else f"more than {_num(low[1])}")
-    if high:
-        return f"at most {_num(high[1])}" if high[0] == "le" else f"less than {_num(high[1])}"
-    return "in range"
 
 
 _TYPE_WORDS = {"int_type": "int", "int_parsing": "int", "float_type": "float", "float_parsing": "float",
@@ -121,6 +100,8 @@ def explain(error: ValidationError, source: str, fields: dict[str, FieldInfo]) -
     if kind == "literal_error" and info is not None:
         noun = extra(info, "noun") or key
         return f"{source}: unknown {noun} {value!r}; choose from {', '.join(map(str, choices(info) or ()))}"
+    if kind == "finite_number":
+        return f"{source}: {key} must be a finite number, got {value!r}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"{source}: {key} must be {range_phrase(bounds(info) if info else {})}, got {value!r}"
     if kind == "value_error":

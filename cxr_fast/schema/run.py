@@ -16,6 +16,7 @@ argparse flags. DESIGN.md says more.
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from cxr_fast.errors import CxrError
 from cxr_fast.schema.fields import PathText, explain, extra, setting
-from cxr_fast.vocabulary import (AUTO, DEFAULT_RECIPE, Arch, Init, LoaderChoice, Optimizer, PrecisionChoice, Recipe,
-                                 Split, check_res)
+from cxr_fast.vocabulary import (AUTO, DEFAULT_RECIPE, SEED_BOUNDS, Arch, Init, LoaderChoice, Optimizer,
+                                 PrecisionChoice, Recipe, Split, check_res)
 
 
 # Where the mapping being validated came from (a file, a study cell), for the one-line error.
@@ -39,7 +40,8 @@ class SettingsError(CxrError):
 class RunConfig(BaseModel):
     """One training run: one label, one resolution, one architecture, the paper's recipe by default."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=False)
+    # allow_inf_nan=False: a NaN or infinite float (``lr: .inf``) is refused here, not after an epoch of training.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=False, allow_inf_nan=False)
 
     label: str = setting("Nodule", "finding to detect, e.g. Nodule", metavar="LABEL", grid=True)
     res: int = setting(224, "input resolution in pixels", metavar="PX", grid=True)
@@ -82,7 +84,7 @@ class RunConfig(BaseModel):
     val_fraction: float = setting(0.2, "share of the subsample for validation", metavar="F", gt=0, lt=1)
     split: Split = setting("image", "validation split: by image (the paper), by patient, or NIH's official lists",
                            noun="split")
-    seed: int = setting(0, "seed for sampling, init and augmentation", metavar="N", ge=0)
+    seed: int = setting(0, "seed for sampling, init and augmentation", metavar="N", **SEED_BOUNDS)
     augment: bool = setting(True, "the recipe's training augmentation")
     tta: int = setting(4, "augmented test-time views averaged with the plain one (0: plain only)", metavar="N", ge=0)
     device: str = setting(AUTO, "auto, cpu, cuda or cuda:N", metavar="DEVICE", speed_only=True)
@@ -116,6 +118,15 @@ class RunConfig(BaseModel):
             return check_res(value, "res")
         except CxrError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        """Spelled right before any work (a missing GPU is found by ``study.decide`` and ``train`` before they
+        write); ``tpu`` or ``gpu`` would otherwise fail only once a study had written its folder."""
+        if value != AUTO and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+        return value
 
     @model_validator(mode="after")
     def _init_and_weights_agree(self) -> "RunConfig":

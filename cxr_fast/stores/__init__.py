@@ -3,9 +3,10 @@
 A store is a folder::
 
     manifest.json           what it holds: image ids, labels, split, the source files' sizes and
-                            mtimes, formats and resolutions done, images that could not be read, and
-                            every finished file's size, sha256 and mtime (``files``)
-    jpeg/<stem>.jpg         8-bit gray JPEG at source size (DALI's ``mixed`` decoder decodes these on a
+                            mtimes, the pixel rule (``data.pixels.RULE``), formats and resolutions
+                            done, images that could not be read or used, and every finished file's
+                            size, sha256 and mtime (``files``)
+    jpeg/<entry>.jpg        8-bit gray JPEG at source size (DALI's ``mixed`` decoder decodes these on a
     jpeg/files.txt          GPU; it decodes PNG on the CPU even in mixed mode) and DALI's file list
     cache/<res>.npy         N x res x res uint8, the reference resize (``data.resize``) rounded;
                             opened memory-mapped

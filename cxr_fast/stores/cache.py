@@ -8,13 +8,14 @@ its final name by an atomic rename once every row is done or judged unreadable.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import numpy as np
 
 from cxr_fast.errors import CxrError
-from cxr_fast.io import atomic_path
+from cxr_fast.io import atomic_path, check_space, disk_full_error, is_disk_full
 from cxr_fast.stores.files import file_record
 
 FORMAT = "cache"
@@ -46,6 +47,30 @@ def npy_problem(path: Path, shape: tuple[int, ...], size: int) -> str | None:
     return None
 
 
+_HEADER = 4096  # at most what open_memmap puts before the pixels
+
+
+def _reserve(partial: Path) -> None:
+    """Allocate every block of the mapped ``partial`` now: a page written later into a full disk would kill
+    the process with SIGBUS, where this fails first in one line (``DiskFullError``) naming the file and
+    what it needs. A resumed file needs only its blocks not yet allocated; checked free before allocating."""
+    size = partial.stat().st_size
+    missing = max(0, size - partial.stat().st_blocks * 512)
+    check_space(partial, missing)
+    if not hasattr(os, "posix_fallocate"):  # macOS: the check above is all there is
+        return
+    fd = os.open(partial, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(partial, 0, missing) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # a file system that cannot preallocate keeps the check above, which is all it can have
+    finally:
+        os.close(fd)
+
+
 class CacheJob:
     """One resolution of the uint8 cache being filled: partial array + per-row state, resumable.
 
@@ -60,15 +85,18 @@ class CacheJob:
         state = None
         if self.partial.exists() and self.state_path.exists():
             try:
-                state = np.load(self.state_path)
-                arr = np.load(self.partial, mmap_mode="r+")
+                state = np.load(self.state_path, allow_pickle=False)
+                arr = np.load(self.partial, mmap_mode="r+", allow_pickle=False)
                 if arr.shape != (n, res, res) or state.shape != (n,):
                     state = None
             except (OSError, ValueError):
                 state = None
         if state is None:
+            self.partial.unlink(missing_ok=True)  # a stale one's blocks count as free for the new array
+            check_space(self.partial, _HEADER + n * res * res)
             arr = np.lib.format.open_memmap(self.partial, mode="w+", dtype=np.uint8, shape=(n, res, res))
             state = np.zeros(n, dtype=np.int8)
+        _reserve(self.partial)
         self.array = arr
         self.state = state
 

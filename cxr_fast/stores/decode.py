@@ -53,12 +53,13 @@ def _init_worker() -> None:
 def _work(job: tuple[int, str, tuple[int, ...], str | None, int]
           ) -> tuple[int, dict[int, np.ndarray] | None, str | None, dict | None]:
     """Decode one image once; return its resized copies, and write its JPEG (atomically) with the
-    JPEG's manifest record (hashed from the bytes written, no second read)."""
-    from cxr_fast.data.reader import read_gray
+    JPEG's manifest record (hashed from the bytes written, no second read). An image ``verify`` counts
+    unusable (``read_usable``: unreadable, or of no chest X-ray's shape) is left out, with its reason."""
+    from cxr_fast.data.reader import read_usable
 
     row, path, resolutions, jpeg_out, quality = job
     try:
-        gray = read_gray(path)
+        gray = read_usable(path)[0]
     except ImageError as exc:
         return row, None, exc.reason, None
     return _outputs(row, gray, resolutions, jpeg_out, quality)
@@ -67,11 +68,11 @@ def _work(job: tuple[int, str, tuple[int, ...], str | None, int]
 def _work_member(job: tuple[int, str, tuple[int, ...], str | None, int], data: bytes
                  ) -> tuple[int, dict[int, np.ndarray] | None, str | None, dict | None]:
     """``_work`` for an archive member already read into memory: same reader, same outputs."""
-    from cxr_fast.data.reader import decode_gray_with_info
+    from cxr_fast.data.reader import decode_usable
 
     row, where, resolutions, jpeg_out, quality = job
     try:
-        gray = decode_gray_with_info(data, where)[0]
+        gray = decode_usable(data, where)[0]
     except ImageError as exc:
         return row, None, exc.reason, None
     return _outputs(row, gray, resolutions, jpeg_out, quality)

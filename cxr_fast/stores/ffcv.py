@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_fast.errors import CxrError
-from cxr_fast.io import atomic_path
+from cxr_fast.io import atomic_path, load_npy
 from cxr_fast.parallel import mp_context
 from cxr_fast.stores import cache
 
@@ -40,7 +40,7 @@ class _BetonSource:
 
     def __getitem__(self, i: int):
         if self._arr is None:
-            self._arr = np.load(self.cache_file, mmap_mode="r")
+            self._arr = load_npy(self.cache_file, mmap_mode="r")
         row = int(self.rows[i])
         return np.ascontiguousarray(self._arr[row]), float(self.targets[row]), row
 
@@ -94,11 +94,15 @@ def write_beton(root: Path, res: int, pixels: np.ndarray, targets: np.ndarray, r
     target = path(root, res)
     target.parent.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers or os.cpu_count() or 1, 8))
-    with atomic_path(target) as tmp:
+    with atomic_path(target, need=len(rows) * res * res) as tmp:  # FFCV maps its file: a full disk is a SIGBUS
         ctx = mp_context()
         proc = ctx.Process(target=_write_beton_child, args=(str(tmp), source, res, workers, quiet))
         proc.start()
-        proc.join(timeout_s)
+        try:
+            proc.join(timeout_s)
+        except BaseException:  # Ctrl-C or a kill: its own process group hears neither, so stop it here
+            _kill_group(proc.pid)
+            raise
         if proc.is_alive():
             _kill_group(proc.pid)
             proc.join()

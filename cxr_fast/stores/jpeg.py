@@ -1,5 +1,8 @@
-"""The ``jpeg`` format: ``jpeg/<stem>.jpg``, an 8-bit gray JPEG at source size per readable image, and
+"""The ``jpeg`` format: ``jpeg/<entry>.jpg``, an 8-bit gray JPEG at source size per readable image, and
 ``jpeg/files.txt``, DALI's file list (file name and store row per line).
+
+An entry is the whole image id, escaped (``entry``): ``col.png``, ``col.PNG`` and ``col.jpg`` are three
+images and three entries, on a case-insensitive file system too, and no entry holds a space (DALI's list).
 
 DALI's ``mixed`` decoder decodes these JPEGs on a GPU; it decodes PNG on the CPU even in mixed mode, which
 is why a store keeps JPEGs for it. The part counts as done once the list is written; until then the JPEGs
@@ -22,9 +25,21 @@ FOLDER = FORMAT  # the store's folder for this format
 LISTING = "files.txt"
 
 
+_KEPT = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789._-")
+MAX_ENTRY = 255  # bytes in a file name, on every common file system
+
+
+def entry(image_id: str) -> str:
+    """The file name of ``image_id``'s JPEG: one name per image id, never two (injective). Every byte of the
+    id but lower-case letters, digits and ``._-`` becomes ``%xx`` (lower-case hex; ``%`` itself too), so the
+    name is all lower case and two ids differing only in case, or in extension, keep apart."""
+    escaped = "".join(chr(b) if b in _KEPT else f"%{b:02x}" for b in image_id.encode("utf-8"))
+    return escaped + ".jpg"
+
+
 def path(root: Path, image_id: str) -> Path:
     """Where a store at ``root`` keeps the JPEG of ``image_id``."""
-    return root / FOLDER / (Path(image_id).stem + ".jpg")
+    return root / FOLDER / entry(image_id)
 
 
 def listing_path(root: Path) -> Path:

@@ -27,14 +27,17 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.pixels import RULE
 from cxr_fast.data.reader import ImageError, is_inside, name_problem
 from cxr_fast.errors import CxrError
-from cxr_fast.io import write_json
+from cxr_fast.io import numpy_failure, write_json
 from cxr_fast.stores import cache, ffcv, jpeg
 from cxr_fast.stores.files import sha256_file
 from cxr_fast.vocabulary import check_res
 
-STORE_VERSION = 2  # 2: every file's size, sha256 and mtime in the manifest
+# 2: every file's size, sha256 and mtime in the manifest; 3: JPEG entries named by the whole escaped image id
+# (``stores.jpeg.entry``: no two images share one) and the high-bit pixel rule recorded (``pixels``)
+STORE_VERSION = 3
 FORMATS: tuple[str, ...] = (jpeg.FORMAT, cache.FORMAT, ffcv.FORMAT)
 MANIFEST = "manifest.json"
 
@@ -98,9 +101,10 @@ class Store:
         if not self.has(cache.FORMAT, res):
             raise CxrError(f"{self.root}: no {res} px cache; run cxr-fast prepare with --res {res} --format cache")
         try:
-            return np.load(self.cache_path(res), mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise DamagedStoreError(self.describe(Damage(cache.FORMAT, res, self.cache_path(res), str(exc)))) from None
+            return np.load(self.cache_path(res), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:  # numpy's own text advises unpickling: never passed on
+            raise DamagedStoreError(self.describe(Damage(cache.FORMAT, res, self.cache_path(res),
+                                                         numpy_failure(exc)))) from None
 
     def jpeg_path(self, image_id: str) -> Path:
         return jpeg.path(self.root, image_id)
@@ -188,6 +192,29 @@ class Store:
         """One line for one damaged file: which, why, and how to rebuild it."""
         return f"{d.path}: damaged ({d.reason}); {self.rebuild_hint(d.fmt, d.res)}"
 
+    def entry_problems(self) -> list[str]:
+        """Store entries that are not exactly one image's, one line each: a JPEG two image ids are named to,
+        a file in ``jpeg/`` that no image of the store names, a line of DALI's list naming another image's JPEG.
+        (``cache`` and ``ffcv`` keep images by store row, one row each.)"""
+        if (jpeg.FORMAT, None) not in self.parts():
+            return []
+        ids, folder = self.manifest["image_ids"], self.root / jpeg.FOLDER
+        owners: dict[str, list[str]] = {}
+        for name in ids:
+            owners.setdefault(jpeg.entry(name), []).append(name)
+        out = [f"{folder / e}: the entry of {len(names)} images ({', '.join(names[:3])})"
+               for e, names in owners.items() if len(names) > 1]
+        if folder.is_dir():
+            out += [f"{p}: no image of the store has this entry; delete it" for p in sorted(folder.iterdir())
+                    if p.name != jpeg.LISTING and not p.name.startswith(".") and p.name not in owners]
+        listing = jpeg.listing_path(self.root)
+        if self.has(jpeg.FORMAT) and listing.is_file():
+            for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+                e, _, row = line.rpartition(" ")
+                if not row.isdigit() or int(row) >= len(ids) or jpeg.entry(ids[int(row)]) != e:
+                    out.append(f"{listing}: line {line!r} names no image's entry at that row")
+        return out
+
     def positions(self, image_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of ``image_ids`` in this store, and a mask of the ones that are readable.
 
@@ -205,7 +232,13 @@ class Store:
         return np.asarray(rows, dtype=np.int64), np.asarray(keep, dtype=bool)
 
     def check_fresh(self, dataset: NihDataset) -> None:
-        """Raise ``StaleStoreError`` when a source image changed (size or mtime) since the store was made."""
+        """Raise ``StaleStoreError`` when a source image changed (size or mtime) since the store was made, or
+        the store's pixels were made under another high-bit rule than the reader's (``data.pixels.RULE``):
+        its pixels would differ from what every other loader reads."""
+        if self.manifest.get("pixels") != RULE:
+            raise StaleStoreError(
+                f"{self.root} was made under the pixel rule {self.manifest.get('pixels')}, not {RULE} (how 16-bit "
+                "images become 8-bit); delete the store or prepare into a new folder")
         old = self.manifest["sources"]
         ids = self.manifest["image_ids"]
         now = source_identity(dataset, ids)
@@ -257,7 +290,8 @@ def open_store(path: str | Path, dataset: NihDataset | None = None, check: bool 
     if not isinstance(manifest, dict) or manifest.get("version") != STORE_VERSION:
         version = manifest.get("version") if isinstance(manifest, dict) else None
         raise StaleStoreError(f"{root}: store version {version} is not {STORE_VERSION} (older stores keep no "
-                              "checksums); delete it and run cxr-fast prepare again")
+                              "checksums, or may name two images' JPEGs alike and record no pixel rule); "
+                              "delete it and run cxr-fast prepare again")
     _check_manifest(root, manifest)
     store = Store(root, manifest)
     if check:

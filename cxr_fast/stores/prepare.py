@@ -14,6 +14,7 @@ the next run to resume, and so does one an archive left unfinished (``Unfinished
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import shutil
 import warnings
@@ -24,9 +25,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.pixels import RULE
 from cxr_fast.data.reader import DataWarning, name_problem
 from cxr_fast.errors import CxrError
-from cxr_fast.io import write_json
+from cxr_fast.io import DiskFullError, write_json
 from cxr_fast.locks import exclusive
 from cxr_fast.paths import cache_dir
 from cxr_fast.stores import cache, ffcv, jpeg
@@ -79,6 +81,7 @@ def _manifest_for(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndarra
         "targets": [float(t) for t in targets],
         "is_val": None if info.get("is_val") is None else [bool(v) for v in info["is_val"]],
         "sources": source_identity(dataset, image_ids),
+        "pixels": copy.deepcopy(RULE),  # how 16-bit images became 8-bit: a store made under another rule is not reused
         "formats": {},
         "bad": {},
         "files": {},
@@ -125,6 +128,9 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
     for name in ids:
         if name_problem(name) is not None:  # a store names its files after its images
             raise CxrError(f"image id {name!r} is {name_problem(name)}; a store holds images by file name only")
+        if jpeg.FORMAT in formats and len(jpeg.entry(name)) > jpeg.MAX_ENTRY:
+            raise CxrError(f"image id {name!r} is too long for a store entry ({len(jpeg.entry(name))} bytes "
+                           f"escaped, at most {jpeg.MAX_ENTRY}); rename the image")
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise CxrError(f"{root} is a file, not a store folder")
@@ -150,7 +156,8 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
                         store.manifest["formats"][ffcv.FORMAT] = sorted(set(done) | {r})
                         save_manifest(store)
         except Exception as exc:
-            if new and not isinstance(exc, UnfinishedStoreError):  # leave no half-made store behind
+            if new and not isinstance(exc, (UnfinishedStoreError, DiskFullError)):  # no half-made store; a
+                # full disk keeps what was decoded, for the rerun after space is freed
                 _discard(root, created)
             raise
     return store
@@ -218,8 +225,10 @@ def auto_store_dir(dataset: NihDataset, image_ids: Sequence[str], targets: Seque
 
 
 def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequence[float], fmt: str, res: int | None,
-                 store: str | Path | None = None, quiet: bool = True, workers: int | None = None) -> Store:
-    """A store holding ``fmt`` (at ``res``) for these images, made now if missing.
+                 store: str | Path | None = None, quiet: bool = True, workers: int | None = None,
+                 info: dict | None = None) -> Store:
+    """A store holding ``fmt`` (at ``res``) for these images, made now if missing (``info`` as for
+    ``prepare_store``, recorded when the store is made).
 
     With ``store`` given it is used (and extended with the missing format or resolution); a stale,
     damaged or foreign one is an error. Without it the store lives in the cache folder, where a stale
@@ -236,7 +245,7 @@ def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequenc
             if opened.has(fmt, res):
                 return opened
             return prepare_store(dataset, opened.manifest["image_ids"], opened.manifest["targets"], root, cfg)
-        return prepare_store(dataset, ids, tg, root, cfg)
+        return prepare_store(dataset, ids, tg, root, cfg, info)
     root = auto_store_dir(dataset, ids, tg)
     if (root / MANIFEST).exists():
         try:
@@ -247,11 +256,15 @@ def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequenc
             if isinstance(exc, DamagedStoreError):
                 warnings.warn(f"{exc}; remaking this cached store", DataWarning, stacklevel=2)
             shutil.rmtree(root)
-    return prepare_store(dataset, ids, tg, root, cfg)
+    return prepare_store(dataset, ids, tg, root, cfg, info)
 
 
 def prepare_subsample(dataset: NihDataset, sub: Any, out: str | Path, cfg: PrepareConfig) -> Store:
     """A label's drawn subsample (``RunConfig.draw_subsample``: train and validation) into ``out``, with how
     it was drawn recorded in the manifest. The store never draws one itself: the run's settings do."""
-    info = {"label": sub.label, "split": sub.split, "seed": sub.seed, "size": sub.size, "is_val": sub.is_val}
-    return prepare_store(dataset, sub.image_ids, sub.targets, out, cfg, info)
+    return prepare_store(dataset, sub.image_ids, sub.targets, out, cfg, subsample_info(sub))
+
+
+def subsample_info(sub: Any) -> dict:
+    """How a subsample was drawn, as a store's manifest records it (``prepare_store``'s ``info``)."""
+    return {"label": sub.label, "split": sub.split, "seed": sub.seed, "size": sub.size, "is_val": sub.is_val}

@@ -21,6 +21,8 @@ from cxr_fast.schema.run import GRID_FIELDS, SPEED_ONLY, RunConfig
 from cxr_fast.vocabulary import parse_resolutions
 
 RUNS = "runs"  # each cell's run folder is runs/<cell id> inside the study folder
+STUDIES = Path("studies")  # where a study goes without --out: studies/<name>
+NAME_MAX = 200  # characters of a study's name (it is a folder name)
 _DEFAULTS = RunConfig.model_fields
 
 
@@ -63,7 +65,31 @@ def parse_study(data: dict[str, Any], source: str = "study config") -> StudyConf
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         raise CxrError(f"{source}: grid names must be unique, got {names}")
-    return StudyConfig(name=str(data.get("name") or "study"), grids=grids, train=train)
+    return StudyConfig(name=_study_name(data.get("name"), source), grids=grids, train=train)
+
+
+def _study_name(value: Any, source: str) -> str:
+    """The study's ``name:``: short text (a number reads as its text). A list or mapping, such as an alias
+    bomb's, is refused before ``str()`` could expand it."""
+    if value is None or value == "":
+        return "study"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise CxrError(f"{source}: name must be text, got a {type(value).__name__}")
+    name = str(value)
+    if len(name) > NAME_MAX:
+        raise CxrError(f"{source}: name is {len(name)} characters long; keep it to {NAME_MAX}")
+    return name
+
+
+def default_study_dir(cfg: StudyConfig) -> Path:
+    """``studies/<name>``, where a study goes without ``--out``; a name that would put it elsewhere (``/abs``,
+    ``../..``, ``a/b``) is refused rather than followed."""
+    name = cfg.name
+    if name in (".", "..") or Path(name).is_absolute() or any(sep in name for sep in ("/", "\\")) \
+            or name != name.strip() or "\0" in name:
+        raise CxrError(f"study name {name!r} is not a plain folder name, so it cannot be the study folder "
+                       f"{STUDIES}/<name>; rename the study or give --out")
+    return STUDIES / name
 
 
 def _check_train(train: Any, where: str) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cxr_fast.io import append_jsonl, read_jsonl
+from cxr_fast.io import append_jsonl
+from cxr_fast.schema.result import read_result_rows
 from cxr_fast.study.grid import RUNS, Cell
 
 STUDY_CONFIG = "study.yaml"
@@ -48,7 +49,9 @@ class ResultsStore:
                 os.fsync(fh.fileno())
 
     def rows(self) -> list[dict[str, Any]]:
-        return [r for r in read_jsonl(self.path) if isinstance(r, dict) and "cell_id" in r]
+        """Every row, each checked by the one rule the report also reads them by (``schema.result``): a bad
+        row is one line naming its line, never a finished cell with an impossible number."""
+        return [r for _, r in read_result_rows(self.path)]
 
     def finished(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

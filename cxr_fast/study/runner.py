@@ -73,18 +73,59 @@ def _status(cells: list[Cell], study_dir: Path, by_fingerprint: bool = True) -> 
     return status
 
 
+def check_study_dir(study_dir: Path, config: Path | None = None) -> None:
+    """The study folder is new, empty or a study's (its lock or results file), as ``train`` and ``prepare``
+    hold their folders; never the folder of the user's own config file ``study.yaml``, which a run rewrites."""
+    target = study_dir / STUDY_CONFIG
+    if config is not None and target.exists() and Path(config).exists() and target.samefile(config):
+        raise CxrError(f"--out {study_dir} would overwrite your config {config} with the study's record; "
+                       "choose another --out")
+    if study_dir.exists() and not study_dir.is_dir():
+        raise CxrError(f"{study_dir} is a file, not a study folder")
+    held = sorted(p.name for p in study_dir.iterdir()) if study_dir.is_dir() else []
+    if held and not (study_dir / LOCK).exists() and not (study_dir / RESULTS).exists():
+        raise CxrError(f"{study_dir} is not empty and not a cxr-fast study folder (it holds {', '.join(held[:3])}"
+                       f"{', ...' if len(held) > 3 else ''}); choose an empty or new --out")
+
+
+def check_inputs(cells: Sequence[Cell], devices: bool = True) -> None:
+    """What the cells to run read, checked before a study writes anything: each data folder (or phantom spec)
+    and named store, and with ``devices`` (runs train in this process) each device. ``decide`` calls it for
+    a run and a dry run alike, so a dry run approves nothing the run would then refuse."""
+    from cxr_fast.data.nih import find_metadata_file
+    from cxr_fast.data.source import PHANTOM, is_phantom_spec, parse_phantom_spec
+    from cxr_fast.step import resolve_device
+    from cxr_fast.stores.manifest import data_of
+
+    seen: set[tuple[Any, ...]] = set()
+    for cell in cells:
+        c = cell.config
+        if (c.data, c.store, c.device) in seen:
+            continue
+        seen.add((c.data, c.store, c.device))
+        data = data_of(c.data, c.store)
+        if is_phantom_spec(data):
+            parse_phantom_spec(str(data or PHANTOM))
+        else:
+            find_metadata_file(data)  # the folder and its metadata file
+        if devices:
+            resolve_device(c.device)
+
+
 def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None, download: bool = True,
-           progress: bool = True) -> StudyPlan:
+           progress: bool = True, inputs: bool = True, devices: bool = True) -> StudyPlan:
     """Validate every cell, resolve every init and compare with finished rows; write nothing.
 
     Each init is resolved once per (arch, init, weights, pinned sha256), and the weights' sha256 joins the
     cell's settings, so the fingerprint (and a rerun's check) covers the weights. A dry run
     (``download=False``) never downloads: weights it cannot find are a note, and finished cells are then
-    matched by id only (the note says so).
+    matched by id only (the note says so). ``inputs``/``devices``: check what the cells to run read, and
+    their devices here (``check_inputs``).
     """
     from cxr_fast.weights import resolve_for_runs
 
     study_dir = Path(study_dir)
+    check_study_dir(study_dir)
     cells = checked_cells(cfg, only, study_dir)
     keys = {c.cell_id: (c.arch, c.config.init, c.config.weights, c.config.weights_sha256) for c in cells}
     try:
@@ -93,18 +134,27 @@ def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None,
         if download:
             raise
         note = f"{exc}; a run fetches them first, so finished cells were matched by id only, not by settings"
-        return StudyPlan(cfg, cells, _status(cells, study_dir, by_fingerprint=False), {}, [note])
+        status = _status(cells, study_dir, by_fingerprint=False)
+        if inputs:
+            check_inputs([c for c in cells if status[c.cell_id] != "done"], devices)
+        return StudyPlan(cfg, cells, status, {}, [note])
     inits = {cid: choices[key] for cid, key in keys.items()}
     for cell in cells:
         choice = inits[cell.cell_id]
         cell.settings.update(weights=choice.weights_file, weights_sha256=choice.weights_sha256)
         cell.config = cell.config.replace(weights=choice.weights_file, weights_sha256=choice.weights_sha256)
-    return StudyPlan(cfg, cells, _status(cells, study_dir), inits)
+    status = _status(cells, study_dir)
+    if inputs:
+        check_inputs([c for c in cells if status[c.cell_id] != "done"], devices)
+    return StudyPlan(cfg, cells, status, inits)
 
 
-def dry_run(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None) -> StudyPlan:
-    """Every selected cell with its status (done, partial: a run folder exists, todo); nothing downloaded."""
-    return decide(cfg, Path(study_dir).resolve(), only, download=False, progress=False)
+def dry_run(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None, inputs: bool = True,
+            devices: bool = True) -> StudyPlan:
+    """Every selected cell with its status (done, partial: a run folder exists, todo); nothing downloaded.
+    ``inputs``/``devices`` as ``decide``: devices only when the runs would train here (not on Ray workers)."""
+    return decide(cfg, Path(study_dir).resolve(), only, download=False, progress=False, inputs=inputs,
+                  devices=devices)
 
 
 def _store_key(cell: Cell) -> tuple[str, ...] | None:
@@ -189,13 +239,15 @@ def run_cells(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any
     shared store.
     """
     from cxr_fast.executors import Job, LocalExecutor
+    from cxr_fast.study.shared import shared_folders
 
     study_dir = Path(study_dir).resolve()  # Ray workers may run in another working directory
     executor = executor or LocalExecutor()
     real = run_fn is None
     prepare = real if prepare is None else prepare
     run_fn = run_fn or train_cell
-    decided = cfg if isinstance(cfg, StudyPlan) else decide(cfg, study_dir, only, progress=progress)
+    decided = cfg if isinstance(cfg, StudyPlan) else decide(
+        cfg, study_dir, only, progress=progress, inputs=real, devices=isinstance(executor, LocalExecutor))
     with study_lock(study_dir):
         ResultsStore(study_dir / RESULTS).repair()
         status = _status(decided.cells, study_dir)  # again under the lock: the rows are final now
@@ -221,7 +273,8 @@ def run_cells(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any
                 store.append(row)
                 bar.finished(cell, row)
 
-            executor.run(jobs, run_fn, on_done, on_start=lambda job: bar.started(by_id[job.key]))
+            executor.run(jobs, run_fn, on_done, on_start=lambda job: bar.started(by_id[job.key]),
+                         shared=shared_folders(todo, study_dir))  # a cluster checks its nodes see them
         ids = {c.cell_id for c in cells}
         rows = [r for cid, r in store.finished().items() if cid in ids]
     return StudySummary(len(cells), len(cells) - len(todo), len(todo), rows)

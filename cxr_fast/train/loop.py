@@ -105,6 +105,31 @@ def restore(parts: RunParts, checkpoint: dict[str, Any], log_path: Path) -> None
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a checkpoint's state: what ``torch.save`` will need on disk, at least."""
+    if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def check_same_images(plan: RunPlan, parts: RunParts) -> None:
+    """A resumed run must train on the images its checkpoint was trained on: the same ones left out as
+    unusable. Images repaired, or newly broken, since then would mix two datasets in one model."""
+    was = plan.checkpoint.get("dropped") if plan.checkpoint is not None else None
+    if was is None:  # a checkpoint from before images were screened: nothing to compare
+        return
+    now = sorted(parts.dropped)
+    if was != now:
+        changed = sorted(set(was) ^ set(now))
+        raise CxrError(f"{plan.out / CHECKPOINT_NAME} was trained without {len(was)} unusable image(s), but now "
+                       f"{len(now)} are unusable ({len(changed)} changed, e.g. {changed[0]}); the images changed since "
+                       "the run started: rerun with --overwrite to train on the images as they are now", exit_code=1)
+
+
 def _diverged(epoch: int, loss: float, spread: float) -> CxrError:
     """Say what was observed: constant inputs, or a loss that left the finite range."""
     if spread == 0.0:
@@ -184,11 +209,12 @@ def train_epochs(cfg: RunConfig, plan: RunPlan, parts: RunParts, first_epoch: in
                 "epoch": epoch + 1, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
                 "scaler": step.scaler.state_dict() if step.scaler is not None else None, "rng": _rng_state(),
                 "wall_s": clock.wall(), "train_time_s": clock.train_s, "train_images": clock.train_images,
-                "config": plan.current,
+                "config": plan.current, "dropped": sorted(parts.dropped),
             }
             t1 = time.perf_counter()
-            with atomic_path(out / CHECKPOINT_NAME) as tmp:
-                torch.save(state, tmp)
+            # Into a Python file, so a full disk reaches atomic_path as the OSError behind torch's RuntimeError.
+            with atomic_path(out / CHECKPOINT_NAME, need=_tensor_bytes(state)) as tmp, open(tmp, "wb") as fh:
+                torch.save(state, fh)
             clock.checkpoint_s += time.perf_counter() - t1
             shown = "tied" if epoch_auc is None else f"{epoch_auc:.3f}"
             bar.print(f"epoch {epoch + 1}: loss {mean_loss:.4f}  val AUC {shown}  {row['images_per_s']:.1f} img/s")

@@ -6,12 +6,16 @@ the caller drew it already (a study draws each label's once, for its store and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxr_fast.data.reader import DataWarning
+from cxr_fast.data.verify import screen_files
 from cxr_fast.errors import CxrError
 from cxr_fast.schema.run import RunConfig
 
@@ -31,6 +35,7 @@ class RunParts:
     pos_weight: float
     augmentation: Any  # cxr_fast.augment.AugmentConfig of the recipe (training and TTA)
     loader_why: str = ""  # how ``auto`` chose, where it weighed memory
+    dropped: dict[str, str] = field(default_factory=dict)  # unusable images left out of ``sub``: name -> why
 
 
 def build_parts(cfg: RunConfig, device: Any, precision: str, quiet: bool = False, need_val: bool = True,
@@ -44,7 +49,6 @@ def build_parts(cfg: RunConfig, device: Any, precision: str, quiet: bool = False
     import torch
 
     from cxr_fast.data.source import resolve_dataset
-    from cxr_fast.metrics import _check
     from cxr_fast.models import build_model
     from cxr_fast.recipes import augmentation
     from cxr_fast.step import TrainStep, make_optimizer
@@ -55,13 +59,18 @@ def build_parts(cfg: RunConfig, device: Any, precision: str, quiet: bool = False
         sub = cfg.draw_subsample(dataset)
     else:
         cfg.check_subsample(sub)
-    train_ids, train_targets = sub.part("train")
-    val_ids, val_targets = sub.part("val")
-    if need_val:
-        _check(val_targets, np.zeros(len(val_targets)))  # one class in validation: an error now, not NaN later
-    if train_targets.sum() == 0:
-        raise CxrError(f"the training part has no {sub.label} images; use a larger subsample or another split")
-    pos_weight = sub.pos_weight  # the whole subsample's, as the paper's Table 1
+    _check_parts(sub, need_val)  # a doomed split fails before a store is made
+    loader, loader_why = loader_for(cfg, device, precision, len(sub.part("train")[0]) + (len(sub.part("val")[0])
+                                                                                       if need_val else 0))
+    store = run_store(cfg, dataset, sub, loader)
+    dropped = {str(n): why for n, why in store.bad.items()} if store is not None else \
+        screen_files(dataset, sub.image_ids, workers=cfg.workers, quiet=quiet)
+    dropped = {n: dropped[n] for n in map(str, sub.image_ids) if n in dropped}
+    if dropped:
+        warnings.warn(dropped_line(sub, dropped), DataWarning, stacklevel=2)
+        sub = sub.without(dropped)
+        _check_parts(sub, need_val)
+    pos_weight = sub.pos_weight  # the whole (usable) subsample's, as the paper's Table 1
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -70,14 +79,47 @@ def build_parts(cfg: RunConfig, device: Any, precision: str, quiet: bool = False
     step = TrainStep(model, optimizer, pos_weight, precision, device, cfg.channels_last, recipe=cfg.recipe)
     aug = augmentation(cfg.recipe)
 
-    loader, loader_why = loader_for(cfg, device, precision, len(train_ids) + (len(val_ids) if need_val else 0))
     if loader_why and loader != "resident" and not quiet:
         print(loader_why)
-    train_loader = part_loader(cfg, dataset, sub, "train", device, loader, aug)
-    val_loader = part_loader(cfg, dataset, sub, "val", device, loader, aug) if need_val else None
+    root = store.root if store is not None else None
+    train_loader = part_loader(cfg, dataset, sub, "train", device, loader, aug, store=root)
+    val_loader = part_loader(cfg, dataset, sub, "val", device, loader, aug, store=root) if need_val else None
     loader_name = type(train_loader).__module__.rsplit(".", 1)[-1]
     return RunParts(dataset, sub, model, optimizer, step, train_loader, val_loader, loader_name, pos_weight, aug,
-                    loader_why)
+                    loader_why, dropped)
+
+
+def _check_parts(sub: Any, need_val: bool) -> None:
+    """Both classes in validation (else no AUC exists), positives in training: an error now, not NaN later."""
+    from cxr_fast.metrics import _check
+
+    val_targets = sub.part("val")[1]
+    if need_val:
+        _check(val_targets, np.zeros(len(val_targets)))
+    if sub.part("train")[1].sum() == 0:
+        raise CxrError(f"the training part has no {sub.label} images; use a larger subsample or another split")
+
+
+def run_store(cfg: RunConfig, dataset: Any, sub: Any, loader: str) -> Any:
+    """The store backend ``loader`` reads, made or extended now for the whole drawn subsample (train and
+    validation, as ``prepare`` makes it), so neither part makes a store the other cannot use; None for a
+    backend that reads the source files. Its manifest lists the images it could not read."""
+    from cxr_fast.feed import store_for
+    from cxr_fast.stores.prepare import subsample_info
+
+    return store_for(loader, dataset, sub.image_ids, sub.targets, cfg.res, cfg.store, cfg.workers,
+                     subsample_info(sub))
+
+
+def dropped_line(sub: Any, dropped: dict[str, str]) -> str:
+    """One line: how many images a run leaves out, from which part, and why (kinds counted, one example)."""
+    val = set(map(str, sub.part("val")[0]))
+    n_val = sum(name in val for name in dropped)
+    kinds = Counter(why.split(" (")[0].split(":")[0] for why in dropped.values())
+    first = next(iter(dropped))
+    return (f"{len(dropped)} of {len(sub.image_ids)} images unusable, left out of this run "
+            f"({len(dropped) - n_val} training, {n_val} validation): "
+            f"{', '.join(f'{c} {k}' for k, c in kinds.most_common())}; first {first}: {dropped[first]}")
 
 
 def loader_for(cfg: RunConfig, device: Any, precision: str, n_images: int) -> tuple[str, str]:
@@ -100,18 +142,23 @@ def loader_for(cfg: RunConfig, device: Any, precision: str, n_images: int) -> tu
                 step_bytes, lambda: torch.cuda.get_device_properties(device).total_memory)
 
 
-def part_loader(cfg: RunConfig, dataset: Any, sub: Any, part: str, device: Any, loader: str, augmentation: Any) -> Any:
-    """The ``train`` or ``val`` part of ``sub`` through backend ``loader`` (its store prepared first), as the run
-    reads it: training batches shuffled and augmented by the recipe, validation in order and plain."""
+def part_loader(cfg: RunConfig, dataset: Any, sub: Any, part: str, device: Any, loader: str, augmentation: Any,
+                store: Path | None = None) -> Any:
+    """The ``train`` or ``val`` part of ``sub`` through backend ``loader``, as the run reads it: training batches
+    shuffled and augmented by the recipe, validation in order and plain. ``store``: the one the run prepared
+    (``run_store``); without it the whole subsample's store is prepared first."""
     from cxr_fast.feed import make_loader
     from cxr_fast.loaders.base import LoaderSpec
 
+    if store is None:
+        made = run_store(cfg, dataset, sub, loader)
+        store = made.root if made is not None else (Path(cfg.store) if cfg.store else None)
     ids, targets = sub.part(part)
     train = part == "train"
     # A last training batch of one image cannot be batch-normalised in train mode: drop it.
     spec = LoaderSpec(dataset=dataset, image_ids=ids, targets=targets, res=cfg.res, batch_size=cfg.batch_size,
                       train=train, device=device, seed=cfg.seed, channels_last=cfg.channels_last,
                       drop_last=train and len(ids) % cfg.batch_size == 1, augment=cfg.augment and train,
-                      store=Path(cfg.store) if cfg.store else None, num_workers=cfg.workers,
+                      store=store, num_workers=cfg.workers,
                       augmentation=augmentation)
     return make_loader(loader, spec)

@@ -54,10 +54,12 @@ def evaluate(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Clock, setup
         "score_space": SCORE_SPACE, "tta_average": TTA_AVERAGE,
         "split": cfg.split, "subsample_size": cfg.subsample_size, "seed": cfg.seed,
         "val_leak_images": leak_images, "val_leak_share": leak_share,
+        "dropped_images": len(parts.dropped), "dropped": parts.dropped,  # unusable, left out before training
         "wall_s": clock.wall(), "train_s": clock.train_s, "setup_s": setup_s, "eval_s": clock.eval_s,
         "checkpoint_s": clock.checkpoint_s,
         "train_images_per_s": clock.train_images / clock.train_s if clock.train_s > 0 else None,
         "epochs": cfg.epochs, "final_loss": log[-1]["loss"] if log else None,
+        "resumed_from_epoch": plan.checkpoint["epoch"] if plan.checkpoint is not None else 0,  # a kill or lost node
         "peak_memory_mb": max((r["peak_memory_mb"] for r in log), default=None),
         "pos_weight": parts.pos_weight, "n_train": len(sub.part("train")[0]), "precision": plan.resolved.precision,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from cxr_fast.config import save_yaml
 from cxr_fast.schema.run import RunConfig
 from cxr_fast.train.folder import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, plan_run
-from cxr_fast.train.loop import Clock, restore, train_epochs
+from cxr_fast.train.loop import Clock, check_same_images, restore, train_epochs
 from cxr_fast.train.parts import build_parts
 from cxr_fast.train.record import evaluate
 
@@ -46,6 +46,7 @@ def run_training(
         clock = Clock(started)
         first_epoch = 0
         if plan.checkpoint is not None:
+            check_same_images(plan, parts)
             restore(parts, plan.checkpoint, plan.out / LOG_NAME)
             first_epoch = plan.checkpoint["epoch"]
             clock.resume(plan.checkpoint)

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.configure(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
@@ -105,7 +105,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cxr_fast.schema.flags import check_number_flags
+
     try:
+        check_number_flags(args._parser, args)  # every numeric flag's declared bounds, before any work
         return int(args._run(args) or 0)
     except CxrError as exc:
         print(f"cxr-fast {args.command}: error: {exc}", file=sys.stderr)

@@ -22,10 +22,13 @@ from cxr_fast.runtime import cycle
 
 
 def _check_range(start_lr: float, end_lr: float, num_iter: int) -> None:
-    if not 0 < start_lr < end_lr:
+    from cxr_fast.vocabulary import check_number
+
+    check_number(start_lr, "start_lr", gt=0)  # finite: an infinite end made every rate after the first inf
+    check_number(end_lr, "end_lr", gt=0)
+    if not start_lr < end_lr:
         raise CxrError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
-    if num_iter < 2:
-        raise CxrError(f"num_iter must be at least 2, got {num_iter}")
+    check_number(num_iter, "num_iter", integer=True, ge=2)
 
 
 def lr_range_test(step: Any, loader: Any, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,

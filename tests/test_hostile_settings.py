@@ -16,6 +16,7 @@ Every test drives the CLI or the public API on tiny inputs in ``tmp_path`` and f
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import signal
@@ -98,7 +99,7 @@ def test_synth_refuses_a_negative_seed_before_writing(tmp_path, capsys):
 
 def test_table1_refuses_a_seed_numpy_cannot_take(capsys):
     assert main(["table1", "--seed", "-1"]) == 2
-    _one_line_error(capsys, "subsample seed must be in [0, 4294967295], got -1")
+    _one_line_error(capsys, "--seed must be in [0, 4294967295], got -1")
 
 
 @pytest.mark.parametrize("spec, words", [
@@ -317,3 +318,46 @@ def test_a_study_folder_is_still_resumed_and_an_empty_one_used(tmp_path, capsys)
     run_cells(load_study_config(config), out, run_fn=fake, progress=False)
     assert main(["study", str(config), "--out", str(out), "--dry-run"]) == 0  # a study folder: its own
     assert "1 done" in capsys.readouterr().out
+
+
+# ==================================================================================================
+# Class 9, the rest: every numeric flag of every command declares its bounds, and the CLI checks them first
+# ==================================================================================================
+
+def _commands():
+    from cxr_fast.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_numeric_flag_is_a_run_setting_or_declares_its_bounds():
+    """A flag typed int or float is either a run setting (RunConfig checks it) or a ``number_flag``."""
+    loose = [f"{name} {a.option_strings[0]}" for name, parser in _commands().items() for a in parser._actions
+             if a.type in (int, float) and not hasattr(a, "run_setting") and not hasattr(a, "number_bounds")]
+    assert loose == []
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["lr-find", "--end-lr", "inf"], "--end-lr"),
+    (["lr-find", "--start-lr", "nan"], "--start-lr"),
+    (["lr-find", "--num-iter", "1"], "--num-iter"),
+    (["plan", "S.yaml", "--calibrate-seconds", "nan"], "--calibrate-seconds"),
+    (["plan", "S.yaml", "--gpus", "0"], "--gpus"),
+    (["prepare", "--out", "st", "--label", "Effusion", "--quality", "0"], "--quality"),
+    (["prepare", "--out", "st", "--label", "Effusion", "--workers", "0"], "--workers"),
+    (["bench", "--threads", "0"], "--threads"),
+    (["bench", "--predict-gpu-gb", "inf"], "--predict-gpu-gb"),
+    (["synth", "OUT", "--contrast", "nan"], "--contrast"),
+    (["synth", "OUT", "--size", "16"], "--size"),
+    (["table1", "--seed", "-1"], "--seed"),
+    (["verify", "--workers", "-1"], "--workers"),
+    (["synth", "OUT", "--workers", "0"], "--workers"),
+    (["table1", "--size", "0"], "--size"),
+    (["study", "S.yaml", "--ray-cpus", "0"], "--ray-cpus"),
+])
+def test_an_impossible_number_flag_is_one_line_before_any_work(argv, flag, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    _one_line_error(capsys, flag)
+    assert list(tmp_path.iterdir()) == [], "refused before anything was written"

@@ -126,7 +126,7 @@ def test_data_can_name_a_built_in_phantom_made_once_into_the_cache(monkeypatch, 
     assert data_root(spec, quiet=True) == root  # reused, not remade
     with pytest.raises(CxrError, match="unknown phantom setting 'colour'"):
         parse_phantom_spec("phantom:colour=red")
-    with pytest.raises(CxrError, match="phantom null must be a share in \\[0, 1\\), got 1.5"):
+    with pytest.raises(CxrError, match="phantom null must be in \\[0, 1\\), got 1.5"):
         parse_phantom_spec("phantom:null=1.5")
     with pytest.raises(CxrError, match="bad value 'sharp' for edge"):
         parse_phantom_spec("phantom:edge=sharp")
@@ -155,7 +155,7 @@ def test_synth_takes_the_control_settings(tmp_path, capsys):
     assert "c30-e0.05" in capsys.readouterr().out
     assert json.loads((tmp_path / "s" / ".phantom.json").read_text())["look"]["contrast"] == 30.0
     assert main(["synth", str(tmp_path / "t"), "--n", "6", "--edge", "0"]) == 2
-    assert "phantom edge must be in (0, 1] of the lesion radius, got 0" in capsys.readouterr().err
+    assert "--edge must be in (0, 1], got 0" in capsys.readouterr().err
 
 
 def test_null_label_is_given_at_random_and_draws_no_pixel(tmp_path):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cxr_fast.bench.config import RUN_SETTINGS
-from cxr_fast.schema.flags import add_run_flags
+from cxr_fast.schema.flags import add_run_flags, number_flag
 
 HELP = "throughput and batch-size limits per resolution: loaders, training step, memory"
 DESCRIPTION = (
@@ -28,18 +28,23 @@ _FLAGS = ("res", "archs", "loaders", "batch_size", "data", "label", "precision",
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    def add(*flags: str, **kw) -> None:
+    from cxr_fast.cost.memory import GPU_GB_BOUNDS
+
+    def add(*flags: str, number: tuple[type, dict] | None = None, **kw) -> None:
         kw.setdefault("default", argparse.SUPPRESS)
-        parser.add_argument(*flags, **kw)
+        if number is not None:
+            number_flag(parser, *flags, number[0], **number[1], **kw)
+        else:
+            parser.add_argument(*flags, **kw)
 
     add("--config", metavar="YAML", help="settings file (see configs/bench.yaml); flags override it")
     add("--res", metavar="R", help="resolution(s), comma separated, or 'all' (32,64,128,224,256,320,448,512,600); default 224")
     add("--arch", dest="archs", metavar="A[,B]", help="resnet34,densenet121 (default: both on a GPU, resnet34 on the CPU)")
     add("--loaders", metavar="all|NAME,...", help="loader backends to measure (default all; pil is always the baseline)")
-    add("--batch-size", type=int, metavar="B", help="training batch (default: 2 on the CPU, ~80%% of the predicted max on a GPU, at most 256)")
+    add("--batch-size", number=(int, {"ge": 1, "le": 65536}), metavar="B", help="training batch (default: 2 on the CPU, ~80%% of the predicted max on a GPU, at most 256)")
     add_run_flags(parser, RUN_SETTINGS, help_for={"label": "label the loaders carry (speed does not depend on it)"})
-    add("--threads", type=int, metavar="N", help="CPU intra-op threads (default: torch's, or 1 when the machine is already busy)")
-    add("--predict-gpu-gb", type=float, metavar="GB", help="card size for the predicted max batch when not on a GPU (default 11)")
+    add("--threads", number=(int, {"ge": 1, "le": 4096}), metavar="N", help="CPU intra-op threads (default: torch's, or 1 when the machine is already busy)")
+    add("--predict-gpu-gb", number=(float, GPU_GB_BOUNDS), metavar="GB", help="card size for the predicted max batch when not on a GPU (default 11)")
     add("--json", metavar="PATH", help="also write the JSON document here")
     add("--out", metavar="DIR", help="results folder (default bench-results/<timestamp>/)")
     add("--quiet", action="store_true", help="no progress display")

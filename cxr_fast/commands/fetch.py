@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_fast.schema.flags import number_flag
+
 HELP = "download NIH ChestX-ray14 (12 images_NNN.tar.gz, about 42 GB) into a data folder, resumable and checked"
 DESCRIPTION = (
     "Download the 12 image archives of NIH ChestX-ray14 (images_001.tar.gz ... images_012.tar.gz, about 42 GB) from "
@@ -32,11 +34,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--mirror", metavar="URL", help="fetch every file by its name from URL instead (URL/images_001.tar.gz ...)")
     where.add_argument("--links", metavar="FILE", help="a links file of your own, in the format of nih_links.json")
-    p.add_argument("--retries", type=int, default=8,
-                   help="attempts in a row that get no further toward the whole file before giving up")
-    p.add_argument("--backoff", type=float, default=2.0, metavar="SECONDS",
-                   help="first wait before a retry; it doubles each time (at most 2 minutes)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="network timeout per read")
+    number_flag(p, "--retries", int, ge=0, le=1000, default=8,
+                help="attempts in a row that get no further toward the whole file before giving up")
+    number_flag(p, "--backoff", ge=0, le=_DAY_S, default=2.0, metavar="SECONDS",
+                help="first wait before a retry; it doubles each time (at most 2 minutes)")
+    # a socket takes no NaN, and no 1e30 s
+    number_flag(p, "--timeout", gt=0, le=_DAY_S, default=60.0, metavar="SECONDS", help="network timeout per read")
     p.add_argument("--adopt", action="store_true",
                    help="record files already in DIR that no fetch.json vouches for, as they are, instead of refusing them")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -48,11 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.data.download import Policy
     from cxr_fast.data.fetch import RECORD, describe, fetch, make_plan, parse_parts
     from cxr_fast.errors import CxrError
-    from cxr_fast.vocabulary import check_number
-
-    check_number(args.retries, "--retries", integer=True, ge=0)
-    check_number(args.backoff, "--backoff", ge=0, le=_DAY_S)
-    check_number(args.timeout, "--timeout", gt=0, le=_DAY_S)  # a socket takes no NaN, and no 1e30 s
     plan = make_plan(args.links, args.mirror, parse_parts(args.parts) if args.parts else None)
     root = Path(args.dir)
     if root.exists() and not root.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cxr_fast.schema.flags import add_run_flags
+from cxr_fast.schema.flags import add_run_flags, number_flag
 
 HELP = "learning-rate range test (loss vs exponentially growing lr), PNG plot + JSON"
 DESCRIPTION = (
@@ -26,9 +26,10 @@ SETTINGS = ("label", "res", "arch", "recipe", "init", "weights", "weights_sha256
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS, help="training settings file; flags override it")
     add_run_flags(parser, SETTINGS)
-    parser.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate")
-    parser.add_argument("--end-lr", type=float, default=10.0, help="last learning rate")
-    parser.add_argument("--num-iter", type=int, default=100, help="steps at most (stops early on divergence)")
+    number_flag(parser, "--start-lr", gt=0, le=1e3, default=1e-7, help="first learning rate")
+    number_flag(parser, "--end-lr", gt=0, le=1e3, default=10.0, help="last learning rate (above --start-lr)")
+    number_flag(parser, "--num-iter", int, ge=2, le=100_000, default=100,
+                help="steps at most (stops early on divergence)")
     parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default runs/lr-find-<label>-<arch>-<res>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

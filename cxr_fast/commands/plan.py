@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_fast.schema.flags import add_run_flags
+from cxr_fast.schema.flags import add_run_flags, number_flag
 
 HELP = "estimate a study's time per run and in total, its bounds, memory fit and makespan (no GPU needed)"
 DESCRIPTION = (
@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="study YAML (e.g. configs/paper.yaml)")
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto, cpu, cuda, a card name (h100, 1080ti, ...) or a device profile .json")
-    parser.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs for the makespan (Ray, one run each)")
+    number_flag(parser, "--gpus", int, ge=1, le=100_000, default=1, metavar="N", help="GPUs for the makespan (Ray, one run each)")
     parser.add_argument("--json", metavar="PATH", help="write the whole plan as JSON")
     parser.add_argument("--only", action="append", metavar="GRID", help="plan only this grid (repeatable)")
     add_run_flags(parser.add_argument_group("overrides of the config, for every cell (unset: the config's)"),
@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--calibrate", action="store_true",
                    help="time a few real steps per architecture and resolution here and save the profile")
     g.add_argument("--calibrate-device", default="auto", metavar="DEV", help="where to calibrate: auto, cpu, cuda")
-    g.add_argument("--calibrate-seconds", type=float, default=2.0, metavar="S", help="time per calibration point")
+    number_flag(g, "--calibrate-seconds", gt=0, le=3600, default=2.0, metavar="S", help="time per calibration point")
     g.add_argument("--profile-out", metavar="PATH", help="also write the measured profile here")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_fast.schema.flags import add_run_flags
+from cxr_fast.schema.flags import add_run_flags, number_flag
 from cxr_fast.stores import cache, jpeg
 from cxr_fast.stores.manifest import FORMATS
 
@@ -42,8 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     # The subsample's settings are a run's (the same declaration as train's flags, --size for --subsample-size).
     add_run_flags(parser, SUBSAMPLE, flags={"subsample_size": "--size"}, defaults=True, show_defaults=False,
                   required=("label",))
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    number_flag(parser, "--quality", int, ge=1, le=100, default=95, help="JPEG quality")
+    number_flag(parser, "--workers", int, ge=1, le=4096, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bar")
 
 

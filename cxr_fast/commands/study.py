@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxr_fast.schema.flags import add_run_flags
+from cxr_fast.schema.flags import add_run_flags, number_flag
 from cxr_fast.schema.run import GRID_FIELDS, RunConfig
 
 HELP = "run a grid of label x resolution x architecture trainings (resumable; local or Ray)"
@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="local: one run after another here; ray: one Ray task per run")
     parser.add_argument("--ray-address", metavar="ADDR",
                         help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local Ray")
-    parser.add_argument("--ray-cpus", type=int, default=2, metavar="N",
+    number_flag(parser, "--ray-cpus", int, ge=1, le=100_000, default=2, metavar="N",
                         help="CPUs of the local Ray started without --ray-address")
     parser.add_argument("--only", action="append", metavar="GRID",
                         help="run only this grid (repeatable or comma-separated), e.g. --only table2")

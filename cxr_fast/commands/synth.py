@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_fast.schema.flags import number_flag
+
 HELP = "make a phantom ChestX-ray14 dataset (NIH layout, real label rows, synthetic pixels)"
 DESCRIPTION = (
     "Write OUT/Data_Entry_2017_v2020.csv and OUT/images/*.png (8-bit gray). Label rows are drawn from the real "
@@ -16,27 +18,28 @@ DESCRIPTION = (
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from cxr_fast.data.conspicuity import Conspicuity
+    from cxr_fast.data.conspicuity import CONSPICUITY_BOUNDS, Conspicuity
+    from cxr_fast.data.phantom import PHANTOM_BOUNDS
 
     look = Conspicuity()
     p.add_argument("out", help="folder to write (new, empty, or an earlier phantom with the same settings)")
-    p.add_argument("--n", type=int, default=600, help="number of images")
-    p.add_argument("--size", type=int, default=1024, help="image width and height in pixels")
-    p.add_argument("--seed", type=int, default=0, help="random seed (rows and pixels)")
+    number_flag(p, "--n", **PHANTOM_BOUNDS["n"], default=600, help="number of images")
+    number_flag(p, "--size", **PHANTOM_BOUNDS["size"], default=1024, help="image width and height in pixels")
+    number_flag(p, "--seed", **PHANTOM_BOUNDS["seed"], default=0, help="random seed (rows and pixels)")
     p.add_argument("--enrich", default="", metavar="LABELS",
                    help="comma-separated labels to over-represent (rows stay real; like the paper's enriched subsample)")
-    p.add_argument("--enrich-fraction", type=float, default=0.3, help="share of images drawn from the enriched labels")
+    number_flag(p, "--enrich-fraction", **PHANTOM_BOUNDS["enrich_fraction"], default=0.3, help="share of images drawn from the enriched labels")
     p.add_argument("--only", default="", metavar="LABELS",
                    help="comma-separated labels: keep only rows whose findings are all among them (and No Finding)")
-    p.add_argument("--contrast", type=float, default=look.contrast, metavar="GRAY",
+    number_flag(p, "--contrast", **CONSPICUITY_BOUNDS["contrast"], default=look.contrast, metavar="GRAY",
                    help="gray levels a nodule or mass adds over its local background")
-    p.add_argument("--edge", type=float, default=look.edge, metavar="FRACTION",
+    number_flag(p, "--edge", **CONSPICUITY_BOUNDS["edge"], default=look.edge, metavar="FRACTION",
                    help="edge width of a nodule or mass, a fraction of its radius (blurred: 0.5)")
-    p.add_argument("--noise", type=float, default=look.noise, metavar="GRAY",
+    number_flag(p, "--noise", **CONSPICUITY_BOUNDS["noise"], default=look.noise, metavar="GRAY",
                    help="SD of the quantum noise, gray levels per pixel at 1024 px")
-    p.add_argument("--null", type=float, default=look.null, metavar="SHARE",
+    number_flag(p, "--null", **CONSPICUITY_BOUNDS["null"], default=look.null, metavar="SHARE",
                    help="share of images given the null control label Null_Control, with no pixels (0: none)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    number_flag(p, "--workers", int, ge=1, le=4096, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cxr_fast.schema.flags import number_flag
+from cxr_fast.vocabulary import SEED_BOUNDS
+
 HELP = "print the paper's Table 1 columns: positives, single-finding cases, loss weight"
 DESCRIPTION = (
     "For the paper's eight labels: images with the label, images where it is the only label, and the loss weight "
@@ -15,8 +18,8 @@ DESCRIPTION = (
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metadata", metavar="CSV", help="Data_Entry_2017*.csv[.gz] (default: the bundled v2020 file)")
-    p.add_argument("--size", type=int, default=20_000, help="subsample size")
-    p.add_argument("--seed", type=int, default=0, help="subsample seed (the weights do not depend on it)")
+    number_flag(p, "--size", int, ge=1, default=20_000, help="subsample size")
+    number_flag(p, "--seed", int, **SEED_BOUNDS, default=0, help="subsample seed (the weights do not depend on it)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
 
 

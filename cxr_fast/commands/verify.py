@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_fast.schema.flags import number_flag
+
 HELP = "check that every image the metadata names decodes, and that a prepared store is intact"
 DESCRIPTION = (
     "Decode every image named in DATA's Data_Entry_2017*.csv with the reader all stages use, under the rules "
@@ -27,7 +29,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="dataset folder in the NIH layout (metadata CSV + images/, or + images_NNN.tar.gz)")
     p.add_argument("--store", metavar="DIR", help="also (or only) check a store made by cxr-fast prepare, file by file")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    number_flag(p, "--workers", int, ge=1, le=4096, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

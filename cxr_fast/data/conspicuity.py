@@ -23,11 +23,16 @@ by what a low resolution does.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from cxr_fast.errors import CxrError
+from cxr_fast.vocabulary import check_number
+
+# What each setting may be: gray levels over a 0-255 background, an edge a share of the radius, a null share.
+# The one table: ``Conspicuity`` checks against it, and ``synth``'s flags declare it.
+CONSPICUITY_BOUNDS: dict[str, dict[str, float]] = {
+    "contrast": {"gt": 0.0, "le": 200.0}, "edge": {"gt": 0.0, "le": 1.0}, "noise": {"ge": 0.0, "le": 100.0},
+    "null": {"ge": 0.0, "lt": 1.0}}
 
 SMALL_LESION = "Nodule"
 LARGE_LESION = "Mass"
@@ -43,18 +48,8 @@ class Conspicuity:
     null: float = 0.0  # share of images given NULL_LABEL, at random, with no pixels drawn (0: no null label)
 
     def __post_init__(self) -> None:
-        for name in ("contrast", "edge", "noise", "null"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-                raise CxrError(f"phantom {name} must be a number, got {value!r}")
-        if not 0.0 < self.contrast <= 200.0:
-            raise CxrError(f"phantom contrast must be in (0, 200] gray levels, got {self.contrast:g}")
-        if not 0.0 < self.edge <= 1.0:
-            raise CxrError(f"phantom edge must be in (0, 1] of the lesion radius, got {self.edge:g}")
-        if not 0.0 <= self.noise <= 100.0:
-            raise CxrError(f"phantom noise must be in [0, 100] gray levels, got {self.noise:g}")
-        if not 0.0 <= self.null < 1.0:
-            raise CxrError(f"phantom null must be a share in [0, 1), got {self.null:g}")
+        for name, bounds in CONSPICUITY_BOUNDS.items():
+            check_number(getattr(self, name), f"phantom {name}", **bounds)
 
     def params(self) -> dict[str, float]:
         """The settings as written into the phantom folder (``.phantom.json``)."""

@@ -64,6 +64,33 @@ def add_run_flags(parser: argparse.ArgumentParser | Any, names: Iterable[str] | 
         action.run_setting = name  # made from the declaration (tests hold every command's run flags to it)
 
 
+def number_flag(parser: argparse.ArgumentParser | Any, flag: str, kind: type = float, **kw: Any) -> argparse.Action:
+    """A flag taking a number, with its bounds declared beside it (``ge``, ``gt``, ``le``, ``lt`` among ``kw``).
+
+    The CLI checks every such flag with ``vocabulary.check_number`` before the command runs
+    (``check_number_flags``): a NaN, an infinity or an out-of-range value is one line naming the flag, never a
+    hang or a traceback after work was done. A default of None (for example "all cores") is not checked."""
+    bounds = {k: kw.pop(k) for k in ("ge", "gt", "le", "lt") if k in kw}
+    if kw.pop("integer", False):  # a bounds table's own word for a whole number (PHANTOM_BOUNDS)
+        kind = int
+    action = parser.add_argument(flag, type=kind, **kw)
+    action.number_bounds = (kind is int, bounds)
+    return action
+
+
+def check_number_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check each ``number_flag`` of ``parser`` (a command's) against its bounds, in one line on failure."""
+    from cxr_fast.vocabulary import check_number
+
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        declared = getattr(action, "number_bounds", None)
+        value = getattr(args, action.dest, None)
+        if declared is not None and value is not None:
+            integer, bounds = declared
+            check_number(value, action.option_strings[0] if action.option_strings else action.dest,
+                         integer=integer, **bounds)
+
+
 def given(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
     """The run settings the user gave as flags (absent ones are not in ``args``)."""
     return {n: getattr(args, n) for n in (names if names is not None else RunConfig.names()) if hasattr(args, n)}

@@ -115,7 +115,7 @@ def calibrate(points: Sequence[tuple[str, int]], batch: int = 8, precision: str 
     from cxr_fast.cost.estimate import fit_rate
     from cxr_fast.cost.work import eval_work, train_work
     from cxr_fast.paths import cache_dir
-    from cxr_fast.step import device_precision, resolve_device
+    from cxr_fast.step import bf16_supported, device_precision, resolve_device
 
     say = say or (lambda m: None)
     if not points:
@@ -141,7 +141,7 @@ def calibrate(points: Sequence[tuple[str, int]], batch: int = 8, precision: str 
     probe = DeviceProfile(name=name, title=str(machine["device_name"]), kind="gpu" if gpu else "cpu",
                           source="measured", memory_gib=round(memory_gib, 2), peak_flops={}, bandwidth=bandwidth,
                           compute_share=1.0, bandwidth_share=1.0, launch_s=launch, checkpoint_bytes_per_s=ckpt,
-                          supports_bf16=precision == "bf16" or (gpu and torch.cuda.is_bf16_supported()),
+                          supports_bf16=precision == "bf16" or (gpu and bf16_supported(dev)),
                           card=card.name if card is not None else None, machine=machine)
     measured: list[dict[str, Any]] = []
     builds: list[float] = []

@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 from cxr_fast.bench.config import BenchConfig, Effort
 from cxr_fast.errors import one_line
-from cxr_fast.runtime import free_memory
+from cxr_fast.runtime import free_memory, set_fp32_math
 from cxr_fast.units import GIB, MIB
+from cxr_fast.vocabulary import AUTO, is_autocast
 
 SCHEMA = "cxr-fast-bench/1"
 Say = Callable[[str], None]
@@ -60,8 +61,8 @@ class BenchRun:
 
 def memory_precision(requested: str) -> str:
     """What the prediction assumes: 'auto' means a GPU's AMP (bf16/fp16) even on the CPU, since a card
-    is the question; only an explicit fp32 predicts fp32."""
-    return "fp32" if requested == "fp32" else "amp"
+    is the question; only an explicit fp32 or tf32 (fp32 tensors both) predicts fp32."""
+    return "amp" if requested == AUTO or is_autocast(requested) else "fp32"
 
 
 def bench_subset(dataset: Any, label: str, n_images: int | None) -> tuple[Any, Any]:
@@ -117,6 +118,7 @@ def run_bench(cfg: BenchConfig, say: Say | None = None, advance: Callable[[], No
     card_bytes = int(machine["gpu_memory_bytes"]) if device.type == "cuda" else None
     run = BenchRun(cfg, effort, device, device_precision(cfg.precision, device), memory_precision(cfg.precision),
                    machine, card_bytes, card_bytes or int(cfg.predict_gpu_gb * GIB), say=say or (lambda _m: None))
+    tf32 = set_fp32_math(run.precision == "tf32")  # what every TrainStep below sets too; recorded below
     archs = list(effort.archs or cfg.archs)
     threads, threads_why = cpu_threads(cfg.threads) if not run.on_gpu else (None, "GPU run: torch's default")
     saved_threads = torch.get_num_threads()
@@ -137,7 +139,7 @@ def run_bench(cfg: BenchConfig, say: Say | None = None, advance: Callable[[], No
         "schema": SCHEMA,
         "machine": machine,
         "settings": {**_plain(cfg), "resolved": {
-            "device": str(device), "precision": run.precision, "archs": archs,
+            "device": str(device), "precision": run.precision, "tf32": tf32, "archs": archs,
             "effort": dataclasses.asdict(effort), "n_images": len(run.ids), "memory_precision": run.memory_precision,
             "predict_gpu_gb": _gib(run.predict_bytes), "threads": threads,
             "threads_why": threads_why}},
@@ -298,18 +300,24 @@ def limit_section(run: BenchRun, arch: str, res: int, training: tuple[Any, Any, 
 def _try_run(run: BenchRun, what: str, fn: Callable[[int], Any], batch: int,
              retries: int = 2) -> tuple[Any, int, BaseException | None]:
     """``fn(batch)``, halving the batch on out-of-memory up to ``retries`` times: (result, batch, error)."""
-    from cxr_fast.bench.batch_search import is_oom
+    import torch
+
+    from cxr_fast.runtime import is_oom
 
     for attempt in range(retries + 1):
         try:
             return fn(batch), batch, None
         except Exception as exc:  # noqa: BLE001 - the caller turns a final failure into a row
-            free_memory(run.device)
-            if is_oom(exc) and batch > 1 and attempt < retries:
-                run.say(f"{what}: out of memory at batch {batch}; retrying at {batch // 2}")
-                batch //= 2
-                continue
-            return None, batch, exc
+            # The traceback holds the failed step's frames and tensors: keep only what the row needs.
+            oom = is_oom(exc)
+            failure = torch.OutOfMemoryError(one_line(exc)) if oom else exc.with_traceback(None)
+        # Freed here, outside the except block, once the exception and its frames are released.
+        free_memory(run.device)
+        if oom and batch > 1 and attempt < retries:
+            run.say(f"{what}: out of memory at batch {batch}; retrying at {batch // 2}")
+            batch //= 2
+            continue
+        return None, batch, failure
     return None, batch, None  # pragma: no cover - the loop always returns
 
 
@@ -335,7 +343,7 @@ def _train_spec(run: BenchRun, res: int, batch: int) -> Any:
 
 def _failed(run: BenchRun, arch: str, res: int, kind: str, backend: str | None, exc: BaseException | None,
             batch: int) -> dict:
-    from cxr_fast.bench.batch_search import is_oom
+    from cxr_fast.runtime import is_oom
 
     reason = one_line(exc) if exc is not None else "unknown failure"
     run.say(f"{res}px {arch}: {kind} failed: {reason}")

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from cxr_fast.runtime import cycle, sync
+from cxr_fast.runtime import cycle, fixed_shapes, sync
 
 
 @dataclass
@@ -55,6 +55,7 @@ def build_trainer(arch: str, device: torch.device | str, precision: str = "auto"
 def _timed(trainer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], warmup: int, iters: int,
            batch_size: int, min_seconds: float = 0.0) -> Measurement:
     device = trainer.device
+    fixed_shapes(device)  # one shape per measurement, as in training; the warm-up pays cuDNN's autotuning
     for _ in range(warmup):
         images, labels = next(batches)
         trainer(images, labels)
@@ -125,6 +126,7 @@ def paired_throughput(trainer, res: int, batch_size: int, loader: Iterable, warm
     synth_batches = synthetic_batches(batch_size, res, device, trainer.channels_last)
     fed_batches = cycle(loader)
     next(fed_batches)  # the loader's start-up, untimed
+    fixed_shapes(device)
     for _ in range(warmup):
         trainer(*next(synth_batches))
     sync(device)

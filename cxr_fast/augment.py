@@ -20,8 +20,10 @@ configurations (``augment_config``):
 
 Geometry is one affine per image, sampled with ``grid_sample`` (bilinear, zero fill); images that only
 flip are flipped exactly. Random numbers are drawn on the CPU from a ``torch.Generator`` in a fixed
-layout, so a seed gives the same augmentation on a CPU and on a GPU, and the device never waits on a
-host sync for them. Known difference from fastai 0.7: OpenCV rotates about pixel ``(w // 2, h // 2)``,
+layout, so a seed gives the same augmentation on a CPU and on a GPU. Everything a batch needs on the
+device (lighting factors, the affine maps, which images warp and which only flip) is packed on the host
+into one tensor and copied once, pinned and ``non_blocking`` (``DeviceParams``): the host never waits for
+the GPU in ``apply`` (``cxr_fast.syncs`` counts, tests/test_gpu_syncs.py holds it at zero). Known difference from fastai 0.7: OpenCV rotates about pixel ``(w // 2, h // 2)``,
 here about the exact centre; for even sizes that is a translation of at most 0.25 px.
 """
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cxr_fast.runtime import to_device
 from cxr_fast.vocabulary import RECIPES, check_choice
 
 # ``multiplicative``: b * (c * (x - m) + m), factors in 1 +- x. ``fastai07``: (x - m) * c + m + b with
@@ -167,18 +170,19 @@ def _unlit(p: AugmentParams) -> bool:
     return bool((p.brightness == rest).all() and (p.contrast == 1).all())
 
 
-def _gain_bias(images: torch.Tensor, p: AugmentParams,
-               mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-image ``x * gain + bias`` (gain on the input's scale, bias on [0, 1]); None when all are unlit."""
+def _gain_bias(images: torch.Tensor, p: AugmentParams, mean: torch.Tensor | None = None,
+               bc: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-image ``x * gain + bias`` (gain on the input's scale, bias on [0, 1]); None when all are unlit.
+
+    ``bc``: brightness and contrast already where ``images`` are (``DeviceParams``); else ``p``'s, which
+    must then be on the same device (the CPU paths)."""
     if _unlit(p):
         return None
     scale_in = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
-    dev = images.device
     if mean is None:
         mean = _sampled_mean(images)
     mean = mean * scale_in
-    b = p.brightness.to(dev, torch.float32)
-    c = p.contrast.to(dev, torch.float32)
+    b, c = bc if bc is not None else (p.brightness.to(torch.float32), p.contrast.to(torch.float32))
     if p.additive:  # fastai 0.7: (x - m) * c + m + b
         return c * scale_in, (1 - c) * mean + b
     return b * c * scale_in, b * (1 - c) * mean
@@ -194,9 +198,10 @@ def _sampled_mean(images: torch.Tensor) -> torch.Tensor:
     return images[..., ::step, ::step].to(torch.float32).mean(dim=(1, 2, 3))
 
 
-def _lighting(images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+def _lighting(images: torch.Tensor, p: AugmentParams,
+              bc: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Float32 [0, 1] output with brightness/contrast applied as one per-image ``x * s + o``."""
-    gb = _gain_bias(images, p)
+    gb = _gain_bias(images, p, bc=bc)
     if gb is None:
         return to_float(images)
     n = images.shape[0]
@@ -204,13 +209,14 @@ def _lighting(images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     return torch.addcmul(o, images.to(torch.float32) if images.dtype != torch.float32 else images, s).clamp_(0.0, 1.0)
 
 
-def _light_geometry_output(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+def _light_geometry_output(x: torch.Tensor, p: AugmentParams,
+                           bc: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """fastai 0.7's order: light float [0, 1] ``x`` in place, each image around its own mean.
 
     The mean is taken over the whole rotated picture, black corners included (fastai's
     ``np.average(im)``), and the corners are lit like any other pixel.
     """
-    gb = _gain_bias(x, p, x.mean(dim=(1, 2, 3)))
+    gb = _gain_bias(x, p, x.mean(dim=(1, 2, 3)), bc)
     if gb is None:
         return x
     n = x.shape[0]
@@ -349,6 +355,36 @@ def _apply_cpu(images: torch.Tensor, p: AugmentParams, kernel, pool: OutputPool 
     return x
 
 
+@dataclass
+class DeviceParams:
+    """What the torch path needs of one batch's ``AugmentParams``, on the batch's device after one copy.
+
+    Which images warp and which only flip is known on the host (the draws are there), so their indices
+    travel with the rest: selecting them on the device then needs no ``nonzero`` and no ``bool(mask.any())``,
+    both of which would make the host wait for the GPU.
+    """
+
+    brightness: torch.Tensor  # N, float32
+    contrast: torch.Tensor  # N, float32
+    theta: torch.Tensor  # A x 2 x 3, float32: the affine maps of the warped images only
+    affine_idx: torch.Tensor  # A, int64
+    flip_idx: torch.Tensor  # F, int64: images that flip and do not warp
+
+    @classmethod
+    def send(cls, p: AugmentParams, h: int, w: int, device: torch.device) -> DeviceParams:
+        """Pack on the host (float32: indices below 2**24 are exact), copy once, unpack as views."""
+        affine = torch.nonzero(p.affine).flatten()  # CPU tensors: no device involved
+        flip = torch.nonzero(p.flip & ~p.affine).flatten()
+        theta = _theta(p.select(affine), h, w) if len(affine) else torch.empty(0, 2, 3, dtype=torch.float64)
+        packed = torch.cat([p.brightness.to(torch.float32), p.contrast.to(torch.float32),
+                            theta.to(torch.float32).flatten(), affine.to(torch.float32), flip.to(torch.float32)])
+        dev = to_device(packed, device)
+        n, a = len(p.brightness), len(affine)
+        sizes = [n, n, 6 * a, a, len(flip)]
+        b, c, th, ai, fi = torch.split(dev, sizes)
+        return cls(b, c, th.view(a, 2, 3), ai.to(torch.int64), fi.to(torch.int64))
+
+
 def apply(images: torch.Tensor, p: AugmentParams, fused: bool = True, pool: OutputPool | None = None,
           rows: torch.Tensor | None = None) -> torch.Tensor:
     """Augment ``N x C x H x W`` (uint8 or float [0, 1]) with given parameters; float32 [0, 1] out.
@@ -362,24 +398,21 @@ def apply(images: torch.Tensor, p: AugmentParams, fused: bool = True, pool: Outp
         if kernel is not None:
             return _apply_cpu(images, p, kernel, pool, rows)
     if rows is not None:
-        images = images.index_select(0, rows.to(images.device))
-    x = to_float(images) if p.lighting_last else _lighting(images, p)
+        images = images.index_select(0, to_device(rows, images.device))
+    h, w = images.shape[-2:]
+    d = DeviceParams.send(p, h, w, images.device)
+    bc = (d.brightness, d.contrast)
+    x = to_float(images) if p.lighting_last else _lighting(images, p, bc)
     if x.data_ptr() == images.data_ptr():  # never edit the caller's tensor in place
         x = x.clone()
-    h, w = x.shape[-2:]
-    dev = x.device
-    flip_only = (p.flip & ~p.affine)
-    if bool(flip_only.any()):
-        idx = torch.nonzero(flip_only).flatten().to(dev)
-        x[idx] = x[idx].flip(-1)
-    if bool(p.affine.any()):
-        sel = torch.nonzero(p.affine).flatten()
-        grid = _grid(_theta(p.select(sel), h, w), h, w, dev)
-        idx = sel.to(dev)
-        x[idx] = F.grid_sample(x[idx].contiguous(), grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
+    if len(d.flip_idx):  # sizes are the host's: no device read
+        x[d.flip_idx] = x[d.flip_idx].flip(-1)
+    if len(d.affine_idx):
+        grid = _grid(d.theta, h, w, x.device)
+        x[d.affine_idx] = F.grid_sample(x[d.affine_idx].contiguous(), grid, mode="bilinear", padding_mode="zeros",
+                                        align_corners=False)
     if p.lighting_last:
-        x = _light_geometry_output(x, p)
+        x = _light_geometry_output(x, p, bc)
     return x
 
 

@@ -192,7 +192,7 @@ def run_lr_find(cfg: Any, out: str | Path | None = None, start_lr: float = 1e-7,
     else:
         result = lr_range_test(parts.step, parts.train_loader, start_lr, end_lr, num_iter)
     result.update(label=parts.sub.label, res=cfg.res, arch=cfg.arch, batch_size=cfg.batch_size,
-                  optimizer=cfg.optimizer, precision=precision, loader=parts.loader_name,
+                  optimizer=cfg.optimizer, precision=precision, tf32=parts.step.tf32, loader=parts.loader_name,
                   recipe=cfg.recipe, pos_weight=parts.pos_weight, config=cfg.record(), **init.record())
     write_json(folder / "lr_find.json", result)
     result["loss_name"] = "weighted NLL, fastai 0.7" if cfg.recipe == "fastai07" else "weighted BCE"

@@ -1,7 +1,8 @@
 """One training step, shared by ``train`` and the throughput benchmark so both measure the same thing.
 
 The step owns the pieces that decide speed: device placement, channels-last memory format, the autocast
-dtype, and a gradient scaler only where fp16 needs one (bf16 has fp32's exponent range, so it does not).
+dtype, and a gradient scaler only where fp16 needs one (bf16 has fp32's exponent range, so it does not), and
+whether fp32 matmuls and convolutions run as TF32 (only at precision tf32; fp32 is true fp32).
 """
 
 from __future__ import annotations
@@ -10,25 +11,33 @@ import torch
 from torch import nn
 
 from cxr_fast.errors import CxrError
-from cxr_fast.vocabulary import OPTIMIZERS, resolve_precision
+from cxr_fast.runtime import check_device_supported, set_fp32_math
+from cxr_fast.vocabulary import OPTIMIZERS, is_autocast, resolve_precision
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> the GPU when there is one, else the CPU; a named GPU that is absent is a user error."""
+    """``auto`` -> the GPU when there is one, else the CPU; a named GPU that is absent is a user error, and
+    so is one this build of torch has no kernels for (``runtime.check_device_supported``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        check_device_supported(device)
+        return device
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise CxrError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CxrError(f"device {name!r} requested but no CUDA GPU is available here")
+    check_device_supported(device)
     return device
 
 
 def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 (and TF32) on ``device``: compute capability 8.0+ for the run's own GPU. Not
+    ``torch.cuda.is_bf16_supported()``: it counts emulation (a T4 says yes, and trains slowly) and asks
+    about the current device, not the run's."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
     return device.type == "cpu"
 
 
@@ -41,10 +50,10 @@ def device_precision(precision: str, device: torch.device | str) -> str:
 
 
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` (None = no autocast, plain fp32)."""
+    """The autocast dtype for ``precision`` (None = no autocast: tf32 or true fp32, set by ``set_fp32_math``)."""
     device = torch.device(device)
     precision = device_precision(precision, device)
-    if precision == "fp32":
+    if not is_autocast(precision):
         return None
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
@@ -100,6 +109,7 @@ class TrainStep:
         self.device = torch.device(device)
         self.precision = device_precision(precision, self.device)
         self.dtype = autocast_dtype(self.precision, self.device)
+        self.tf32 = set_fp32_math(self.precision == "tf32")  # "on"/"off", as torch reports it; the run records it
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)

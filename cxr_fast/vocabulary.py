@@ -21,7 +21,10 @@ PAPER_RESOLUTIONS: tuple[int, ...] = (32, 64, 128, 224, 256, 320, 448, 512, 600)
 MIN_RES = 16
 MAX_RES = 4096
 ARCHS: tuple[str, ...] = ("resnet34", "densenet121")
-PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
+# bf16, fp16: autocast (fp16 with a GradScaler); tf32: fp32 tensors, matmuls and convolutions as TF32 on tensor
+# cores (compute capability 8.0+); fp32: true fp32, TF32 off (``runtime.set_fp32_math``).
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "tf32", "fp32")
+AUTOCAST_PRECISIONS: tuple[str, ...] = ("bf16", "fp16")  # the rest keep fp32 tensors (memory, cast costs)
 # fastai07: the paper's fastai 0.7 head, class-weighted NLL and transforms; modern: one logit, weighted BCE.
 RECIPES: tuple[str, ...] = ("fastai07", "modern")
 DEFAULT_RECIPE = "fastai07"  # what `train`, the bench and the memory model use unless told otherwise
@@ -134,7 +137,10 @@ def resolve_precision(requested: str, accelerator: bool, has_bf16: bool, device_
     """The one rule for a run's autocast dtype, for a live device (``step.device_precision``) and for a device
     profile the planner times (``cost.devices``): ``auto`` is bf16 on an accelerator that has it, fp16 on
     one that does not, fp32 on the CPU (where bf16 autocast is usually slower than fp32 without AMX; it can
-    still be asked for). bf16 asked for on an accelerator without it is refused, never emulated unsaid."""
+    still be asked for). bf16 asked for on an accelerator without it is refused, never emulated unsaid.
+    ``has_bf16`` means bf16 and TF32 tensor cores (CUDA compute capability 8.0+: both came with Ampere), read
+    from the card, never from ``torch.cuda.is_bf16_supported()``, which counts emulation; tf32 is refused
+    wherever there are no TF32 tensor cores (there it would silently be fp32)."""
     prefix = f"{where}: " if where else ""
     if requested == AUTO:
         return ("bf16" if has_bf16 else "fp16") if accelerator else "fp32"
@@ -142,4 +148,13 @@ def resolve_precision(requested: str, accelerator: bool, has_bf16: bool, device_
         raise CxrError(f"{prefix}unknown precision {requested!r}; choose {AUTO}, {', '.join(PRECISIONS)}")
     if requested == "bf16" and accelerator and not has_bf16:
         raise CxrError(f"{prefix}precision bf16 on {device_name}, which has no bf16; use fp16 or fp32")
+    if requested == "tf32" and not (accelerator and has_bf16):
+        raise CxrError(f"{prefix}precision tf32 on {device_name}, which has no TF32 tensor cores (a CUDA GPU of "
+                       "compute capability 8.0 or later has them); use fp32")
     return requested
+
+
+def is_autocast(precision: str) -> bool:
+    """Whether a resolved precision runs under autocast (half-width activations); tf32 and fp32 keep fp32
+    tensors, so memory and the cost model count them alike."""
+    return precision in AUTOCAST_PRECISIONS

@@ -20,7 +20,7 @@ import torch
 from cxr_fast.augment import AugmentConfig, OutputPool, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.common import finish, n_batches, open_for, rows_for
-from cxr_fast.runtime import keep_torch_threads
+from cxr_fast.runtime import keep_torch_threads, to_device
 from cxr_fast.stores.ffcv import FORMAT as STORE_FORMAT  # what cxr_fast.feed.make_loader prepares for this backend
 
 NAME = "ffcv"
@@ -56,7 +56,7 @@ class FfcvLoader:
         beton_of_row[np.flatnonzero(keep)] = np.arange(int(keep.sum()))
         lut = np.zeros(len(keep), dtype=np.float32)
         lut[rows] = targets
-        self.label_of_row = torch.from_numpy(lut).to(spec.device)
+        self.label_of_row = lut  # on the host, where FFCV's rows arrive: the lookup needs no upload
         self.n = len(rows)
         self.epoch = 0
         self.pool = OutputPool() if spec.device.type == "cpu" else None
@@ -81,8 +81,8 @@ class FfcvLoader:
         with keep_torch_threads():
             batches = iter(self.loader)  # FFCV sets its thread count for the epoch
         for images, rows in batches:
-            x = images[:, None].to(spec.device, non_blocking=True)
-            y = self.label_of_row[rows.reshape(-1).to(torch.int64).to(spec.device)]
+            x = to_device(images[:, None], spec.device)  # FFCV's batch is pageable: pinned first on a GPU
+            y = to_device(torch.from_numpy(self.label_of_row[rows.reshape(-1).to(torch.int64).numpy()]), spec.device)
             yield finish(x, spec, gen, self.cfg, self.pool), y
 
 

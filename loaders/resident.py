@@ -16,6 +16,7 @@ import torch
 from cxr_fast.augment import AugmentConfig, OutputPool, cpu_path, epoch_generator
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.common import batch_slices, epoch_order, finish, n_batches, open_for, rows_for
+from cxr_fast.runtime import to_device
 from cxr_fast.stores.cache import FORMAT as STORE_FORMAT  # what cxr_fast.feed.make_loader prepares for this backend
 
 NAME = "resident"
@@ -54,7 +55,7 @@ class ResidentLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         spec = self.spec
-        order = torch.from_numpy(epoch_order(len(self.targets), spec, self.epoch)).to(spec.device)
+        order = to_device(torch.from_numpy(epoch_order(len(self.targets), spec, self.epoch)), spec.device)
         gen = epoch_generator(spec.seed, self.epoch) if spec.train and spec.augment else None
         for s in batch_slices(len(order), spec.batch_size, spec.drop_last):
             idx = order[s]

@@ -377,7 +377,7 @@ def test_fastai07_observed_ranges_dali_cpu_graph(tmp_path: Path):
 
     @pipeline_def(batch_size=128, num_threads=1, device_id=None, seed=3, exec_dynamic=True)
     def pipe():
-        return dali_graph([str(jpeg)] * 256, list(range(256)), S, True, True, False, 0, A.FASTAI07)
+        return dali_graph([str(jpeg)] * 256, list(range(256)), S, True, True, False, A.FASTAI07)
 
     p = pipe()
     p.build()

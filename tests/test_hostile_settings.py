@@ -351,6 +351,7 @@ def test_every_numeric_flag_is_a_run_setting_or_declares_its_bounds():
     (["synth", "OUT", "--contrast", "nan"], "--contrast"),
     (["synth", "OUT", "--size", "16"], "--size"),
     (["table1", "--seed", "-1"], "--seed"),
+    (["gpu-check", "--budget-s", "nan"], "--budget-s"),
     (["verify", "--workers", "-1"], "--workers"),
     (["synth", "OUT", "--workers", "0"], "--workers"),
     (["table1", "--size", "0"], "--size"),

@@ -222,10 +222,12 @@ def test_gpu_check_compares_prediction_with_measurement(monkeypatch):
     total = 80 * memory.GIB
     calls = []
 
-    def fake_measure(arch, res, precision, channels_last, optimizer, device, start, cap, memory_fraction, growth):
+    def fake_measure(arch, res, precision, channels_last, optimizer, device, start, cap, memory_fraction, growth,
+                     time_left=None):
         calls.append((arch, res, memory_fraction, start))
         measured = int(start * 0.95)  # the "card" fits 5% less than predicted
-        return {"max_ok": measured, "capped": False, "tries": [[start, False], [measured, True]],
+        return {"max_ok": measured, "first_fail": measured + 1, "capped": False, "cut_by_budget": False,
+                "exact": True, "tries": [[start, False], [measured, True]], "try_seconds": [1.0, 1.0],
                 "peaks": {str(measured // 2): 10**9, str(measured): 2 * 10**9}}
 
     monkeypatch.setattr(bs, "measure_max_batch", fake_measure)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_fast.schema.flags import number_flag
+
 HELP = "on a GPU: CUDA context, measured vs predicted batch limits, and the bench at every resolution"
 DESCRIPTION = (
     "Run once on a GPU host. In order, each step timed and the JSON rewritten after each (a kill keeps what "
     "was done): the CUDA context's memory, the built-in phantom, the decode-once stores, measured against "
     "predicted batch-size limits (an emulated 11 GiB card and the whole card), and `cxr-fast bench` at every "
-    "resolution. New work stops when --budget-s is spent. Writes gpu-check.json plus bench.json/csv under "
-    "--out and prints a short summary; DALI shows as skipped where it cannot be imported. Without a GPU it "
+    "resolution. --budget-s is hard: each step, batch search and bench resolution starts only when its "
+    "predicted time fits, and each step records its time and whether the budget cut it. Writes gpu-check.json "
+    "plus bench.json/csv under --out and prints a short summary; DALI's import error (one line) and the JPEG "
+    "decoder that really ran are recorded, and one training section's host syncs (sync-debug mode). Without a GPU it "
     "stops in one line (exit 2); --cpu-smoke runs the check itself on the CPU with tiny settings. On a bare "
     "host without internet, install the checkout first: pip install --no-deps -e ."
 )
@@ -21,7 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     d = GpuCheckOptions()
     parser.add_argument("--out", metavar="DIR", help="results folder (default: $OUT, else ./bench-results/)")
-    parser.add_argument("--budget-s", type=float, default=d.budget_s, help="stop starting new work after this many seconds")
+    number_flag(parser, "--budget-s", gt=0, le=86_400, default=d.budget_s,
+                        help="the whole check's time; work that would not end within it is not started")
     parser.add_argument("--res", default=d.res, help="bench resolutions, comma separated, or all")
     parser.add_argument("--limit-res", default=d.limit_res, help="resolutions of the batch-limit check")
     parser.add_argument("--archs", default=d.archs, help="architectures, comma separated")

@@ -3,10 +3,12 @@
 Why: a study's cost is its counted work (``cost.work``) divided by what the device sustains. A
 profile holds the rates the estimate (``cost.plan``) needs:
 
-- ``peak_flops[precision]``: dense peak FLOP/s for what a step at that precision runs on. ``fp32``
-  on Ampere and later is the TF32 tensor-core rate, because PyTorch lets cuDNN use TF32 for
-  convolutions by default (``torch.backends.cudnn.allow_tf32``), and convolutions are nearly all
-  the FLOPs here. Datasheets quote tensor rates "with sparsity"; the table holds half of those.
+- ``peak_flops[precision]``: dense peak FLOP/s for what a step at that precision runs on. ``fp32`` is
+  true fp32 (a run sets TF32 off: ``runtime.set_fp32_math``), the CUDA-core rate; ``tf32``, on Ampere
+  and later, is the TF32 tensor-core rate. Datasheets quote tensor rates "with sparsity"; the table
+  holds half of those.
+- ``assumptions["software"]``: for a card the default install (CUDA 13 torch and DALI) has no kernels
+  for, the builds the plan assumes it runs (``runtime.OLD_CARD_BUILD``).
 - ``bandwidth``: peak memory bandwidth, bytes/s.
 - ``compute_share`` / ``bandwidth_share``: the achievable share of those peaks (stated below).
 - ``launch_s``: host time per dispatched aten op in eager mode (Python, dispatcher, kernel launch);
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_fast.errors import CxrError
+from cxr_fast.runtime import OLD_CARD_BUILD
 from cxr_fast.vocabulary import check_number, resolve_precision
 from cxr_fast.units import GIB
 
@@ -54,7 +57,10 @@ CHECKPOINT_BYTES_PER_S = 1 * GIGA  # torch.save of the epoch checkpoint to local
 CUDA_FP16_PASCAL = ("NVIDIA CUDA C++ Programming Guide, 'Arithmetic Instructions' throughput table: compute "
                     "capability 6.1 does 2 fp16 vs 128 fp32 results per clock per SM, so cuDNN/cuBLAS run "
                     "half inputs with fp32 arithmetic (pseudo-half): fp16 costs fp32's rate")
-TF32_NOTE = "fp32 convolutions run as TF32 on tensor cores (torch.backends.cudnn.allow_tf32 defaults to True)"
+TF32_NOTE = ("precision tf32 runs fp32 matmuls and convolutions as TF32 on tensor cores; precision fp32 turns "
+             "TF32 off (torch.backends.*.fp32_precision = 'ieee') and runs at the FP32 rate")
+OLD_CARD_SOFTWARE = (f"compute capability below 7.5: CUDA 13 builds of torch and DALI (the default install) have "
+                     f"no kernels for it; the plan assumes {OLD_CARD_BUILD}")
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,14 @@ class Card:
     notes: str = ""
     aliases: tuple[str, ...] = ()
     match: str = ""  # regex on torch.cuda.get_device_name()
+    software: str = ""  # the torch/DALI builds the card needs when the default install cannot run it
 
 
 CARDS: dict[str, Card] = {c.name: c for c in (
     Card("1080ti", "NVIDIA GeForce GTX 1080 Ti", 11, 484 * GIGA, 11.34 * TERA, None, 11.34 * TERA, None,
          "NVIDIA GeForce GTX 1080 Ti specifications (nvidia.com/en-us/geforce/products/10series/geforce-gtx-1080-ti/): "
          "3584 CUDA cores x 1582 MHz boost x 2 = 11.34 TFLOPS fp32; 11 GB GDDR5X, 11 Gbps on 352 bits = 484 GB/s",
-         CUDA_FP16_PASCAL, ("gtx1080ti", "1080-ti"), r"1080 Ti"),
+         CUDA_FP16_PASCAL, ("gtx1080ti", "1080-ti"), r"1080 Ti", software=OLD_CARD_SOFTWARE),
     Card("t4", "NVIDIA T4", 16, 320 * GIGA, 8.1 * TERA, None, 65 * TERA, None,
          "NVIDIA T4 Tensor Core GPU datasheet (nvidia.com/content/dam/en-zz/Solutions/Data-Center/tesla-t4/"
          "t4-tensor-core-datasheet-951643.pdf): FP32 8.1 TFLOPS, mixed FP16/FP32 65 TFLOPS, 16 GB GDDR6, 320+ GB/s",
@@ -87,7 +94,7 @@ CARDS: dict[str, Card] = {c.name: c for c in (
     Card("v100", "NVIDIA V100 SXM2 16 GB", 16, 900 * GIGA, 15.7 * TERA, None, 125 * TERA, None,
          "NVIDIA Tesla V100 datasheet (images.nvidia.com/content/technologies/volta/pdf/"
          "tesla-volta-v100-datasheet-letter-fnl-web.pdf), SXM2: FP32 15.7 TFLOPS, Tensor 125 TFLOPS, "
-         "16 GB HBM2, 900 GB/s", "no bf16 (Volta)", ("v100-16", "tesla-v100"), r"V100"),
+         "16 GB HBM2, 900 GB/s", "no bf16 (Volta)", ("v100-16", "tesla-v100"), r"V100", software=OLD_CARD_SOFTWARE),
     Card("a100-40", "NVIDIA A100 SXM 40 GB", 40, 1555 * GIGA, 19.5 * TERA, 156 * TERA, 312 * TERA, 312 * TERA,
          "NVIDIA A100 Tensor Core GPU datasheet (nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
          "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf): FP32 19.5, TF32 156 (312 sparse), BF16/FP16 312 "
@@ -138,7 +145,7 @@ class DeviceProfile:
     kind: str  # "gpu" | "cpu"
     source: str  # "modelled" | "measured"
     memory_gib: float
-    peak_flops: dict[str, float]  # precision (fp32/fp16/bf16) -> FLOP/s the step's kernels run at
+    peak_flops: dict[str, float]  # precision (fp32/tf32/fp16/bf16) -> FLOP/s the step's kernels run at
     bandwidth: float
     compute_share: float = COMPUTE_SHARE
     bandwidth_share: float = BANDWIDTH_SHARE
@@ -199,14 +206,16 @@ class DeviceProfile:
 
 def modelled(card: Card) -> DeviceProfile:
     """The datasheet profile of ``card`` with this module's stated assumptions."""
-    peak = {"fp32": card.tf32 or card.fp32, "fp16": card.fp16}
+    peak = {"fp32": card.fp32, "fp16": card.fp16}
+    if card.tf32:
+        peak["tf32"] = card.tf32
     if card.bf16:
         peak["bf16"] = card.bf16
     return DeviceProfile(
         name=card.name, title=card.title, kind="gpu", source="modelled", memory_gib=card.memory_gib,
         peak_flops=peak, bandwidth=card.bandwidth, supports_bf16=card.bf16 is not None, card=card.name,
         citations={"datasheet": card.source, **({"note": card.notes} if card.notes else {})},
-        assumptions=assumption_notes())
+        assumptions={**assumption_notes(), **({"software": card.software} if card.software else {})})
 
 
 def assumption_notes() -> dict[str, str]:

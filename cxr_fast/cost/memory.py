@@ -62,7 +62,7 @@ WORKSPACE_FRACTION = 0.10
 CUDA_CONTEXT_BYTES = 768 * MIB
 BACKWARD_TRANSIENT = 0.0
 
-PRECISION_BYTES = {"amp": 2, "fp16": 2, "bf16": 2, "fp32": 4}
+PRECISION_BYTES = {"amp": 2, "fp16": 2, "bf16": 2, "tf32": 4, "fp32": 4}
 OPTIMIZER_STATE = {"sgd": 1, "adam": 2}  # fp32 tensors of parameter size per parameter
 
 # Two batch sizes for the per-sample slope (2 and 4, never 1: BatchNorm refuses one value per channel).
@@ -70,11 +70,12 @@ _B1, _B2 = 2, 4
 
 
 def normalize_precision(precision: str) -> str:
-    """``amp``/``fp16``/``bf16`` -> ``amp`` (two-byte activations); ``fp32`` stays."""
+    """``amp``/``fp16``/``bf16`` -> ``amp`` (two-byte activations); ``fp32`` and ``tf32`` (fp32 tensors,
+    only the math differs) -> ``fp32``."""
     p = precision.lower()
     if p not in PRECISION_BYTES:
-        raise CxrError(f"unknown precision {precision!r}; choose amp, fp16, bf16 or fp32")
-    return "fp32" if p == "fp32" else "amp"
+        raise CxrError(f"unknown precision {precision!r}; choose amp, fp16, bf16, tf32 or fp32")
+    return "fp32" if PRECISION_BYTES[p] == 4 else "amp"
 
 
 @dataclass(frozen=True)

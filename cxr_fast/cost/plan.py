@@ -86,7 +86,7 @@ def memory_fit(arch: str, res: int, batch: int, precision: str, optimizer: str, 
     from cxr_fast.cost.memcache import memory_profile
 
     capacity = int(dev.memory_gib * GIB)
-    mem_precision = "fp32" if precision == "fp32" else "amp"
+    mem_precision = memory.normalize_precision(precision)
 
     def largest(prec: str, reserve: int = 0) -> int:
         prof = memory_profile(arch, res, prec, optimizer)

@@ -9,6 +9,10 @@ three counts that need no device at all. Like ``cost.memory``, the step runs on 
   (so ResNet34's published 3.6 G multiply-accumulates at 224 px are 7.3 GFLOP here).
 - **Bytes** each kernel reads and writes: the sizes of its tensor inputs plus its outputs, i.e. DRAM
   traffic with no reuse between kernels (caches make the truth somewhat lower).
+- **Host syncs**: every transfer that makes the host wait for the device (a device read such as
+  ``.item()`` or ``nonzero``, a blocking upload), counted by ``cxr_fast.syncs`` in the same pass, so the
+  planner prices whatever a step still does (``sync_s`` each) without a hand-kept list. The two it cannot
+  run on ``meta`` are added by hand: fp16's GradScaler check and evaluation's one read of scores per batch.
 - **Ops dispatched** (every aten op: the host pays dispatch for each, views included) and **kernels**
   (ops that do device work: not views, not bare allocations, not ops on CPU-only tensors such as the
   augmentation's random parameters). On CUDA one aten op can launch more than one kernel (a cuDNN
@@ -38,9 +42,9 @@ from typing import Any
 
 from cxr_fast.cost.diskcache import DiskCache
 from cxr_fast.errors import CxrError
-from cxr_fast.vocabulary import ARCHS, PRECISIONS, RECIPES, check_choice, check_res
+from cxr_fast.vocabulary import ARCHS, PRECISIONS, RECIPES, check_choice, check_res, is_autocast
 
-COUNT_VERSION = 2  # bump when what is counted changes: old cache entries are then ignored
+COUNT_VERSION = 3  # bump when what is counted changes: old cache entries are then ignored
 CACHE_NAME = "plan-counts.json"
 # Ops that allocate or alias but never run a kernel.
 _NO_KERNEL = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
@@ -113,21 +117,26 @@ class StepWork:
 
 
 class _Counter:
-    """A dispatch mode that records every aten op: host op, device kernel (flops, bytes) or neither."""
+    """A dispatch mode that records every aten op: host op, device kernel (flops, bytes) or neither, and the
+    host syncs among them (``cxr_fast.syncs``, which also stands in for reads ``meta`` cannot answer)."""
 
     def __init__(self, device_type: str = "meta") -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
+
+        from cxr_fast.syncs import SyncCounter, assume_all_nonzero
 
         counter = self
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
-                out = func(*args, **kwargs)
+                out = counter.syncs.dispatch(func, args, kwargs)
                 counter.record(func, args, kwargs, out)
                 return out
 
         self.device_type = device_type
+        self.syncs = SyncCounter(device_type)  # its dispatch only: one mode, so nothing is counted twice
+        self._nonzero = assume_all_nonzero()
         self.mode = Mode()
         self.ops = 0
         self.kernels: Counter = Counter()
@@ -153,21 +162,26 @@ class _Counter:
         self.kernels[(flops, nbytes)] += 1
 
     def __enter__(self) -> "_Counter":
+        self._nonzero.__enter__()
         self.mode.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.mode.__exit__(*exc)
+        try:
+            self.mode.__exit__(*exc)
+        finally:
+            self._nonzero.__exit__(*exc)
 
     def work(self, syncs: int = 0) -> Work:
-        return Work(self.ops, _pack(self.kernels), syncs)
+        """The counted work, with the syncs seen plus ``syncs`` added by hand."""
+        return Work(self.ops, _pack(self.kernels), syncs + self.syncs.total)
 
 
 def _dtype(precision: str):
     import torch
 
     check_choice(precision, PRECISIONS, "precision")
-    return torch.float32 if precision == "fp32" else torch.float16  # bf16 costs what fp16 costs
+    return torch.float16 if is_autocast(precision) else torch.float32  # bf16 costs what fp16 costs
 
 
 def _model(arch: str, recipe: str, precision: str):
@@ -179,7 +193,7 @@ def _model(arch: str, recipe: str, precision: str):
     with torch.device("meta"):
         model = build_model(arch, recipe)
     model = model.to(memory_format=torch.channels_last)
-    if precision != "fp32":
+    if is_autocast(precision):
         model = model.half()
         model[2].float()  # Float32Head: autocast leaves the head in float32
     return model
@@ -282,7 +296,7 @@ def _train_step(arch: str, res: int, batch: int, precision: str, recipe: str, op
         loss.backward()
         loss = loss.detach()
     graphable = c.work() + optimizer_work(arch, recipe, optimizer, foreach)
-    if precision != "fp32":
+    if is_autocast(precision):
         graphable = graphable + _amp_casts(arch, recipe, res, batch)
     if scaler:
         graphable = graphable + _grad_scaler(arch, recipe)
@@ -312,7 +326,7 @@ def _eval_batch(arch: str, res: int, batch: int, precision: str, recipe: str, vi
     with torch.no_grad(), _Counter() as c:  # TrainStep.predict on one view
         positive_logit(model(images))
     graphable = c.work()
-    if precision != "fp32":
+    if is_autocast(precision):
         graphable = graphable + _amp_casts(arch, recipe, res, batch, backward=False)
     graphable = graphable.times(views)
     val = torch.empty(batch, 1, res, res, dtype=torch.uint8, device="meta")

@@ -65,7 +65,8 @@ class RunConfig(BaseModel):
     optimizer: Optimizer = setting("sgd", "sgd (momentum, fastai 0.7's and the paper's) or adam", noun="optimizer")
     momentum: float = setting(0.9, "SGD momentum (Adam: its beta1)", metavar="M", ge=0, lt=1)
     precision: PrecisionChoice = setting(
-        AUTO, "autocast dtype: auto is bf16 on a GPU that has it, fp16 on older GPUs, fp32 on the CPU",
+        AUTO, "auto is bf16 autocast on a GPU of compute capability 8.0+, fp16 (with a gradient scaler) on "
+        "older GPUs, fp32 on the CPU; fp32 is true fp32 (TF32 off); tf32: fp32 with TF32 tensor cores (8.0+)",
         noun="precision")
     channels_last: bool = setting(True, "channels-last memory format", speed_only=True)
     compile: bool = setting(False, "torch.compile the model (pays a compile time up front)", speed_only=True)

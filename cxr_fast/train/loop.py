@@ -20,7 +20,7 @@ import numpy as np
 
 from cxr_fast.errors import CxrError
 from cxr_fast.io import append_jsonl, atomic_path, read_jsonl, write_text
-from cxr_fast.runtime import sync
+from cxr_fast.runtime import LatestValue, fixed_shapes, sync
 from cxr_fast.schema.run import RunConfig
 from cxr_fast.train.folder import CHECKPOINT_NAME, LOG_NAME, RunPlan
 from cxr_fast.train.parts import RunParts
@@ -78,19 +78,46 @@ def predict(step: Any, loader: Any, tta: int, seed: int, augmentation: Any) -> t
     from cxr_fast.augment import tta_views
     from cxr_fast.metrics import tta_mean_logit
 
-    labels, views = [], []
+    batches = []
     step.model.eval()
     try:
         with torch.no_grad():
             for i, (images, y) in enumerate(loader):
                 batch = tta_views(images, tta, seed * 100_003 + i, augmentation) if tta > 0 else [images]
-                labels.append(y.float().cpu())
-                views.append(torch.stack([step.predict(v) for v in batch]).cpu())
+                batches.append(collect_scores(y, [step.predict(v) for v in batch]))
     finally:
         step.model.train()
-    y = torch.cat(labels).numpy().astype(np.float64)
-    logits = torch.cat(views, dim=1).numpy().astype(np.float64)  # views x images
+    rows = torch.cat(batches, dim=1).numpy().astype(np.float64)  # (1 + views) x images
+    y, logits = rows[0], rows[1:]
     return y, logits[0], tta_mean_logit(logits)
+
+
+def collect_scores(labels: Any, scores: list[Any]) -> Any:
+    """One evaluation batch's labels and each view's log-odds as one ``(1 + views) x N`` float32 host tensor:
+    one device-to-host read per batch (the one sync evaluation makes), not one for labels and one for scores."""
+    import torch
+
+    rows = [labels.to(scores[0].device, torch.float32).view(1, -1), torch.stack(scores).float()]
+    return torch.cat(rows).cpu()
+
+
+class EpochTotals:
+    """An epoch's running loss and input spread, kept on the device and read once, at the epoch's end:
+    reading them per batch would make the host wait for the GPU every step."""
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.loss_sum = torch.zeros((), device=device)
+        self.spread = torch.zeros((), device=device)  # largest max - min of a batch: 0 means constant inputs
+        self.seen = 0
+
+    def add(self, images: Any, labels: Any, loss: Any) -> None:
+        import torch
+
+        self.spread = torch.maximum(self.spread, (images.amax() - images.amin()).float())
+        self.loss_sum += loss * len(labels)
+        self.seen += len(labels)
 
 
 def restore(parts: RunParts, checkpoint: dict[str, Any], log_path: Path) -> None:
@@ -168,6 +195,7 @@ def train_epochs(cfg: RunConfig, plan: RunPlan, parts: RunParts, first_epoch: in
     device, step = parts.step.device, parts.step
     out = plan.out
     n_batches = len(parts.train_loader) if cfg.max_batches is None else min(len(parts.train_loader), cfg.max_batches)
+    fixed_shapes(device)  # one input shape for the whole run: cuDNN may pick its fastest algorithms once
     with _epoch_bar(progress) as bar:
         for epoch in range(first_epoch, cfg.epochs):
             if device.type == "cuda":
@@ -177,25 +205,24 @@ def train_epochs(cfg: RunConfig, plan: RunPlan, parts: RunParts, first_epoch: in
                            loss=float("nan"), ips=0.0)
             sync(device)
             t0 = time.perf_counter()
-            loss_sum, seen = torch.zeros((), device=device), 0
-            spread = torch.zeros((), device=device)  # largest max - min of a batch: 0 means constant inputs
+            totals, shown_loss = EpochTotals(device), LatestValue(device)
             for i, (images, labels) in enumerate(parts.train_loader):
                 if i >= n_batches:
                     break
-                spread = torch.maximum(spread, (images.amax() - images.amin()).float())
                 loss = step(images, labels)
-                loss_sum += loss * len(labels)
-                seen += len(labels)
+                totals.add(images, labels, loss)
                 if bar.enabled and (i % 10 == 0 or i == n_batches - 1):
+                    shown_loss.post(loss)  # shown once it has reached the host: the bar never waits for the GPU
                     elapsed = time.perf_counter() - t0
-                    bar.update(task, completed=i + 1, loss=float(loss), ips=seen / max(elapsed, 1e-9))
+                    bar.update(task, completed=i + 1, loss=shown_loss.read(), ips=totals.seen / max(elapsed, 1e-9))
             sync(device)
             epoch_time = time.perf_counter() - t0
+            seen = totals.seen
             clock.train_s += epoch_time
             clock.train_images += seen
-            mean_loss = float(loss_sum) / max(seen, 1)
+            mean_loss = float(totals.loss_sum) / max(seen, 1)
             if not np.isfinite(mean_loss):
-                raise _diverged(epoch + 1, mean_loss, float(spread))
+                raise _diverged(epoch + 1, mean_loss, float(totals.spread))
             t1 = time.perf_counter()
             y, plain, _ = predict(step, parts.val_loader, tta=0, seed=cfg.seed, augmentation=parts.augmentation)
             clock.eval_s += time.perf_counter() - t1

@@ -129,13 +129,13 @@ def loader_for(cfg: RunConfig, device: Any, precision: str, n_images: int) -> tu
 
     from cxr_fast.cost.fit import choose_loader as rule
     from cxr_fast.cost.memcache import memory_profile
+    from cxr_fast.cost.memory import normalize_precision
     from cxr_fast.loaders import availability
 
     ready = availability() if cfg.loader == "auto" else {}
 
     def step_bytes() -> int:
-        prof = memory_profile(cfg.arch, cfg.res, "fp32" if precision == "fp32" else "amp", cfg.optimizer,
-                              cfg.channels_last)
+        prof = memory_profile(cfg.arch, cfg.res, normalize_precision(precision), cfg.optimizer, cfg.channels_last)
         return prof.predicted_bytes(cfg.batch_size)
 
     return rule(cfg.loader, device.type == "cuda", lambda name: ready[name][0], n_images * cfg.res * cfg.res,

@@ -7,6 +7,9 @@ whether fp32 matmuls and convolutions run as TF32 (only at precision tf32; fp32 
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -121,9 +124,12 @@ class TrainStep:
         use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler: torch.amp.GradScaler | None = torch.amp.GradScaler("cuda") if use_scaler else None
 
-    def autocast(self) -> torch.autocast:
-        """The autocast context for this step's precision (disabled for fp32)."""
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+    def autocast(self) -> Any:
+        """The autocast context for this step's precision; none at all for fp32 and tf32 (so a step also runs
+        on devices torch has no autocast for, such as ``meta``, where the sync counter times it)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json
-from cxr_fast.runtime import cycle
+from cxr_fast.runtime import cycle, fixed_shapes
 
 
 def _check_range(start_lr: float, end_lr: float, num_iter: int) -> None:
@@ -181,6 +181,7 @@ def run_lr_find(cfg: Any, out: str | Path | None = None, start_lr: float = 1e-7,
     init = resolve_init(cfg.arch, cfg.init, cfg.weights, progress=progress, pinned_sha256=cfg.weights_sha256)
     folder = Path(out) if out else Path("runs") / f"lr-find-{cfg.label}-{cfg.arch}-{cfg.res}"
     parts = build_parts(cfg, device, precision, quiet=not progress, need_val=False, weights=init.weights_file)
+    fixed_shapes(device)  # one batch shape for the whole sweep, as in training
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -225,3 +225,18 @@ def test_against_same_settings_says_so(tmp_path, capsys):
     make_study(tmp_path / "b", cells, [NODULE_GRID], name="B", n=200)
     assert _report(capsys, tmp_path / "a", tmp_path / "r", "--against", str(tmp_path / "b"))[0] == 0
     assert "No setting that changes results differs between A and B." in (tmp_path / "r" / "against.md").read_text()
+
+
+def test_a_finished_runs_impossible_row_is_refused_before_it_is_written(tmp_path):
+    """The row of a run just finished is checked by the rule it is read back by: written, an AUC of 1.7
+    would only be caught when the report reads it; here the study stops and the file keeps what it had."""
+    from cxr_fast.study.results import ResultsStore
+
+    store = ResultsStore(tmp_path / "results.jsonl")
+    good = {"cell_id": "Effusion/resnet34-e1/r32", "label": "Effusion", "res": 32, "arch": "resnet34", "epochs": 1,
+            "auc": 0.7, "auc_sd": 0.05}
+    store.append(good)
+    before = store.path.read_bytes()
+    with pytest.raises(CxrError, match=r"Effusion/resnet34-e1/r64.*auc.*1\.7.*not written, so a rerun redoes"):
+        store.append(dict(good, cell_id="Effusion/resnet34-e1/r64", res=64, auc=1.7))
+    assert store.path.read_bytes() == before

@@ -63,24 +63,26 @@ class RowMetrics(BaseModel):
         return self
 
 
-def check_row(row: Any, source: str) -> dict[str, Any]:
-    """``row`` when it is a usable result row, else ``ResultError`` naming ``source`` (``file:line``)."""
+def check_row(row: Any, source: str, advice: str | None = None) -> dict[str, Any]:
+    """``row`` when it is a usable result row, else ``ResultError`` naming ``source`` (``file:line``) and ending
+    in ``advice`` (default: fix or delete that line)."""
+    redo = _REDO if advice is None else advice
+    delete = "; delete that line to redo its run" if advice is None else advice
     if not isinstance(row, dict):
-        raise ResultError(f"{source}: not a result row (a JSON object), got {type(row).__name__}; "
-                          "delete that line to redo its run")
+        raise ResultError(f"{source}: not a result row (a JSON object), got {type(row).__name__}{delete}")
     missing = [k for k in ("cell_id",) + IDENTITY if k not in row]
     if missing:
-        raise ResultError(f"{source}: a result row without {', '.join(missing)}; delete that line to redo its run")
+        raise ResultError(f"{source}: a result row without {', '.join(missing)}{delete}")
     where = f"{source} ({row['cell_id']})" if isinstance(row["cell_id"], str) else source
     try:
         RowMetrics.model_validate(row)
     except ValidationError as exc:
-        raise ResultError(explain(exc, where, RowMetrics.model_fields) + _REDO) from None
+        raise ResultError(explain(exc, where, RowMetrics.model_fields) + redo) from None
     settings = {k: row[k] for k in RUN_KEYS if row.get(k) is not None}
     try:
         RunConfig.parse(settings, source=where)
     except CxrError as exc:
-        raise ResultError(f"{exc}{_REDO}") from None
+        raise ResultError(f"{exc}{redo}") from None
     return row
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_fast.io import append_jsonl
-from cxr_fast.schema.result import read_result_rows
+from cxr_fast.schema.result import check_row, read_result_rows
 from cxr_fast.study.grid import RUNS, Cell
 
 STUDY_CONFIG = "study.yaml"
@@ -60,6 +60,10 @@ class ResultsStore:
         return out
 
     def append(self, row: dict[str, Any]) -> None:
+        """Write a finished run's row, checked first by the rule it is read back by: an impossible number
+        stops the study here, with nothing written, rather than when the report reads it."""
+        check_row(row, f"{self.path}: the row of {row.get('cell_id', 'a run')}",
+                  advice="; not written, so a rerun redoes that run")
         append_jsonl(self.path, row)
 
 

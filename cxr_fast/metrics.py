@@ -21,6 +21,7 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 from cxr_fast.errors import CxrError
+from cxr_fast.vocabulary import AUC_TIED
 
 
 def _check(y_true: np.ndarray, *scores: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -152,7 +153,7 @@ def score_auc(y_true: np.ndarray, scores: np.ndarray) -> AucResult:
     """AUC and DeLong SD of one score vector, refusing a fully tied vector as a result."""
     y, (s,) = _check(y_true, scores)
     if s.size and np.all(s == s[0]):
-        return AucResult(None, None, status="tied")
+        return AucResult(None, None, status=AUC_TIED)
     aucs, cov = _delong(y, [s])
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     note = None

@@ -41,6 +41,9 @@ LOADERS: tuple[str, ...] = ("resident", "dali", "cache", "ffcv", "pil")
 AUTO = "auto"  # "decide for me": a precision from the device, a loader from what runs and fits
 # A seed is what numpy's and torch's generators take: 0 to 2**32 - 1 (numpy refuses more; torch wraps it).
 SEED_BOUNDS: dict[str, int] = {"ge": 0, "le": 2**32 - 1}
+# A run's auc_status when the model gave every validation image one score: no ranking, so no AUC (never 0.5).
+# Written by ``metrics``, checked by ``schema.result``, shown by the report.
+AUC_TIED = "tied"
 
 # The same names as types, for the run schema (``Literal[("a", "b")]`` is ``Literal["a", "b"]``).
 Arch = Literal[ARCHS]  # type: ignore[valid-type]

@@ -14,10 +14,10 @@ from typing import Any
 
 from cxr_fast.io import write_text
 from cxr_fast.report.data import auc_of, is_tied, sd_of
+from cxr_fast.vocabulary import AUC_TIED as TIED  # shown as the status itself
 
 DASH = "—"
 NOT_RUN = "not run"
-TIED = "tied"
 
 
 @dataclass

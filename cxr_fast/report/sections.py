@@ -13,7 +13,7 @@ from typing import Any
 from cxr_fast import paper_results
 from cxr_fast.report.data import (Study, Variant, auc_of, finite, labels, n_val, paper_variant, primary_variant,
                                    resolutions, sd_of, split_of, variant_name, variant_tag, variants)
-from cxr_fast.report.format import (NOT_RUN, Section, auc_text, blank, fmt_auc, fmt_p, fmt_signed, fmt_z,
+from cxr_fast.report.format import (NOT_RUN, TIED, Section, auc_text, blank, fmt_auc, fmt_p, fmt_signed, fmt_z,
                                      markdown, res_list)
 from cxr_fast.report.stats import (ALPHA, PAIRED, Z_TEST, Comparison, PairTest, compare_resolutions, pair_test,
                                     paper_comparison, paper_pair)
@@ -221,7 +221,7 @@ def table1_section(study: Study, compare: bool) -> Section | None:
 def _status(row: dict[str, Any] | None) -> str:
     if row is None:
         return "not run"
-    return "tied" if row.get("auc_status") == "tied" else ("ok" if auc_of(row) is not None else "no auc")
+    return TIED if row.get("auc_status") == TIED else ("ok" if auc_of(row) is not None else "no auc")
 
 
 # --------------------------------------------------------------------------------------------------

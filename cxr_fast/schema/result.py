@@ -20,8 +20,8 @@ from cxr_fast.errors import CxrError
 from cxr_fast.io import read_jsonl_numbered
 from cxr_fast.schema.fields import explain
 from cxr_fast.schema.run import RunConfig
+from cxr_fast.vocabulary import AUC_TIED as TIED  # the auc_status of a model that ranked nothing
 
-TIED = "tied"  # auc_status of a model that gave every validation image one score: no AUC, and none is needed
 # The run settings a row repeats, checked by RunConfig (the first four are every row's identity).
 IDENTITY = ("label", "res", "arch", "epochs")
 RUN_KEYS = IDENTITY + ("recipe", "init", "split", "seed", "subsample_size")

@@ -227,3 +227,34 @@ def test_lr_find_cli_says_the_curve_gives_no_suggestion(tiny_phantom, tmp_path, 
     saved = json.loads((out / "lr_find.json").read_text())
     assert saved["suggested_lr"] is None and saved["loss_drop"] <= saved["loss_noise"]
     assert (out / "lr_find.png").is_file()
+
+
+class _RunsCode:
+    """A pickled object that would run code when unpickled: what a hostile checkpoint holds."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(_RunsCode.marker),))
+
+
+def test_a_checkpoint_is_read_without_unpickling_so_a_hostile_one_runs_nothing(tmp_path):
+    """A run folder copied from elsewhere is read as tensors and plain values only (``weights_only``): a
+    checkpoint holding any other object is one line, and the object's code never runs."""
+    from cxr_fast.train.folder import load_checkpoint
+    from cxr_fast.train.loop import _rng_state, _set_rng_state
+
+    marker = tmp_path / "ran"
+    _RunsCode.marker = str(marker)
+    hostile = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "model": {}, "evil": _RunsCode()}, hostile)
+    with pytest.raises(CxrError, match="only unpickling would make, which is never done"):
+        load_checkpoint(hostile)
+    assert not marker.exists()
+    # The run's own state, random generators included, loads that way and restores them exactly.
+    np.random.seed(7)
+    saved = tmp_path / "own.pt"
+    torch.save({"epoch": 1, "model": {}, "optimizer": {}, "rng": _rng_state(), "wall_s": 1.0, "train_time_s": 1.0,
+                "train_images": 4}, saved)
+    expected = np.random.rand(3)
+    np.random.seed(8)
+    _set_rng_state(load_checkpoint(saved)["rng"])
+    assert np.array_equal(np.random.rand(3), expected)

@@ -10,6 +10,7 @@ is decided here, before the folder is touched (``plan_run`` writes nothing).
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +44,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint, or one line naming the damaged file and how to start over."""
     import torch
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only: a checkpoint from elsewhere never runs code when it is read
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: the user's to fix
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            reason = "it holds objects that only unpickling would make, which is never done"
         raise CxrError(f"{path} is damaged ({reason}); delete it, or rerun with --overwrite to start the run over") \
             from None
     needed = {"epoch", "model", "optimizer", "rng", "wall_s", "train_time_s", "train_images"}

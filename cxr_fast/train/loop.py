@@ -25,6 +25,7 @@ from cxr_fast.schema.run import RunConfig
 from cxr_fast.train.folder import CHECKPOINT_NAME, LOG_NAME, RunPlan
 from cxr_fast.train.parts import RunParts
 from cxr_fast.units import MIB
+from cxr_fast.vocabulary import AUC_TIED
 
 
 def peak_memory_mb(device: Any) -> float:
@@ -38,9 +39,14 @@ def peak_memory_mb(device: Any) -> float:
 
 
 def _rng_state() -> dict[str, Any]:
+    """The generators' states in tensors and plain numbers only, so a checkpoint loads with
+    ``weights_only=True`` (numpy's own state tuple would need unpickling)."""
     import torch
 
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -50,7 +56,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -243,7 +250,7 @@ def train_epochs(cfg: RunConfig, plan: RunPlan, parts: RunParts, first_epoch: in
             with atomic_path(out / CHECKPOINT_NAME, need=_tensor_bytes(state)) as tmp, open(tmp, "wb") as fh:
                 torch.save(state, fh)
             clock.checkpoint_s += time.perf_counter() - t1
-            shown = "tied" if epoch_auc is None else f"{epoch_auc:.3f}"
+            shown = AUC_TIED if epoch_auc is None else f"{epoch_auc:.3f}"
             bar.print(f"epoch {epoch + 1}: loss {mean_loss:.4f}  val AUC {shown}  {row['images_per_s']:.1f} img/s")
             if on_epoch is not None:
                 on_epoch(row)

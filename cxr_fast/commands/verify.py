@@ -47,8 +47,9 @@ def _what_was_done(report) -> str:
 
     converted = ", ".join(f"{n} {mode}" for mode, n in sorted(report.converted.items())) or "none"
     windowed = ", ".join(f"{n} by {how}" for how, n in sorted(report.windowed.items())) or "none"
+    inverted = f"; DICOMs inverted (MONOCHROME1 or INVERSE): {report.inverted}" if report.inverted else ""
     return (f"converted to gray: {converted}; 16-bit windowed to 8-bit ({RULE['name']} rule)"
-            f": {windowed}; turned upright by EXIF: {report.reoriented}")
+            f": {windowed}; turned upright by EXIF: {report.reoriented}{inverted}")
 
 
 def _verify_data(args: argparse.Namespace) -> tuple[bool, dict]:

@@ -250,7 +250,7 @@ def scan_images(root: str | Path) -> tuple[dict[str, Path], dict[str, str]]:
         folder_inside = is_inside(root, folder)
         with os.scandir(folder) as it:
             for entry in it:
-                if not entry.name.lower().endswith(".png") or entry.name in found or entry.name in outside:
+                if not entry.name.lower().endswith((".png", ".dcm")) or entry.name in found or entry.name in outside:
                     continue
                 if folder_inside and (not entry.is_symlink() or is_inside(root, entry.path)):
                     found[entry.name] = Path(entry.path)

@@ -13,8 +13,16 @@ is undone by one burned-in marker at full white. The window [lo, hi] put onto 0.
    (markers, collimator edges) cannot set the contrast. An image that flat (``hi == lo``) gets the
    container's whole range instead (``flat``).
 
-The window maps linearly onto 0..255, rounded; values outside it clip. ``RULE`` (name and parameters) is
-recorded in every store's manifest, and a store made under another rule is not reused.
+The window maps linearly onto 0..255, rounded; values outside it clip (``window_to_gray8``). ``RULE`` (name
+and parameters) is recorded in every store's manifest, and a store made under another rule is not reused.
+
+DICOM (``data.dicom``) follows the same order on its modality values (stored values through Rescale Slope and
+Intercept): 1. the header's VOI: its first VOI LUT (``voi-lut``, whose entries' bits are the window), else its
+window (``header-window``: Window Center/Width, first value, by its VOI LUT Function:
+LINEAR and LINEAR_EXACT are windows [lo, hi] of this rule, SIGMOID the curve of PS3.3 C.11.2.1.3.1); 2. the
+stored bits (Bits Stored, through the rescale); 3. the percentile, for "FOR PROCESSING" images only (raw detector
+values, whose header window is not meant for display). Then MONOCHROME1 or a Presentation LUT Shape INVERSE
+inverts the result (once: in DX the two say the same thing, PS3.3 C.8.11.6.1.2).
 """
 
 from __future__ import annotations
@@ -22,8 +30,11 @@ from __future__ import annotations
 import numpy as np
 
 PERCENTILES = (0.5, 99.5)
-RULE: dict = {"name": "high-bit-window", "version": 1, "order": ["window", "bits", "percentile"],
-              "percentiles": list(PERCENTILES), "flat": "container range"}
+RULE: dict = {"name": "high-bit-window", "version": 2, "order": ["window", "bits", "percentile"],
+              "percentiles": list(PERCENTILES), "flat": "container range",
+              "dicom": {"modality": "rescale slope/intercept", "voi": ["voi-lut", "header-window", "bits"],
+                        "window_functions": ["LINEAR", "LINEAR_EXACT", "SIGMOID"], "for_processing": "percentile",
+                        "invert": "MONOCHROME1 or INVERSE, once", "color": "ITU-R 601 luminance"}}
 
 
 def high_bit_to_gray8(values: np.ndarray, depth: int = 16, bits: int | None = None,
@@ -49,17 +60,34 @@ def high_bit_to_gray8(values: np.ndarray, depth: int = 16, bits: int | None = No
         (lo, hi), how = (0, (1 << bits) - 1), "bits"
     else:
         (lo, hi), how = _percentile_window(values, top)
-    lut = np.clip(np.rint((source - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
-    return lut[values], how
+    return window_to_gray8(source, lo, hi)[values], how
+
+
+def window_to_gray8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The rule's one linear map: ``lo`` onto 0, ``hi`` onto 255, rounded, clipped outside. ``hi == lo`` (a DICOM
+    LINEAR window of width 1) is a threshold: above ``lo`` white, else black."""
+    if hi == lo:
+        return np.where(x > lo, 255, 0).astype(np.uint8)
+    return np.clip(np.rint((x - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def sigmoid_to_gray8(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """A DICOM SIGMOID VOI window onto 0..255, rounded (PS3.3 C.11.2.1.3.1: 255 / (1 + exp(-4 (x - c) / w)))."""
+    return np.rint(255.0 / (1.0 + np.exp(-4.0 * (x - center) / width))).astype(np.uint8)
+
+
+def percentile_window(counts: np.ndarray) -> tuple[int, int] | None:
+    """The percentile step over a histogram (``counts[i]``: pixels of the i-th value): the indices lo, hi of
+    ``_percentile_window``, or None for an image that flat."""
+    cdf = np.cumsum(counts)
+    n = int(cdf[-1])
+    lo = int(np.searchsorted(cdf, n * PERCENTILES[0] / 100, side="right"))
+    hi = int(np.searchsorted(cdf, n * PERCENTILES[1] / 100, side="left"))
+    return None if hi <= lo else (lo, hi)
 
 
 def _percentile_window(values: np.ndarray, top: int) -> tuple[tuple[int, int], str]:
     """lo: the lowest value with more than 0.5% of the pixels at or below it; hi: the lowest with at least
     99.5% at or below it (so at most 0.5% clip at either end); the whole range for a flat image."""
-    cdf = np.cumsum(np.bincount(values.ravel(), minlength=top + 1))
-    n = int(cdf[-1])
-    lo = int(np.searchsorted(cdf, n * PERCENTILES[0] / 100, side="right"))
-    hi = int(np.searchsorted(cdf, n * PERCENTILES[1] / 100, side="left"))
-    if hi <= lo:
-        return (0, top), "flat"
-    return (lo, hi), "percentile"
+    found = percentile_window(np.bincount(values.ravel(), minlength=top + 1))
+    return ((0, top), "flat") if found is None else (found, "percentile")

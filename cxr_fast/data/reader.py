@@ -5,7 +5,8 @@ About 500 of the real ChestX-ray14 PNGs are RGBA and a few are 16-bit; both are 
 (counted by the mode it had), 16-bit gray by the one high-bit rule (``data.pixels``, with a PNG's sBIT), an
 EXIF orientation applied. Refused, by name: an image over ``MAX_PIXELS`` (a decompression bomb), and a
 16-bit colour or gray-alpha PNG, which Pillow cuts to its top 8 bits. ``read_usable`` adds the one shape
-rule (``shape_problem``): what ``verify`` and ``prepare`` both keep or leave out.
+rule (``shape_problem``): what ``verify`` and ``prepare`` both keep or leave out. A DICOM (a ``.dcm`` name
+or the DICM mark) goes through ``data.dicom`` under the same limits and the same ``ImageInfo``.
 
 Also the one gate for where a file may be read from (``contained_path``): an image name from a
 metadata file or a store manifest is a bare file name, and the file it names, links followed, stays
@@ -27,6 +28,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cxr_fast.data import dicom
 from cxr_fast.data.pixels import high_bit_to_gray8
 from cxr_fast.errors import CxrError
 from cxr_fast.vocabulary import PAPER_RESOLUTIONS
@@ -115,7 +117,9 @@ def shape_problem(width: int, height: int) -> str | None:
 class ImageInfo:
     """What the reader found and what it did: the counts ``verify`` reports. ``converted_from``: the mode
     converted to gray (None for 8-bit gray); ``window``: which step of the high-bit rule set a 16-bit
-    image's window (``data.pixels``); ``reoriented``: turned by its EXIF orientation."""
+    image's window (``data.pixels``); ``reoriented``: turned by its EXIF orientation. DICOM (``data.dicom``):
+    ``window`` is header-window, bits or percentile-for-processing; ``inverted``: MONOCHROME1 or Presentation LUT
+    Shape INVERSE; ``spacing_mm``: (row, column) mm per pixel from Pixel Spacing or Imager Pixel Spacing."""
 
     mode: str
     width: int
@@ -123,6 +127,8 @@ class ImageInfo:
     converted_from: str | None = None
     window: str | None = None
     reoriented: bool = False
+    inverted: bool = False
+    spacing_mm: tuple[float, float] | None = None
 
     @property
     def converted_rgba(self) -> bool:
@@ -251,6 +257,9 @@ def header_problem(path: str | Path) -> str | None:
         return _absent(p)
     try:
         with open(p, "rb") as fh:
+            if _is_dicom(fh, p):
+                problem, size = dicom.screen_header(fh, MAX_PIXELS)
+                return problem or shape_problem(*size)  # type: ignore[misc]
             header = _png_header(fh)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -267,7 +276,29 @@ def header_problem(path: str | Path) -> str | None:
     return refused
 
 
+def _is_dicom(source: BinaryIO, p: str | Path) -> bool:
+    """Whether ``source`` (left at its start) is a DICOM: a ``.dcm`` name or the DICM mark."""
+    head = source.read(132)
+    source.seek(0)
+    return dicom.is_dicom(head, str(p))
+
+
+def _decode_dicom(source: BinaryIO, p: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    """A DICOM through ``data.dicom``, its refusals as ``ImageError`` naming ``p``."""
+    try:
+        img = dicom.decode(source, MAX_PIXELS)
+    except dicom.DicomProblem as exc:
+        raise ImageError(p, str(exc)) from None
+    arr = img.gray
+    if arr.ndim != 2 or arr.size == 0:
+        raise ImageError(p, f"unexpected decoded shape {arr.shape}")
+    return arr, ImageInfo(img.mode, arr.shape[1], arr.shape[0], img.converted_from, img.window,
+                          inverted=img.inverted, spacing_mm=img.spacing_mm)
+
+
 def _decode(source: BinaryIO, p: str | Path) -> tuple[np.ndarray, ImageInfo]:
+    if _is_dicom(source, p):
+        return _decode_dicom(source, p)
     try:
         header = _png_header(source)
         with warnings.catch_warnings():  # Pillow's own bomb warning: MAX_PIXELS refuses those first

@@ -40,6 +40,7 @@ class VerifyReport:
     converted: Counter = field(default_factory=Counter)  # mode converted to gray -> images
     windowed: Counter = field(default_factory=Counter)  # high-bit rule step (data.pixels) -> 16-bit images
     reoriented: int = 0  # turned upright by their EXIF orientation
+    inverted: int = 0  # DICOMs inverted (MONOCHROME1 or Presentation LUT Shape INVERSE, ``data.dicom``)
     modes: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)
     missing: list[str] = field(default_factory=list)
@@ -59,6 +60,7 @@ class VerifyReport:
             "root": self.root, "n_images": self.n_images, "n_ok": self.n_ok, "usable": self.usable,
             "rgba_converted": self.rgba_converted, "scaled_16bit": self.scaled_16bit,
             "converted": dict(self.converted), "windowed": dict(self.windowed), "reoriented": self.reoriented,
+            "inverted": self.inverted,
             "pixel_rule": RULE,
             "modes": dict(self.modes), "sizes": {f"{w}x{h}": c for (w, h), c in self.sizes.items()},
             "missing": self.missing, "unreadable": self.unreadable, "outside": self.outside,
@@ -173,3 +175,4 @@ def _count(report: VerifyReport, info: ImageInfo) -> None:
     if info.window is not None:
         report.windowed[info.window] += 1
     report.reoriented += int(info.reoriented)
+    report.inverted += int(info.inverted)

@@ -29,6 +29,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -58,6 +59,13 @@ _ALIASES["infiltrate"] = "Infiltration"  # the spelling used in BBox_List_2017.c
 
 _FIRST_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
                   "Patient Gender", "View Position"]
+# The geometry columns that follow, as the csv module splits their unquoted names: "OriginalImage[Width,Height]"
+# and "OriginalImagePixelSpacing[x,y]" (NIH's README_CHESTXRAY and its Kaggle page list them as the original
+# image's width and height in pixels and its pixel spacing in mm along x and y).
+_GEOMETRY_COLUMNS = ["OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
+# NIH's README_CHESTXRAY ("Image format: 112,120 total images with size 1024 x 1024"): every distributed PNG is
+# the original squeezed to 1024 x 1024, whatever the original's shape.
+NIH_STORED_WIDTH = 1024
 
 
 def canonical_label(name: str) -> str:
@@ -87,6 +95,8 @@ class Metadata:
     label_strings: np.ndarray = field(repr=False)  # str, the original 'A|B' field
     duplicates: tuple[str, ...] = ()  # Image Index of each repeated row dropped at parse
     controls: np.ndarray | None = None  # bool, N x len(CONTROL_LABELS); None: not a phantom, no control labels
+    original_size: np.ndarray | None = None  # float, N x 2 (width, height) px of the original; NaN: blank cell
+    original_spacing: np.ndarray | None = None  # float, N x 2 (x, y) mm per pixel of the original; NaN: blank
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -111,6 +121,8 @@ class Metadata:
             self.follow_up[index], self.ages[index], self.genders[index], self.views[index],
             self.label_strings[index], self.duplicates,
             None if self.controls is None else self.controls[index],
+            None if self.original_size is None else self.original_size[index],
+            None if self.original_spacing is None else self.original_spacing[index],
         )
 
 
@@ -148,6 +160,8 @@ def read_metadata(path: str | Path, controls: bool | None = None) -> Metadata:
     control_of = {name: i for i, name in enumerate(CONTROL_LABELS)} if controls else {}
     first_seen: dict[str, tuple[int, int]] = {}  # Image Index -> (position in the lists, line)
     duplicates: list[str] = []
+    geometry: list[str] = []  # per row: original width, height, spacing x, y, as written, joined by commas
+    has_geometry = False
     try:
         with _open_text(p) as fh:
             reader = csv.reader(fh)
@@ -156,6 +170,7 @@ def read_metadata(path: str | Path, controls: bool | None = None) -> Metadata:
                 raise CxrError(f"{p}: empty metadata file (no header)")
             if [h.strip() for h in header[: len(_FIRST_COLUMNS)]] != _FIRST_COLUMNS:
                 raise CxrError(f"{p}: not a ChestX-ray14 Data_Entry file; header starts {header[:3]}")
+            has_geometry = [h.strip() for h in header[7:11]] == _GEOMETRY_COLUMNS
             for lineno, row in enumerate(reader, start=2):
                 if not row or not any(c.strip() for c in row):
                     continue
@@ -193,6 +208,9 @@ def read_metadata(path: str | Path, controls: bool | None = None) -> Metadata:
                 label_rows.append(flags)
                 control_rows.append(control_flags)
                 label_strings.append(row[1].strip())
+                if has_geometry:
+                    # one string per row: 112,120 small lists would cost the garbage collector a third of a second
+                    geometry.append(",".join(row[7:11] if len(row) >= 11 else (row[7:] + [""] * 4)[:4]))
                 genders.append(row[5].strip())
                 views.append(row[6].strip())
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
@@ -202,7 +220,7 @@ def read_metadata(path: str | Path, controls: bool | None = None) -> Metadata:
     if duplicates:
         warnings.warn(f"{p}: {len(duplicates)} repeated Image Index row(s) dropped, the first of each kept "
                       f"(e.g. {duplicates[0]})", DataWarning, stacklevel=2)
-    return Metadata(
+    meta = Metadata(
         source=str(p),
         image_ids=np.array(ids),
         labels=np.array(label_rows, dtype=bool),
@@ -215,6 +233,68 @@ def read_metadata(path: str | Path, controls: bool | None = None) -> Metadata:
         duplicates=tuple(duplicates),
         controls=np.array(control_rows, dtype=bool).reshape(len(ids), len(CONTROL_LABELS)) if controls else None,
     )
+    if has_geometry:
+        numbers = _geometry(p, geometry, [first_seen[i][1] for i in ids])
+        meta.original_size, meta.original_spacing = numbers[:, :2], numbers[:, 2:]
+    return meta
+
+
+def _geometry(path: Path, joined: list[str], lines: list[int]) -> np.ndarray:
+    """Original width, height (px) and spacing x, y (mm) per row, N x 4; a blank or absent cell is NaN (unknown),
+    anything else that is not a positive number is an error naming its line: shifted columns look like this."""
+    cells = ",".join(joined).split(",")  # four per row, unless a quoted cell held a comma
+    if len(cells) != 4 * len(lines):
+        raise CxrError(f"{path}: a cell of the OriginalImage or OriginalImagePixelSpacing columns holds a comma; "
+                       "each must be one number")
+    try:
+        values = np.fromiter(map(float, cells), dtype=np.float64, count=len(cells))
+    except ValueError:  # a blank cell (unknown) or a word: one cell at a time
+        values = np.array([_number(c) for c in cells], dtype=np.float64)
+    values = values.reshape(len(lines), 4)
+    bad = ~(np.isnan(values) | (np.isfinite(values) & (values > 0)))
+    if bad.any():
+        row, col = (int(x[0]) for x in np.nonzero(bad))
+        raise CxrError(f"{path}:{lines[row]}: {_GEOMETRY_COLUMNS[col]!r} column holds {cells[4 * row + col]!r}, not "
+                       "a positive number (OriginalImage[Width,Height] in px, OriginalImagePixelSpacing[x,y] in mm)")
+    return values
+
+
+def _number(cell: str) -> float:
+    """A cell's number; NaN for a blank one (unknown), -inf for one that is no number (refused by the caller)."""
+    if not cell.strip():
+        return float("nan")
+    try:
+        value = float(cell)
+    except ValueError:
+        return float("-inf")
+    return float("-inf") if np.isnan(value) else value
+
+
+def pixel_spacing_mm(meta: Metadata, image_ids: Sequence[str], res: int | None = None,
+                     phantom: bool = False) -> np.ndarray:
+    """Millimetres per pixel across each image (along x), as stored (``res`` None) or squeezed to ``res`` px
+    wide for training; NaN where the metadata does not say. The one place the spacing formula lives.
+
+    NIH's metadata gives the ORIGINAL image's width W0 (px) and spacing s0 (mm/px); the image stored is that
+    original resized to a width Ws, so as stored it is s0 * W0 / Ws, and at training resolution r (a square
+    resize of the whole image, ``data.resize``) it is s0 * W0 / r: the field of view in mm over the pixels
+    across it, whatever Ws is. Ws is NIH_STORED_WIDTH for NIH's PNGs; a ``phantom`` renders each image at the
+    size it records as the original (``phantom.make_phantom``), so there Ws = W0. An id not in ``meta`` is an
+    error (it would otherwise read as unknown).
+    """
+    ids = [str(i) for i in image_ids]
+    if meta.original_size is None or meta.original_spacing is None or not ids:
+        return np.full(len(ids), np.nan)
+    row_of = {name: i for i, name in enumerate(meta.image_ids.tolist())}
+    missing = [name for name in ids if name not in row_of]
+    if missing:
+        raise CxrError(f"{meta.source}: no row for image {missing[0]!r} ({len(missing)} image(s) not in the metadata)")
+    rows = np.array([row_of[name] for name in ids], dtype=np.int64)
+    width0 = meta.original_size[rows, 0]
+    field_mm = meta.original_spacing[rows, 0] * width0
+    if res is not None:
+        return field_mm / float(res)
+    return field_mm / (width0 if phantom else float(NIH_STORED_WIDTH))
 
 
 def find_metadata_file(root: str | Path) -> Path:
@@ -301,6 +381,10 @@ class NihDataset:
         if found is not None:
             return found  # listed by scan_images, which applied the same rule
         return contained_path(self.root, image_id, self.root / "images")
+
+    def pixel_spacing_mm(self, image_ids: Sequence[str], res: int | None = None) -> np.ndarray:
+        """mm per pixel across each image, as stored or at training resolution ``res`` (module ``pixel_spacing_mm``)."""
+        return pixel_spacing_mm(self.metadata, image_ids, res, phantom=(self.root / PHANTOM_MARKER).is_file())
 
 
 def read_nih_folder(root: str | Path) -> NihDataset:

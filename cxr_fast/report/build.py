@@ -29,6 +29,7 @@ from cxr_fast.report.format import DASH, Section, Table, auc_text, blank, fmt_au
 from cxr_fast.report.provenance import cell_mark, check_one_init, provenance_note
 from cxr_fast.report.sections import (architecture_section, hernia_section, leakage_section, significance_section,
                                       table1_section)
+from cxr_fast.report.spacing import spacing_section, spacing_summary
 from cxr_fast.report.stats import ALPHA, PAIRED, Z_TEST, Comparison, compare_resolutions
 
 __all__ = ["Comparison", "ReportResult", "Section", "Study", "Table", "compare_resolutions", "make_report",
@@ -201,7 +202,9 @@ def make_report(study_dir: str | Path, out: str | Path | None = None, compare: b
         check_inits(study)
     out_dir = Path(out) if out is not None else study.root / "report"
     tables = [t for t in (table2(study, compare), table3(study, compare)) if t is not None]
-    sections = tables[:1] + [s for s in (controls_section(study),) if s is not None] + tables[1:]
+    spacing = spacing_summary(study)  # each resolution in mm per pixel, beside the table of resolutions
+    sections = tables[:1] + [spacing_section(study, spacing)] + [s for s in (controls_section(study),) if s is not None]
+    sections += tables[1:]
     sections += [s for s in (significance_section(study, compare), architecture_section(study, compare),
                              table1_section(study, compare), hernia_section(study, compare),
                              leakage_section(study, compare)) if s is not None]
@@ -222,7 +225,7 @@ def make_report(study_dir: str | Path, out: str | Path | None = None, compare: b
     files.append(_write_all_results(study, out_dir))
     figures = sorted(f.name for f in files if f.suffix == ".png")
     files.append(_write_summary(study, out_dir, sections, fig3_records, ref, compare, figures))
-    written = write_report_json(study, json_path) if json_path is not None else None
+    written = write_report_json(study, json_path, spacing) if json_path is not None else None
     return ReportResult(out_dir, sorted(set(files + ([written] if written else []))), tables, fig3_records, ref,
                         sections, written)
 

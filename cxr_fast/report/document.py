@@ -3,7 +3,7 @@
 One record per finished ordinary cell: label, resolution, architecture, epochs, AUC, DeLong SD, and the paired
 DeLong p against the label's highest resolution (null at the highest itself; ``controls.against_highest``,
 the same test the controls section states). ``controls`` is the section's two answers as data, or null for a
-study without them.
+study without them. ``mm_per_px``: each label's resolutions in millimetres per pixel (``report.spacing``).
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ from typing import Any
 from cxr_fast.io import write_json
 from cxr_fast.report.controls import cell_records, controls_summary
 from cxr_fast.report.data import Study
+from cxr_fast.report.spacing import SpacingSummary, spacing_summary
 
 SCHEMA = "cxr-fast.report/1"
 
 
-def report_document(study: Study) -> dict[str, Any]:
-    """The whole JSON document (no machine paths: the study is named, not located)."""
+def report_document(study: Study, spacing: SpacingSummary | None = None) -> dict[str, Any]:
+    """The whole JSON document (no machine paths: the study is named, not located); ``spacing``: the summary
+    already made for report.md, else made here."""
+    spacing = spacing if spacing is not None else spacing_summary(study)
     return {"schema": SCHEMA, "study": study.name, "runs_finished": len(study.rows), "cells": cell_records(study),
-            "controls": controls_summary(study)}
+            "controls": controls_summary(study), "mm_per_px": spacing.document()}
 
 
-def write_report_json(study: Study, path: str | Path) -> Path:
-    write_json(path, report_document(study))
+def write_report_json(study: Study, path: str | Path, spacing: SpacingSummary | None = None) -> Path:
+    write_json(path, report_document(study, spacing))
     return Path(path)

@@ -66,10 +66,18 @@ def evaluate(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Clock, setup
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "optimizer": cfg.optimizer, "optimizer_impl": optimizer_impl(parts.optimizer),
         "loader": parts.loader_name, "loader_why": parts.loader_why, "channels_last": cfg.channels_last,
-        "batch_size": cfg.batch_size, "out": str(out),
+        "batch_size": cfg.batch_size, "out": str(out), **val_spacing(parts.dataset, val_ids, cfg.res),
     }
     write_json(out / METRICS_NAME, metrics)
     return metrics
+
+
+def val_spacing(dataset: Any, val_ids: Any, res: int) -> dict[str, Any]:
+    """``val_mm_per_px``: the median mm per pixel across the validation images at this run's resolution, over
+    the ``val_mm_per_px_n`` images whose spacing the dataset knows (None and 0 where it knows none)."""
+    mm = np.asarray(dataset.pixel_spacing_mm(val_ids, res=res), dtype=np.float64)
+    known = mm[np.isfinite(mm)]
+    return {"val_mm_per_px": float(np.median(known)) if known.size else None, "val_mm_per_px_n": int(known.size)}
 
 
 def summary_line(m: dict) -> str:

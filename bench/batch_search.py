@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from cxr_fast.errors import CxrError
-from cxr_fast.runtime import fixed_shapes, free_memory, is_oom  # noqa: F401 - is_oom: the one classifier, re-exported
+from cxr_fast.runtime import fixed_shapes, free_memory, is_oom
 
 
 @dataclass

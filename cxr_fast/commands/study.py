@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.schema.flags import given
     from cxr_fast.study import apply_overrides, decide, dry_run, load_study_config, run_cells
     from cxr_fast.study.grid import default_study_dir
-    from cxr_fast.study.runner import check_study_dir
 
     cfg = load_study_config(args.config)
     overrides = given(args, OVERRIDES)
@@ -56,11 +55,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(cfg, **overrides)
     only = [name for item in (args.only or []) for name in item.split(",") if name]
     out = Path(args.out) if args.out else default_study_dir(cfg)
-    check_study_dir(out, Path(args.config))
     here = args.executor == "local"  # Ray workers train on their own devices
 
     if args.dry_run:
-        decided = dry_run(cfg, out, only or None, devices=here)
+        decided = dry_run(cfg, out, only or None, devices=here, config=Path(args.config))
         for cell in decided.cells:
             init = decided.inits.get(cell.cell_id)
             shown = init.describe() if init is not None else cell.config.init
@@ -75,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ray_address and args.executor != "ray":
         raise CxrError("--ray-address needs --executor ray")
-    decided = decide(cfg, out.resolve(), only or None, progress=not args.quiet, devices=here)  # refuse or fetch first
+    decided = decide(cfg, out.resolve(), only or None, progress=not args.quiet, devices=here,
+                     config=Path(args.config))  # refuse (or fetch weights) first
     if is_phantom_spec(cfg.train.get("data")):
         # Make the phantom once here, not in each run: parallel Ray tasks would race to create it. The
         # config keeps naming it by its spec, so study.yaml and the report hold no machine path.

@@ -113,19 +113,20 @@ def check_inputs(cells: Sequence[Cell], devices: bool = True) -> None:
 
 
 def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None, download: bool = True,
-           progress: bool = True, inputs: bool = True, devices: bool = True) -> StudyPlan:
+           progress: bool = True, inputs: bool = True, devices: bool = True, config: Path | None = None) -> StudyPlan:
     """Validate every cell, resolve every init and compare with finished rows; write nothing.
 
     Each init is resolved once per (arch, init, weights, pinned sha256), and the weights' sha256 joins the
     cell's settings, so the fingerprint (and a rerun's check) covers the weights. A dry run
     (``download=False``) never downloads: weights it cannot find are a note, and finished cells are then
     matched by id only (the note says so). ``inputs``/``devices``: check what the cells to run read, and
-    their devices here (``check_inputs``).
+    their devices here (``check_inputs``). ``config``: the user's study file, which the folder must not hold
+    (``check_study_dir``).
     """
     from cxr_fast.weights import resolve_for_runs
 
     study_dir = Path(study_dir)
-    check_study_dir(study_dir)
+    check_study_dir(study_dir, config)
     cells = checked_cells(cfg, only, study_dir)
     keys = {c.cell_id: (c.arch, c.config.init, c.config.weights, c.config.weights_sha256) for c in cells}
     try:
@@ -150,11 +151,11 @@ def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None,
 
 
 def dry_run(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None, inputs: bool = True,
-            devices: bool = True) -> StudyPlan:
+            devices: bool = True, config: Path | None = None) -> StudyPlan:
     """Every selected cell with its status (done, partial: a run folder exists, todo); nothing downloaded.
     ``inputs``/``devices`` as ``decide``: devices only when the runs would train here (not on Ray workers)."""
     return decide(cfg, Path(study_dir).resolve(), only, download=False, progress=False, inputs=inputs,
-                  devices=devices)
+                  devices=devices, config=config)
 
 
 def _store_key(cell: Cell) -> tuple[str, ...] | None:

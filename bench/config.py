@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cxr_fast.errors import CxrError
-from cxr_fast.schema.run import RunConfig
+from cxr_fast.schema.run import DATASET_FIELDS, RunConfig
 from cxr_fast.vocabulary import ARCHS, check_choice, parse_resolutions
 
 
@@ -40,7 +40,7 @@ def cpu_effort() -> Effort:
 
 _RUN = RunConfig.model_fields
 # The bench's settings that mean what a run's do: their defaults and their rules are the run schema's.
-RUN_SETTINGS = ("label", "precision", "channels_last", "optimizer", "device", "data")
+RUN_SETTINGS = ("label", "precision", "channels_last", "optimizer", "device", "data", *DATASET_FIELDS)
 
 
 @dataclass
@@ -57,12 +57,22 @@ class BenchConfig:
     device: str = _RUN["device"].default
     predict_gpu_gb: float = 11.0  # the card the prediction is for when not on a GPU (the paper's)
     data: str | None = _RUN["data"].default
+    dataset: str = _RUN["dataset"].default
+    uncertain: str = _RUN["uncertain"].default
+    blank: str = _RUN["blank"].default
+    views: str = _RUN["views"].default
+    label_source: str = _RUN["label_source"].default
+    vote: str = _RUN["vote"].default
     out: str | None = None
     json: str | None = None
     batch_size: int | None = None  # overrides the effort's training batch size
     threads: int | None = None  # CPU intra-op threads; None: torch's default, or 1 when the machine is busy
     cpu: Effort = field(default_factory=cpu_effort)
     gpu: Effort = field(default_factory=Effort)
+
+    def run_settings(self) -> RunConfig:
+        """The bench's settings that mean what a run's do, as the run schema holds them."""
+        return RunConfig.parse({name: getattr(self, name) for name in RUN_SETTINGS}, "bench")
 
 
 def load_bench_config(path: str | None = None, **flags: Any) -> BenchConfig:
@@ -101,7 +111,7 @@ def validate(cfg: BenchConfig) -> None:
         check_choice(arch, ARCHS, "architecture")
     for name in cfg.loaders:
         check_choice(name, ("all", *BACKENDS), "loader")
-    RunConfig.parse({name: getattr(cfg, name) for name in RUN_SETTINGS}, "bench")
+    cfg.run_settings()
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise CxrError(f"--batch-size must be 1 or more, got {cfg.batch_size}")
     if cfg.threads is not None and cfg.threads < 1:

@@ -153,12 +153,11 @@ def run_bench(cfg: BenchConfig, say: Say | None = None, advance: Callable[[], No
 def _open_data(run: BenchRun, dataset: Any) -> None:
     """Open the dataset once, pick the loaders' images, and with several resolutions decode each image
     once for all of them (best effort: on failure each loader prepares its own resolution)."""
-    from cxr_fast.data.source import resolve_dataset
     from cxr_fast.stores.prepare import PrepareConfig, auto_store_dir, prepare_store
 
     if dataset is None:
         run.say("opening the dataset" + ("" if run.cfg.data else " (the built-in phantom; made once on first use)"))
-        dataset = resolve_dataset(run.cfg.data, quiet=True)
+        dataset = run.cfg.run_settings().read_dataset(run.cfg.data, quiet=True)
     run.dataset = dataset
     run.ids, run.targets = bench_subset(dataset, run.cfg.label, run.effort.n_images)
     if len(run.cfg.res) < 2:

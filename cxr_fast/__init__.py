@@ -19,7 +19,7 @@ from typing import Any
 
 from cxr_fast.version import __version__
 
-_FRONT_DOOR = ("open_dataset", "prepare", "loader", "fit", "run_study", "results")
+_FRONT_DOOR = ("open_dataset", "prepare", "loader", "fit", "evaluate", "run_study", "results")
 __all__ = [*_FRONT_DOOR, "RunConfig", "__version__"]
 
 

@@ -4,10 +4,11 @@ Every call takes run settings as keywords (``label="Nodule", res=64, data=...``)
 schema (``cxr_fast.schema.run.RunConfig``) exactly as ``cxr-fast train``'s flags and a study's ``train:``
 block are, with the same one-line errors. Each is a thin shim over one library call, like the commands:
 
-    open_dataset(data)             an NIH folder or phantom          (data.source.resolve_dataset)
+    open_dataset(data)             any dataset folder or phantom     (RunConfig.read_dataset)
     prepare(out, **settings)       decode a label's subsample once   (stores.prepare.prepare_subsample)
     loader(part, **settings)       the batches a run reads           (train.parts.part_loader)
     fit(**settings)                train and score one run           (train.run_training)
+    evaluate(run, data)            score a run on another dataset    (evaluate.evaluate_external)
     run_study(config, **overrides) run or resume a study             (study.run_cells)
     results(study_dir)             a study's rows, for pandas        (study.results.ResultsStore)
 
@@ -22,12 +23,11 @@ from typing import Any, Iterable, Mapping
 from cxr_fast.schema.run import RunConfig
 
 
-def open_dataset(data: str | Path | None = None, quiet: bool = True) -> Any:
-    """An NIH-layout folder (its metadata and images), a phantom spec (``"phantom:n=200,size=256"``), or None
-    for the built-in phantom (made once into the cache folder)."""
-    from cxr_fast.data.source import resolve_dataset
-
-    return resolve_dataset(data, quiet=quiet)
+def open_dataset(data: str | Path | None = None, quiet: bool = True, **settings: Any) -> Any:
+    """A data folder of any dataset cxr-fast reads (``dataset="auto"`` detects it; ``uncertain``, ``views``, ...
+    as the run settings name them), a phantom spec (``"phantom:n=200,size=256"``), or None for the built-in
+    phantom (made once into the cache folder)."""
+    return RunConfig.parse(settings, "open_dataset").read_dataset(data, quiet)
 
 
 def prepare(out: str | Path, resolutions: Iterable[int] = (224,), formats: Iterable[str] = ("cache",),
@@ -37,7 +37,7 @@ def prepare(out: str | Path, resolutions: Iterable[int] = (224,), formats: Itera
     from cxr_fast.stores.prepare import PrepareConfig, prepare_subsample
 
     cfg = RunConfig.parse(settings, "prepare")
-    dataset = open_dataset(cfg.data, quiet)
+    dataset = cfg.read_dataset(cfg.data, quiet)
     return prepare_subsample(dataset, cfg.draw_subsample(dataset), out,
                              PrepareConfig(resolutions=tuple(resolutions), formats=tuple(formats), workers=workers,
                                            quiet=quiet))
@@ -58,10 +58,19 @@ def loader(part: str = "train", **settings: Any) -> Any:
         raise CxrError(f"part must be 'train' or 'val', got {part!r}")
     cfg = RunConfig.parse(settings, "loader")
     device = resolve_device(cfg.device)
-    dataset = open_dataset(data_of(cfg.data, cfg.store))
+    dataset = cfg.read_dataset(data_of(cfg.data, cfg.store))
     sub = cfg.draw_subsample(dataset)
     name, _ = loader_for(cfg, device, device_precision(cfg.precision, device), len(sub.part(part)[0]))
     return part_loader(cfg, dataset, sub, part, device, name, augmentation(cfg.recipe))
+
+
+def evaluate(run: str | Path, data: str | Path, size: int | None = None, quiet: bool = True, device: str | None = None,
+             **reading: Any) -> dict[str, Any]:
+    """Score a finished run on another dataset's images of its label (``dataset``, ``uncertain``, ... as run
+    settings say how ``data`` is read); refused when the sets share images. ``cxr-fast evaluate``."""
+    from cxr_fast.evaluate import evaluate_external
+
+    return evaluate_external(run, data, size=size, quiet=quiet, device=device, **reading)
 
 
 def fit(progress: bool = False, resume: bool = False, overwrite: bool = False, **settings: Any) -> dict[str, Any]:

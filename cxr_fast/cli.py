@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "report": "cxr_fast.commands.report",
     "prepare": "cxr_fast.commands.prepare",
     "lr-find": "cxr_fast.commands.lr_find",
+    "evaluate": "cxr_fast.commands.evaluate",
     "synth": "cxr_fast.commands.synth",
     "fetch": "cxr_fast.commands.fetch",
     "verify": "cxr_fast.commands.verify",

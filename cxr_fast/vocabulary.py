@@ -38,6 +38,20 @@ SPLIT_NAMES: dict[str, str] = {"image": "image-wise split", "patient": "patient-
 SPLITS: tuple[str, ...] = tuple(SPLIT_NAMES)
 # Loader backends, fastest first: the order ``loader: auto`` tries them in (``cxr_fast.loaders``).
 LOADERS: tuple[str, ...] = ("resident", "dali", "cache", "ffcv", "pil")
+# The datasets cxr-fast reads (``cxr_fast.data.sets``, one module each); ``auto`` detects the layout.
+DATASETS: tuple[str, ...] = ("nih", "chexpert", "mimic", "padchest", "vindr", "rsna", "csv")
+# CheXpert's and MIMIC-CXR's uncertain (-1) labels (Irvin et al. 2019, U-Ignore, U-Zeros, U-Ones): ignore leaves
+# the image out of that label's subsample, zero counts it negative, one positive.
+UNCERTAIN_POLICIES: tuple[str, ...] = ("ignore", "zero", "one")
+# Their blank labels (not mentioned in the report): zero counts the image negative (CheXpert's own reading),
+# ignore leaves it out of that label's subsample.
+BLANK_POLICIES: tuple[str, ...] = ("zero", "ignore")
+# Which views a dataset gives: frontal (PA and AP, the paper's data) or all, laterals included.
+VIEW_POLICIES: tuple[str, ...] = ("frontal", "all")
+# PadChest's labels: physician (the 27% a radiologist labelled) or all (the rest by its RNN from the reports).
+LABEL_SOURCES: tuple[str, ...] = ("physician", "all")
+# VinDr-CXR's training images carry three radiologists' labels: positive when a majority say so, or any one.
+VOTES: tuple[str, ...] = ("majority", "any")
 AUTO = "auto"  # "decide for me": a precision from the device, a loader from what runs and fits
 # A seed is what numpy's and torch's generators take: 0 to 2**32 - 1 (numpy refuses more; torch wraps it).
 SEED_BOUNDS: dict[str, int] = {"ge": 0, "le": 2**32 - 1}
@@ -53,6 +67,12 @@ Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 Split = Literal[SPLITS]  # type: ignore[valid-type]
 PrecisionChoice = Literal[(AUTO, *PRECISIONS)]  # type: ignore[valid-type]
 LoaderChoice = Literal[(AUTO, *LOADERS)]  # type: ignore[valid-type]
+DatasetChoice = Literal[(AUTO, *DATASETS)]  # type: ignore[valid-type]
+UncertainPolicy = Literal[UNCERTAIN_POLICIES]  # type: ignore[valid-type]
+BlankPolicy = Literal[BLANK_POLICIES]  # type: ignore[valid-type]
+ViewPolicy = Literal[VIEW_POLICIES]  # type: ignore[valid-type]
+LabelSource = Literal[LABEL_SOURCES]  # type: ignore[valid-type]
+Vote = Literal[VOTES]  # type: ignore[valid-type]
 
 
 def check_res(value: Any, where: str = "resolution") -> int:

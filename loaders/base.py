@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from cxr_fast.augment import AugmentConfig
-from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.sets.base import Dataset
 
 
 @dataclass
 class LoaderSpec:
     """What to load and how. ``image_ids``/``targets`` usually come from ``Subsample.part(...)``."""
 
-    dataset: NihDataset
+    dataset: Dataset
     image_ids: np.ndarray
     targets: np.ndarray
     res: int

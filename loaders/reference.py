@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.sets.base import Dataset
 from cxr_fast.data.reader import read_gray
 from cxr_fast.data.resize import resize
 
@@ -25,6 +25,6 @@ def reference_image(path: str | Path, res: int) -> torch.Tensor:
     return resize(x, res)[0]
 
 
-def reference_batch(dataset: NihDataset, image_ids: Iterable[str], res: int) -> torch.Tensor:
+def reference_batch(dataset: Dataset, image_ids: Iterable[str], res: int) -> torch.Tensor:
     """``N x 1 x res x res`` float32 reference pixels for ``image_ids`` in order."""
     return torch.stack([reference_image(dataset.path_of(str(i)), res) for i in image_ids])

@@ -22,7 +22,7 @@ import cxr_fast.data.archives as A
 import cxr_fast.data.archive_stream as S
 import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
-from cxr_fast.data.nih import read_nih_folder
+from cxr_fast.data.sets.nih import read_nih_folder
 from cxr_fast.data.reader import DataWarning, ImageError, read_gray
 from imagesets import make_dataset
 from tarballs import pack

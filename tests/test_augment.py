@@ -405,7 +405,7 @@ def test_tta_views_use_the_config_they_are_given():
 @pytest.fixture(scope="module")
 def gray_set(tmp_path_factory: pytest.TempPathFactory):
     """64 uniform mid-grey 32 px images in the NIH layout: any non-uniform output is geometry."""
-    from cxr_fast.data.nih import read_nih_folder
+    from cxr_fast.data.sets.nih import read_nih_folder
     from imagesets import HEADER
 
     root = tmp_path_factory.mktemp("gray") / "data"

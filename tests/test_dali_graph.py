@@ -25,7 +25,7 @@ from imagesets import HEADER, make_dataset
 from PIL import Image
 
 from cxr_fast.augment import FASTAI07, MODERN, AugmentConfig
-from cxr_fast.data.nih import read_nih_folder
+from cxr_fast.data.sets.nih import read_nih_folder
 from cxr_fast.feed import make_loader
 
 pytest.importorskip("nvidia.dali")

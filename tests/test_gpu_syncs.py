@@ -118,7 +118,7 @@ def test_device_path_gives_the_cpu_path_pixels():
 def small_data(tmp_path_factory: pytest.TempPathFactory):
     from imagesets import make_dataset
 
-    from cxr_fast.data.nih import read_nih_folder
+    from cxr_fast.data.sets.nih import read_nih_folder
 
     root, ids, labels = make_dataset(tmp_path_factory.mktemp("syncs") / "data", n=12, size=64)
     return read_nih_folder(root), np.array(ids), labels

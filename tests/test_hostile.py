@@ -40,7 +40,7 @@ from torch import nn
 import cxr_fast.stores.decode as D
 import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
-from cxr_fast.data.nih import read_nih_folder, read_metadata
+from cxr_fast.data.sets.nih import read_nih_folder, read_metadata
 from cxr_fast.data.reader import DataWarning, OutsideRootError
 from cxr_fast.errors import CxrError
 from cxr_fast.loaders.base import LoaderSpec
@@ -270,7 +270,7 @@ def test_verify_fails_on_repeated_rows_and_lists_them(tmp_path: Path, capsys):
 
 def _paper_labels_csv(path: Path) -> Path:
     """Two images per paper label plus ten without a finding: small enough for table1 in milliseconds."""
-    from cxr_fast.data.nih import PAPER_LABELS
+    from cxr_fast.data.labels import PAPER_LABELS
 
     rows = [_row(f"{i:08d}_000.png", label, patient=i) for i, label in enumerate(PAPER_LABELS * 2)]
     rows += [_row(f"{100 + i:08d}_000.png", "No Finding", patient=100 + i) for i in range(10)]

@@ -48,7 +48,7 @@ def test_import_linter_sees_the_mapped_packages(tree):
 
 @pytest.mark.parametrize("module, code, broken", [
     # A lazy import inside a function, from the data layer up to training.
-    ("cxr_fast.data.nih", "def _late():\n    from cxr_fast.train import run_training\n    return run_training",
+    ("cxr_fast.data.sets.nih", "def _late():\n    from cxr_fast.train import run_training\n    return run_training",
      "cxr_fast.data is not allowed to import cxr_fast.train"),
     # A relative import, from the stores up to the study.
     ("cxr_fast.stores.manifest", "def _late():\n    from ..study import grid\n    return grid",
@@ -90,10 +90,10 @@ def test_a_module_outside_every_layer_breaks_it(tree):
 
 def test_a_module_named_in_a_string_is_held_to_the_same_order(tree):
     assert ("cxr_fast.cli", "cxr_fast.commands.train") in contract.string_imports(tree)  # the command table
-    _plant(tree, "cxr_fast.data.nih", 'def _late():\n    import importlib\n    return importlib.import_module('
+    _plant(tree, "cxr_fast.data.sets.nih", 'def _late():\n    import importlib\n    return importlib.import_module('
                                       '"cxr_fast.study.runner")\n')
     found = contract.upward_string_imports(tree)
-    assert len(found) == 1 and found[0].startswith("cxr_fast.data.nih names cxr_fast.study.runner in a string")
+    assert len(found) == 1 and found[0].startswith("cxr_fast.data.sets.nih names cxr_fast.study.runner in a string")
 
 
 def test_every_package_on_disk_is_installed():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_fast.data.nih import read_nih_folder
+from cxr_fast.data.sets.nih import read_nih_folder
 from cxr_fast.loaders import BACKENDS, availability, backend
 from cxr_fast.loaders.base import LoaderSpec
 from cxr_fast.loaders.reference import reference_batch

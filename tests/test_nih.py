@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from cxr_fast.cli import main
-from cxr_fast.data.nih import (
-    PAPER_LABELS, canonical_label, index_images, read_nih_folder, read_metadata, read_official_split,
-)
+from cxr_fast.data.labels import PAPER_LABELS, canonical_label
+from cxr_fast.data.sets.nih import index_images, read_nih_folder, read_metadata, read_official_split
 from cxr_fast.errors import CxrError
 
 # Table 1 of Sabottke & Spieler 2020 (positives, single-finding cases, loss weight); Hernia's weight is

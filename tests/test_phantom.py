@@ -13,7 +13,8 @@ import pytest
 
 from cxr_fast.cli import main
 from cxr_fast.data.conspicuity import Conspicuity
-from cxr_fast.data.nih import NULL_LABEL, read_nih_folder, read_metadata
+from cxr_fast.data.labels import NULL_LABEL
+from cxr_fast.data.sets.nih import read_nih_folder, read_metadata
 from cxr_fast.data.phantom import PhantomSpec, lesion_sizes, make_phantom, render
 from cxr_fast.data.phantom_draw import SOFT_TISSUE
 from cxr_fast.errors import CxrError

@@ -13,7 +13,7 @@ from PIL import Image
 import cxr_fast.stores.decode as D
 import cxr_fast.stores.prepare as P
 from cxr_fast.cli import main
-from cxr_fast.data.nih import read_nih_folder
+from cxr_fast.data.sets.nih import read_nih_folder
 from cxr_fast.data.reader import DataWarning, read_gray
 from cxr_fast.errors import CxrError
 from cxr_fast.loaders.base import LoaderSpec

@@ -96,4 +96,4 @@ def test_verify_counts_conversions_and_lists_bad_images_by_name(damaged_copy, tm
 def test_verify_of_a_folder_without_metadata_is_one_line(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "no Data_Entry_2017" in err and err.count("\n") == 1
+    assert "no dataset layout found" in err and "Data_Entry_2017" in err and err.count("\n") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_fast.data.nih import read_metadata
+from cxr_fast.data.sets.nih import read_metadata
 from cxr_fast.data.sampling import subsample
 from cxr_fast.errors import CxrError
 

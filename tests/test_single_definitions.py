@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cxr_fast import vocabulary as V
-from cxr_fast.schema.run import GRID_FIELDS, RunConfig
+from cxr_fast.schema.run import DATASET_FIELDS, GRID_FIELDS, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = [p for folder in ("cxr_fast", "loaders", "bench") for p in (REPO / folder).rglob("*.py")
@@ -119,6 +119,9 @@ OWN_OPTIONS = {
     ("prepare", "data"): "the data folder, positional", ("prepare", "res"): "a list of resolutions",
     ("prepare", "workers"): "decoding processes", ("bench", "res"): "a list of resolutions",
     ("bench", "batch_size"): "the bench's own batch rule", ("bench", "out"): "the results folder",
+    ("verify", "data"): "the folder to check", ("verify", "store"): "a store to check",
+    ("verify", "workers"): "checking processes", ("evaluate", "data"): "the other dataset, not the run's",
+    ("evaluate", "device"): "default: the run's own",
 }
 
 
@@ -127,8 +130,10 @@ OWN_OPTIONS = {
     ("study", (set(RunConfig.names()) - set(GRID_FIELDS)) | {"epochs"}),
     ("lr-find", None),
     ("plan", {"precision", "batch_size", "epochs"}),
-    ("prepare", {"label", "subsample_size", "seed", "split", "val_fraction"}),
-    ("bench", {"label", "precision", "channels_last", "optimizer", "device", "data"}),
+    ("prepare", {"label", "subsample_size", "seed", "split", "val_fraction", *DATASET_FIELDS}),
+    ("bench", {"label", "precision", "channels_last", "optimizer", "device", "data", *DATASET_FIELDS}),
+    ("verify", set(DATASET_FIELDS)),
+    ("evaluate", set(DATASET_FIELDS)),
 ])
 def test_every_run_flag_is_the_schema_declaration(command, expected):
     # `train --help`, a study's overrides, lr-find, plan, prepare and bench: each flag that sets a run field has
@@ -170,7 +175,8 @@ def test_no_module_but_the_schema_declares_the_run_fields():
         {n: getattr(RunConfig(), n) for n in bench.RUN_SETTINGS}
     with pytest.raises(Exception, match="bench: unknown optimizer 'lion'"):
         bench.load_bench_config(optimizer="lion")
-    fields = set(RunConfig.names())
+    # `dataset` is also what the loaders and the bench call an opened dataset (an object, not the --dataset name).
+    fields = set(RunConfig.names()) - {"dataset"}
     mirrors = []
     for path, tree in _trees().items():
         if path.as_posix().endswith(("cxr_fast/schema/run.py", "bench/config.py")):

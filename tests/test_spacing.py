@@ -16,7 +16,7 @@ from test_report import make_study
 from torch import nn
 
 from cxr_fast.cli import main
-from cxr_fast.data.nih import read_metadata, read_nih_folder
+from cxr_fast.data.sets.nih import read_metadata, read_nih_folder
 from cxr_fast.errors import CxrError
 from cxr_fast.models import Normalize
 from cxr_fast.report.build import make_report
@@ -50,10 +50,9 @@ def test_spacing_as_stored_and_at_a_resolution_is_computed_by_hand(tmp_path):
 def test_nih_original_form_with_a_trailing_comma_keeps_its_spacing(tmp_path):
     csv = tmp_path / "Data_Entry_2017.csv"
     csv.write_text(HEADER + ",\nx.png,Mass,0,1,50,M,PA,2048,2500,0.125,0.125,\n")
-    from cxr_fast.data.nih import pixel_spacing_mm
-
-    meta = read_metadata(csv)
-    assert pixel_spacing_mm(meta, ["x.png"])[0] == pytest.approx(0.25)  # 0.125 x 2048 / 1024
+    (tmp_path / "images").mkdir()
+    data = read_nih_folder(tmp_path)
+    assert data.pixel_spacing_mm(["x.png"])[0] == pytest.approx(0.25)  # 0.125 x 2048 / 1024
 
 
 @pytest.mark.parametrize("cell", ["abc", "0", "-0.14", "inf"])

@@ -350,7 +350,7 @@ def test_lr_find_writes_plot_and_json_and_restores_the_model(tiny_phantom, tmp_p
 def test_the_run_weighs_positives_by_table_1s_subsample_weight(real_metadata, tiny_phantom, tmp_path, tiny_net):
     # The paper's Table 1 weight is negatives/positives of the whole 20,000-image subsample, not of its
     # training part: on the real metadata they differ (Hernia 87.106 against 85.957).
-    from cxr_fast.data.nih import read_metadata
+    from cxr_fast.data.sets.nih import read_metadata
     from cxr_fast.data.sampling import subsample
     from cxr_fast.train.parts import build_parts
 

@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.bench.pipeline import failed_sections, run_bench
     from cxr_fast.bench.results_io import default_out_dir, write_results
     from cxr_fast.bench.tables import print_tables
-    from cxr_fast.data.source import resolve_dataset
 
     flags = {k: getattr(args, k, None) for k in _FLAGS}
     for key in ("archs", "loaders"):
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.cpu.archs = cfg.gpu.archs = None
     console, quiet = Console(), getattr(args, "quiet", False)
     t0 = time.perf_counter()
-    dataset = resolve_dataset(cfg.data, quiet=quiet)  # the phantom's own progress bar, before ours starts
+    dataset = cfg.run_settings().read_dataset(cfg.data, quiet=quiet)  # the phantom's own progress bar, before ours starts
     units = len(cfg.res) * (1 + len(cfg.archs if flags["archs"] else (cfg.cpu.archs or cfg.archs)))
     doc = _with_progress(console, units, quiet, lambda say, advance: run_bench(cfg, say, advance, dataset))
     doc["wall_s"] = round(time.perf_counter() - t0, 1)

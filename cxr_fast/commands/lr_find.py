@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cxr_fast.schema.flags import add_run_flags, number_flag
+from cxr_fast.schema.run import DATASET_FIELDS
 
 HELP = "learning-rate range test (loss vs exponentially growing lr), PNG plot + JSON"
 DESCRIPTION = (
@@ -20,7 +21,7 @@ DESCRIPTION = (
 # The run settings a range test uses (the rest of RunConfig does not change what it measures).
 SETTINGS = ("label", "res", "arch", "recipe", "init", "weights", "weights_sha256", "batch_size", "optimizer",
             "momentum", "precision", "channels_last", "loader", "data", "store", "subsample_size", "val_fraction",
-            "split", "seed", "device", "workers")
+            "split", "seed", "device", "workers", *DATASET_FIELDS)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

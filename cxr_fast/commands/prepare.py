@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cxr_fast.schema.flags import add_run_flags, number_flag
+from cxr_fast.schema.run import DATASET_FIELDS
 from cxr_fast.stores import cache, jpeg
 from cxr_fast.stores.manifest import FORMATS
 
@@ -42,13 +43,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     # The subsample's settings are a run's (the same declaration as train's flags, --size for --subsample-size).
     add_run_flags(parser, SUBSAMPLE, flags={"subsample_size": "--size"}, defaults=True, show_defaults=False,
                   required=("label",))
+    add_run_flags(parser.add_argument_group("which dataset DATA is, and how it is read"), DATASET_FIELDS)
     number_flag(parser, "--quality", int, ge=1, le=100, default=95, help="JPEG quality")
     number_flag(parser, "--workers", int, ge=1, le=4096, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxr_fast.data.source import resolve_dataset
     from cxr_fast.errors import CxrError
     from cxr_fast.schema.flags import given
     from cxr_fast.schema.run import RunConfig
@@ -59,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise CxrError(f"--quality must be 1 to 100, got {args.quality}")
     resolutions = parse_resolutions(args.res)
-    dataset = resolve_dataset(data_of(args.data, args.out), quiet=args.quiet)
+    settings = RunConfig.parse(given(args, SUBSAMPLE + DATASET_FIELDS), "flags")
+    dataset = settings.read_dataset(data_of(args.data, args.out), quiet=args.quiet)
     cfg = PrepareConfig(resolutions=tuple(resolutions), formats=tuple(args.formats), jpeg_quality=args.quality,
                         workers=args.workers, quiet=args.quiet)
-    sub = RunConfig.parse(given(args, SUBSAMPLE), "flags").draw_subsample(dataset)
+    sub = settings.draw_subsample(dataset)
     store = prepare_subsample(dataset, sub, args.out, cfg)
     m = store.manifest
     done = ", ".join(f"{k} {v if isinstance(v, list) else ''}".strip() for k, v in m["formats"].items())

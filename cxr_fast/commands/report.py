@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from cxr_fast.report.noninferior import ALPHA, ALPHA_BOUNDS, MARGIN, MARGIN_BOUNDS, REFERENCE_BOUNDS
+from cxr_fast.schema.flags import number_flag
+
 HELP = "make the paper's Tables 1-3 (Markdown, CSV), Figures 2-4 (PNG) and its other results from a study folder"
 DESCRIPTION = (
     "Read a study folder (from `cxr-fast study`) and write, as Markdown and CSV: Tables 2 and 3 (AUC ± DeLong SD; "
@@ -17,7 +20,11 @@ DESCRIPTION = (
     "configs/control.yaml) gets a 'controls' section that answers, with the numbers, whether the small lesion "
     "loses significantly more AUC at low resolution than the large one, and whether the null label stays within "
     "2 SD of 0.5 at every resolution. --json PATH writes every cell (label, resolution, architecture, AUC, DeLong "
-    "SD, paired DeLong p against the label's highest resolution) and those answers for machines."
+    "SD, paired DeLong p against the label's highest resolution) and those answers for machines. "
+    "'What resolution is needed' names, per label, the smallest resolution non-inferior to a reference fixed in "
+    "advance (--reference, default the grid's largest): one-sided paired DeLong tests, (ΔAUC + --margin) / SE > "
+    "z(1 − --alpha), made downward from the reference and stopped at the first that does not pass, with the "
+    "across-seed SD and what that resolution costs beside it."
 )
 
 
@@ -35,6 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a second study folder to set beside this one, cell by cell, with the z-test "
                              "(e.g. the patient-wise split of configs/paper-patients.yaml); every setting that "
                              "differs is stated, and different inits are refused unless --mixed-init")
+    number_flag(parser, "--margin", float, **MARGIN_BOUNDS, default=MARGIN,
+                help="non-inferiority margin in AUC: a resolution passes when its AUC is shown to be no more than "
+                     "this below the reference's")
+    number_flag(parser, "--alpha", float, **ALPHA_BOUNDS, default=ALPHA,
+                help="one-sided level of each non-inferiority test, and of the whole sequence")
+    number_flag(parser, "--reference", int, **REFERENCE_BOUNDS, default=None, metavar="PX",
+                help="the reference resolution, fixed before looking (default: the largest of each label's grid)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,13 +58,17 @@ def run(args: argparse.Namespace) -> int:
     from cxr_fast.report.build import make_report
 
     result = make_report(args.study, args.out, compare=args.compare_paper, mixed_init=args.mixed_init,
-                         against=args.against, json_path=args.json_path)
+                         against=args.against, json_path=args.json_path, margin=args.margin, alpha=args.alpha,
+                         reference=args.reference)
     for t in result.tables:
         init = next((n for n in t.notes if n.startswith("Init")), "")
         print(f"{t.title}\n\n{t.markdown}\n{init}\n")
     controls = next((s for s in result.sections if s.name == "controls"), None)
     if controls is not None:
         print(f"{controls.title}\n\n{controls.markdown}")
+    needed = next((s for s in result.sections if s.name == "noninferiority"), None)
+    if needed is not None:
+        print(f"{needed.title}\n\n{needed.markdown}")
     against = next((s for s in result.sections if s.name == "against"), None)
     if against is not None:
         print(f"{against.title}\n\n{against.markdown}")

@@ -1,4 +1,4 @@
-"""``cxr-fast synth OUT``: make a phantom dataset in the NIH layout."""
+"""``cxr-fast synth OUT [--layout L]``: make a phantom dataset in the NIH layout, or in any dataset's layout."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ import argparse
 
 from cxr_fast.schema.flags import number_flag
 
-HELP = "make a phantom ChestX-ray14 dataset (NIH layout, real label rows, synthetic pixels)"
+HELP = "make a phantom dataset (NIH layout, real label rows, synthetic pixels), or the same in another dataset's layout"
 DESCRIPTION = (
     "Write OUT/Data_Entry_2017_v2020.csv and OUT/images/*.png (8-bit gray). Label rows are drawn from the real "
     "ChestX-ray14 metadata; each finding is drawn at the size radiologists boxed it (nodules 46-97 px at 1024 px), "
     "so small findings need high resolution. Nodules and masses follow the control settings (--contrast, --edge, "
     "--noise: the same at every resolution, defined in the 1024 px frame); --null adds the negative control "
     "label Null_Control to that share of images, at random, with no pixels drawn. The settings are written into "
-    "OUT/.phantom.json. Deterministic for a seed; an interrupted run resumes."
+    "OUT/.phantom.json. Deterministic for a seed; an interrupted run resumes. With --layout chexpert, mimic, "
+    "padchest, vindr, rsna or csv, the same phantom (made once in the cache folder) is written in that dataset's "
+    "real layout instead: its metadata files under their documented names and headers, its label names and "
+    "conventions (uncertain and blank labels, laterals, radiologists' votes), its image formats (JPEG, 16-bit PNG, "
+    "DICOM in several transfer syntaxes, MONOCHROME1 and 2, 12 and 16 bits): a fixture to try a layout without "
+    "the data."
 )
 
 
@@ -22,7 +27,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     from cxr_fast.data.phantom import PHANTOM_BOUNDS
 
     look = Conspicuity()
+    from cxr_fast.vocabulary import DATASETS
+
     p.add_argument("out", help="folder to write (new, empty, or an earlier phantom with the same settings)")
+    p.add_argument("--layout", choices=DATASETS, default="nih", help="the dataset layout to write (default: nih)")
     number_flag(p, "--n", **PHANTOM_BOUNDS["n"], default=600, help="number of images")
     number_flag(p, "--size", **PHANTOM_BOUNDS["size"], default=1024, help="image width and height in pixels")
     number_flag(p, "--seed", **PHANTOM_BOUNDS["seed"], default=0, help="random seed (rows and pixels)")
@@ -50,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
     look = conspicuity(contrast=args.contrast, edge=args.edge, noise=args.noise, null=args.null)
     enrich = tuple(x.strip() for x in args.enrich.split(",") if x.strip())
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+    if args.layout != "nih":
+        from cxr_fast.data.layouts import write_layout
+
+        made = write_layout(args.out, args.layout, n=args.n, size=args.size, seed=args.seed, quiet=args.quiet,
+                            enrich=enrich, enrich_fraction=args.enrich_fraction, look=look, only=only)
+        print(f"phantom in the {made.title} layout: {len(made.metadata)} images of {args.size} px in {made.root} "
+              f"({look.tag()}); labels {', '.join(made.metadata.label_names)}")
+        return 0
     out = make_phantom(args.out, n=args.n, size=args.size, seed=args.seed, workers=args.workers, quiet=args.quiet,
                        enrich=enrich, enrich_fraction=args.enrich_fraction, look=look, only=only)
     print(f"phantom: {args.n} images of {args.size} px in {out} ({look.tag()})")

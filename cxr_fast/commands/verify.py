@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_fast.schema.flags import number_flag
+from cxr_fast.schema.flags import add_run_flags, number_flag
+from cxr_fast.schema.run import DATASET_FIELDS
 
 HELP = "check that every image the metadata names decodes, and that a prepared store is intact"
 DESCRIPTION = (
-    "Decode every image named in DATA's Data_Entry_2017*.csv with the reader all stages use, under the rules "
+    "Decode every image named in DATA's metadata (any dataset cxr-fast reads: NIH's Data_Entry_2017*.csv, "
+    "CheXpert's, MIMIC-CXR-JPG's, PadChest's, VinDr-CXR's or RSNA's CSVs, or a cxr-dataset.yaml) with the reader "
+    "all stages use (PNG, JPEG, DICOM), under the rules "
     "prepare stores by. Colour, palette and gray-alpha images are converted to gray by luminance, 16-bit gray ones "
     "windowed to 8 bits (a PNG's sBIT, else the 0.5-99.5th percentile of the image), EXIF orientations applied "
     "(each counted by kind); missing or unreadable files (an image over 6000x6000 px is refused as a "
@@ -26,7 +29,8 @@ _SHOWN = 50  # lines per kind of problem before '... and N more (see --json)'
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="?", default=None,
-                   help="dataset folder in the NIH layout (metadata CSV + images/, or + images_NNN.tar.gz)")
+                   help="dataset folder: any layout --dataset names (NIH: metadata CSV + images/, or + images_NNN.tar.gz)")
+    add_run_flags(p.add_argument_group("which dataset DATA is, and how it is read"), DATASET_FIELDS)
     p.add_argument("--store", metavar="DIR", help="also (or only) check a store made by cxr-fast prepare, file by file")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     number_flag(p, "--workers", int, ge=1, le=4096, default=None, help="processes (default: all cores)")
@@ -55,15 +59,26 @@ def _what_was_done(report) -> str:
 def _verify_data(args: argparse.Namespace) -> tuple[bool, dict]:
     import warnings
 
-    from cxr_fast.data.nih import read_nih_folder
     from cxr_fast.data.reader import DataWarning
     from cxr_fast.data.verify import verify_dataset
+    from cxr_fast.schema.flags import given
+    from cxr_fast.schema.run import RunConfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # the rows other commands skip are listed below instead
-        dataset = read_nih_folder(args.data)
+        dataset = RunConfig.parse(given(args, DATASET_FIELDS), "flags").read_dataset(args.data)
+    print(f"{dataset.title} ({dataset.name}{', ' + dataset.version if dataset.version else ''}): "
+          f"{len(dataset.metadata)} images; labels {', '.join(dataset.metadata.label_names)}"
+          + "".join(f"; {n} left out ({why})" for why, n in dataset.left_out.items() if n)
+          + (f"; read with {', '.join(f'{k} {v}' for k, v in dataset.policy.items())}" if dataset.policy else ""))
     report = verify_dataset(dataset, workers=args.workers, quiet=args.quiet)
     print(f"{report.n_ok}/{report.n_images} images usable in {report.root} ({_what_was_done(report)})")
+    from cxr_fast.vocabulary import PAPER_RESOLUTIONS
+
+    small = {r: n for r, n in report.smaller_than(PAPER_RESOLUTIONS).items() if n}
+    if small:
+        print("images with a side under a resolution, upsampled by a run at it: "
+              + ", ".join(f"{n} under {r} px" for r, n in small.items()))
     _print_some([f"missing: {name}" for name in report.missing])
     _print_some([f"unreadable: {bad['image']}: {bad['reason']}" for bad in report.unreadable])
     _print_some([f"outside the data folder: {bad['image']}: {bad['reason']}" for bad in report.outside])

@@ -140,7 +140,7 @@ def _decode(source: BinaryIO, max_pixels: int) -> DicomImage:
     except Exception as exc:  # noqa: BLE001 - each decoder plugin raises its own kind on a corrupt stream
         raise DicomProblem(f"pixel data truncated or corrupt ({_first_line(exc)})") from None
     photometric = str(ds.PhotometricInterpretation)
-    spacing = _spacing(ds)
+    spacing = spacing_of(ds)
     if photometric in _COLOR:
         from PIL import Image
 
@@ -259,7 +259,7 @@ def _for_processing(ds: Any) -> bool:
     return str(ds.get("PresentationIntentType", "")).upper() == "FOR PROCESSING"
 
 
-def _spacing(ds: Any) -> tuple[float, float] | None:
+def spacing_of(ds: Any) -> tuple[float, float] | None:
     """Pixel Spacing, else Imager Pixel Spacing: (row, column) in mm per pixel, or None when absent or unusable."""
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(key)

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from cxr_fast.data.conspicuity import Conspicuity
-from cxr_fast.data.nih import FINDINGS, NULL_LABEL, PHANTOM_MARKER, canonical_label, read_metadata
+from cxr_fast.data.labels import FINDINGS, NULL_LABEL, PHANTOM_MARKER, canonical_label
+from cxr_fast.data.sets.nih import read_metadata
 from cxr_fast.data.phantom_draw import draw_chest, draw_finding
 from cxr_fast.errors import CxrError
 from cxr_fast.io import atomic_path, write_json, write_text

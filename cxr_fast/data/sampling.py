@@ -11,7 +11,8 @@ from typing import Iterable, Literal
 
 import numpy as np
 
-from cxr_fast.data.nih import PAPER_LABELS, Metadata, canonical_label
+from cxr_fast.data.labels import PAPER_LABELS, canonical_label
+from cxr_fast.data.sets.base import Metadata
 from cxr_fast.errors import CxrError
 from cxr_fast.vocabulary import SEED_BOUNDS, SPLITS, check_number
 
@@ -104,8 +105,9 @@ def subsample(
     if split not in SPLITS:
         raise CxrError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     has = meta.has(label)
-    pos = np.flatnonzero(has)
-    neg = np.flatnonzero(~has)
+    known = meta.known_for(label)  # a label the dataset's policy leaves unknown (CheXpert's uncertain): left out
+    pos = np.flatnonzero(has & known)
+    neg = np.flatnonzero(~has & known)
     if len(pos) == 0:
         raise CxrError(f"no image in {meta.source} has the label {label}")
     rng = np.random.default_rng(seed)
@@ -146,10 +148,12 @@ def _split(
             total += counts[p]
         return np.isin(patients, np.array(val_patients, dtype=patients.dtype))
     if official is None:
-        raise CxrError("split 'official' needs NIH's train_val_list.txt and test_list.txt in the data folder")
+        raise CxrError("split 'official' needs the dataset's own split (NIH: train_val_list.txt and test_list.txt in "
+                       "the data folder; CheXpert: valid.csv; MIMIC: its split file; VinDr: its test set), and "
+                       "this data has none")
     missing = [i for i in ids[:5] if i not in official]
     if missing:
-        raise CxrError(f"images not in NIH's split lists, e.g. {missing[0]}")
+        raise CxrError(f"images not in the dataset's official split, e.g. {missing[0]}")
     return np.array([official[i] == "test" for i in ids], dtype=bool)
 
 
@@ -158,13 +162,13 @@ def table1(meta: Metadata, labels: tuple[str, ...] = PAPER_LABELS, size: int = 2
     single = meta.finding_counts() == 1
     rows = []
     for label in labels:
-        has = meta.has(label)
-        sub = subsample(meta, label, size=size, seed=seed)
+        has = meta.has(label) & meta.known_for(label)
+        sub = subsample(meta, label, size=size, seed=seed) if has.any() else None  # none: no weight exists
         rows.append({
             "label": canonical_label(label),
             "positives": int(has.sum()),
             "single_finding": int((has & single).sum()),
-            "subsample": len(sub.targets),
-            "loss_weight": round(sub.pos_weight, 3),
+            "subsample": 0 if sub is None else len(sub.targets),
+            "loss_weight": None if sub is None else round(sub.pos_weight, 3),
         })
     return rows

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_fast.data.conspicuity import Conspicuity, conspicuity
-from cxr_fast.data.nih import NihDataset, read_nih_folder
+from cxr_fast.data.sets import read_dataset
+from cxr_fast.data.sets.base import Dataset, DatasetOptions
 from cxr_fast.data.phantom import check_phantom_numbers
 from cxr_fast.errors import CxrError
 from cxr_fast.paths import cache_dir
+from cxr_fast.vocabulary import AUTO
 
 # The default phantom: enough images for a meaningful AUC on the CPU, small enough to make in a minute.
 PHANTOM_N = 600
@@ -26,7 +28,7 @@ def phantom_dir(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PHANTO
                 enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3, look: Conspicuity | None = None,
                 only: tuple[str, ...] = ()) -> Path:
     """The cache folder of one phantom: every setting that changes its pixels or labels is in the name."""
-    from cxr_fast.data.nih import canonical_label
+    from cxr_fast.data.labels import canonical_label
     from cxr_fast.data.phantom import PHANTOM_VERSION
 
     enrich = tuple(canonical_label(label) for label in enrich)  # as default_phantom makes it: one name per phantom
@@ -40,7 +42,7 @@ def default_phantom(n: int = PHANTOM_N, size: int = PHANTOM_SIZE, seed: int = PH
                     quiet: bool = False, enrich: tuple[str, ...] = (), enrich_fraction: float = 0.3,
                     look: Conspicuity | None = None, only: tuple[str, ...] = ()) -> Path:
     """The cached phantom folder, made now if absent or incomplete (``make_phantom`` resumes)."""
-    from cxr_fast.data.nih import canonical_label
+    from cxr_fast.data.labels import canonical_label
     from cxr_fast.data.phantom import make_phantom
 
     enrich = tuple(canonical_label(label) for label in enrich)
@@ -112,6 +114,8 @@ def data_folder(data: str | Path | None) -> Path:
     return Path(data)
 
 
-def resolve_dataset(data: str | Path | None, quiet: bool = False) -> NihDataset:
-    """Open ``data`` as an NIH-layout folder, or a built-in phantom (None, ``phantom`` or ``phantom:n=...``)."""
-    return read_nih_folder(data_root(data, quiet=quiet))
+def resolve_dataset(data: str | Path | None, quiet: bool = False, dataset: str = AUTO,
+                    options: DatasetOptions = DatasetOptions()) -> Dataset:
+    """Open ``data`` as ``dataset`` (``auto``: its layout detected) under ``options``, or a built-in phantom (None,
+    ``phantom`` or ``phantom:n=...``, written in the NIH layout)."""
+    return read_dataset(data_root(data, quiet=quiet), dataset, options)

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from cxr_fast.data.archive_stream import Finished, imap_members
-from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.sets.base import Dataset
 from cxr_fast.data.pixels import RULE
-from cxr_fast.data.reader import (ImageError, ImageInfo, OddShapeError, decode_usable, header_problem,
-                                   read_usable)
+from cxr_fast.data.reader import (ImageError, ImageInfo, OddShapeError, OutsideRootError, decode_usable,
+                                   header_problem, read_usable)
 from cxr_fast.parallel import imap_progress
+from cxr_fast.vocabulary import PAPER_RESOLUTIONS
 
 _ODD = "odd shape"  # the kind of problem of an image that decodes but has no chest X-ray's shape
 
@@ -51,6 +52,11 @@ class VerifyReport:
     refused: list[dict[str, str]] = field(default_factory=list)  # archive members never read (links, repeats...)
     archives: list[dict[str, str]] = field(default_factory=list)  # archives that broke: where, and why
 
+    def smaller_than(self, resolutions: Iterable[int]) -> dict[int, int]:
+        """Per resolution, the usable images with a side under it: a run at that resolution upsamples them
+        (CheXpert-small's are about 390 x 320), which the user should know before choosing it."""
+        return {int(r): sum(n for (w, h), n in self.sizes.items() if min(w, h) < r) for r in resolutions}
+
     @property
     def usable(self) -> bool:
         return self.n_ok == self.n_images and self.n_images > 0 and not self.duplicates and not self.archives
@@ -63,6 +69,7 @@ class VerifyReport:
             "inverted": self.inverted,
             "pixel_rule": RULE,
             "modes": dict(self.modes), "sizes": {f"{w}x{h}": c for (w, h), c in self.sizes.items()},
+            "smaller_than": {str(r): n for r, n in self.smaller_than(PAPER_RESOLUTIONS).items()},
             "missing": self.missing, "unreadable": self.unreadable, "outside": self.outside,
             "duplicates": self.duplicates, "odd_shape": self.odd_shape, "refused": self.refused,
             "archives": self.archives,
@@ -88,17 +95,22 @@ def _check_header(item: tuple[str, str]) -> tuple[str, str | None]:
     return name, header_problem(path)
 
 
-def screen_files(ds: NihDataset, image_ids: Iterable[str], workers: int | None = None,
+def screen_files(ds: Dataset, image_ids: Iterable[str], workers: int | None = None,
                  quiet: bool = True) -> dict[str, str]:
     """Images of ``image_ids`` a run reading the source files could not use, name -> why, by the header
     check ``_check_header`` (the rules ``verify`` applies, short of a full decode). Images held in archives
     are not screened here: only a store reads them, and its manifest lists the unreadable ones."""
-    items = [(str(n), str(ds.path_of(str(n)))) for n in image_ids]
+    items, linked_out = [], {}
+    for name in map(str, image_ids):
+        try:
+            items.append((name, str(ds.path_of(name))))
+        except OutsideRootError as exc:  # a link leading out of the data folder: never read
+            linked_out[name] = exc.reason
     if ds.archives is not None:
         items = [item for item in items if ds.archives.member_at(item[1]) is None]
     results = imap_progress(_check_header, items, "screen images", workers=workers, quiet=quiet or not items,
                             ordered=True, chunksize=64)
-    return {name: why for name, why in results if why is not None}
+    return {**linked_out, **{name: why for name, why in results if why is not None}}
 
 
 def _check_member(name: str, data: bytes) -> tuple[str, str | None, ImageInfo | None]:
@@ -111,7 +123,7 @@ def _check_member(name: str, data: bytes) -> tuple[str, str | None, ImageInfo | 
     return name, None, info
 
 
-def _check_archives(ds: NihDataset, items: list[tuple[str, str]], report: VerifyReport, workers: int | None,
+def _check_archives(ds: Dataset, items: list[tuple[str, str]], report: VerifyReport, workers: int | None,
                     quiet: bool) -> Iterator[tuple[str, str | None, ImageInfo | None]]:
     """``_check`` results for images held in archives, one streaming worker per archive; archives that
     break go into ``report.archives`` and their unreached images come back as unreadable."""
@@ -133,16 +145,23 @@ def _check_archives(ds: NihDataset, items: list[tuple[str, str]], report: Verify
     report.archives = [{"archive": archive, "problem": line} for archive, line in sorted(broken.items())]
 
 
-def verify_dataset(ds: NihDataset, workers: int | None = None, quiet: bool = False) -> VerifyReport:
+def verify_dataset(ds: Dataset, workers: int | None = None, quiet: bool = False) -> VerifyReport:
     """Decode every image named in the metadata; never raises for a bad image, lists it instead.
 
-    The rows ``read_nih_folder`` left out for leading outside the folder count as images, and as bad.
+    The rows the dataset left out for leading outside the folder count as images, and as bad; so does an image
+    whose file is a link leading out of it (``path_of`` refuses it).
     """
-    items = [(str(name), str(ds.path_of(str(name)))) for name in ds.metadata.image_ids]
-    report = VerifyReport(root=str(ds.root), n_images=len(items) + len(ds.outside))
+    items, linked_out = [], {}
+    for name in map(str, ds.metadata.image_ids):
+        try:
+            items.append((name, str(ds.path_of(name))))
+        except OutsideRootError as exc:
+            linked_out[name] = exc.reason
+    outside = {**ds.outside, **linked_out}
+    report = VerifyReport(root=str(ds.root), n_images=len(items) + len(outside))
     refused = ds.archives.refused if ds.archives is not None else {}
-    report.outside = [{"image": name, "reason": reason} for name, reason in ds.outside.items() if name not in refused]
-    report.refused = [{"image": name, "reason": reason} for name, reason in ds.outside.items() if name in refused]
+    report.outside = [{"image": name, "reason": reason} for name, reason in outside.items() if name not in refused]
+    report.refused = [{"image": name, "reason": reason} for name, reason in outside.items() if name in refused]
     report.duplicates = list(ds.metadata.duplicates)
     held = [item for item in items if ds.archives is not None and ds.archives.member_at(item[1]) is not None]
     files = [item for item in items if ds.archives is None or ds.archives.member_at(item[1]) is None]

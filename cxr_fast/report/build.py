@@ -5,8 +5,9 @@ be made anywhere the study folder is copied. Tables 2 and 3 star each label's hi
 did, and mark separately which other resolutions the best beats at p < .05, under the paper's unpaired
 z-test (†) and under DeLong's paired test (‡). The parts live in their own modules of ``cxr_fast.report``:
 ``data`` (reading), ``stats`` (tests), ``sections`` (Table 1, Hernia 2,000, leakage, significance,
-architectures), ``controls`` (the control study's two answers), ``document`` (every cell for machines),
-``provenance`` (init and recipe), ``against`` and ``figures``.
+architectures), ``controls`` (the control study's two answers), ``noninferior`` (the smallest resolution
+non-inferior to a reference), ``document`` (every cell for machines), ``provenance`` (init and recipe),
+``against`` and ``figures``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from cxr_fast.report.data import (Study, Variant, auc_of, init_of, labels, order
                                   variant_name, variants)
 from cxr_fast.report.figures import FIG3_REFERENCE, FIG4_LABELS, figure2, figure3, figure4, table3_variants
 from cxr_fast.report.format import DASH, Section, Table, auc_text, blank, fmt_auc, markdown, write_section
+from cxr_fast.report.noninferior import ALPHA as NI_ALPHA
+from cxr_fast.report.noninferior import MARGIN, Settings, noninferiority, noninferiority_section
 from cxr_fast.report.provenance import cell_mark, check_one_init, provenance_note
+from cxr_fast.report.external import external_section
 from cxr_fast.report.sections import (architecture_section, hernia_section, leakage_section, significance_section,
                                       table1_section)
 from cxr_fast.report.spacing import spacing_section, spacing_summary
@@ -190,12 +194,15 @@ def check_inits(study: Study) -> None:
 
 def make_report(study_dir: str | Path, out: str | Path | None = None, compare: bool = False,
                 mixed_init: bool = False, against: str | Path | None = None,
-                json_path: str | Path | None = None) -> ReportResult:
+                json_path: str | Path | None = None, margin: float = MARGIN, alpha: float = NI_ALPHA,
+                reference: int | None = None) -> ReportResult:
     """Write every table, section and figure of a study folder (and, with ``against``, the two side by side);
-    ``json_path``: also every cell and the controls' answers as JSON (``cxr_fast.report.document``)."""
+    ``json_path``: also every cell and the controls' answers as JSON (``cxr_fast.report.document``);
+    ``margin``, ``alpha``, ``reference``: the non-inferiority procedure's settings (``report.noninferior``)."""
     from cxr_fast.cost.plan_report import planned_vs_actual
     from cxr_fast.report.document import write_report_json
 
+    settings = Settings(margin, alpha, reference).checked()  # stated before any study is read
     study = read_study(study_dir)
     other = read_study(against) if against is not None else None
     if not mixed_init:
@@ -204,8 +211,10 @@ def make_report(study_dir: str | Path, out: str | Path | None = None, compare: b
     tables = [t for t in (table2(study, compare), table3(study, compare)) if t is not None]
     spacing = spacing_summary(study)  # each resolution in mm per pixel, beside the table of resolutions
     sections = tables[:1] + [spacing_section(study, spacing)] + [s for s in (controls_section(study),) if s is not None]
-    sections += tables[1:]
-    sections += [s for s in (significance_section(study, compare), architecture_section(study, compare),
+    sections += tables[1:] + [s for s in (external_section(study),) if s is not None]
+    needed = noninferiority(study, settings)  # a reference in no grid is refused here, before anything is written
+    sections += [s for s in (significance_section(study, compare), noninferiority_section(needed),
+                             architecture_section(study, compare),
                              table1_section(study, compare), hernia_section(study, compare),
                              leakage_section(study, compare)) if s is not None]
     planned = planned_vs_actual(study.root)
@@ -225,7 +234,7 @@ def make_report(study_dir: str | Path, out: str | Path | None = None, compare: b
     files.append(_write_all_results(study, out_dir))
     figures = sorted(f.name for f in files if f.suffix == ".png")
     files.append(_write_summary(study, out_dir, sections, fig3_records, ref, compare, figures))
-    written = write_report_json(study, json_path, spacing) if json_path is not None else None
+    written = write_report_json(study, json_path, spacing, needed) if json_path is not None else None
     return ReportResult(out_dir, sorted(set(files + ([written] if written else []))), tables, fig3_records, ref,
                         sections, written)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_fast.data.conspicuity import LARGE_LESION, SMALL_LESION
-from cxr_fast.data.nih import NULL_LABEL, PHANTOM_MARKER
+from cxr_fast.data.labels import NULL_LABEL, PHANTOM_MARKER
 from cxr_fast.report.data import (Study, Variant, auc_of, labels, primary_variant, resolutions, sd_of, variant_name,
                                   variants)
 from cxr_fast.report.format import DASH, TIED, Section, auc_text, blank, fmt_p, markdown

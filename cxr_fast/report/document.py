@@ -4,6 +4,8 @@ One record per finished ordinary cell: label, resolution, architecture, epochs, 
 DeLong p against the label's highest resolution (null at the highest itself; ``controls.against_highest``,
 the same test the controls section states). ``controls`` is the section's two answers as data, or null for a
 study without them. ``mm_per_px``: each label's resolutions in millimetres per pixel (``report.spacing``).
+``noninferiority``: the margin, α and reference of the stated procedure and each label's smallest non-inferior
+resolution, with its tests, seeds and costs (``report.noninferior``).
 """
 
 from __future__ import annotations
@@ -14,19 +16,24 @@ from typing import Any
 from cxr_fast.io import write_json
 from cxr_fast.report.controls import cell_records, controls_summary
 from cxr_fast.report.data import Study
+from cxr_fast.report.noninferior import NonInferiority, noninferiority
 from cxr_fast.report.spacing import SpacingSummary, spacing_summary
 
 SCHEMA = "cxr-fast.report/1"
 
 
-def report_document(study: Study, spacing: SpacingSummary | None = None) -> dict[str, Any]:
-    """The whole JSON document (no machine paths: the study is named, not located); ``spacing``: the summary
-    already made for report.md, else made here."""
+def report_document(study: Study, spacing: SpacingSummary | None = None,
+                    needed: NonInferiority | None = None) -> dict[str, Any]:
+    """The whole JSON document (no machine paths: the study is named, not located); ``spacing``, ``needed``: the
+    summaries already made for report.md, else made here (``needed`` by the procedure's defaults)."""
     spacing = spacing if spacing is not None else spacing_summary(study)
+    needed = needed if needed is not None else noninferiority(study)
     return {"schema": SCHEMA, "study": study.name, "runs_finished": len(study.rows), "cells": cell_records(study),
-            "controls": controls_summary(study), "mm_per_px": spacing.document()}
+            "controls": controls_summary(study), "mm_per_px": spacing.document(),
+            "noninferiority": needed.document()}
 
 
-def write_report_json(study: Study, path: str | Path, spacing: SpacingSummary | None = None) -> Path:
-    write_json(path, report_document(study, spacing))
+def write_report_json(study: Study, path: str | Path, spacing: SpacingSummary | None = None,
+                      needed: NonInferiority | None = None) -> Path:
+    write_json(path, report_document(study, spacing, needed))
     return Path(path)

@@ -1,7 +1,7 @@
 """Each resolution in millimetres per pixel, which carries across detectors where pixel counts do not.
 
 For every label, the validation images its runs scored (``predictions.npz``) are looked up in the metadata of
-the data folder ``study.yaml`` names, and ``data.nih.pixel_spacing_mm`` (the one formula) gives each one's mm per
+the data folder ``study.yaml`` names, and ``Dataset.pixel_spacing_mm`` (``data.sets.base``, the one formula) gives each one's mm per
 pixel across the image at each resolution of the study: the median and the 10th-90th percentile are shown. The
 report never fails for it: a data folder that is not here, or metadata without spacing, reads "unknown", said
 once with the reason.
@@ -45,11 +45,16 @@ def _unlocated(text: str | None) -> str | None:
     return None if text is None else re.sub(r"(?:/[^\s/:;()',]+)+/([^\s/:;()',]+)", r"\1", text)
 
 
-def _data_spec(study: Study, label: str) -> tuple[Any, Any]:
-    """(data, store) the label's cells were run on: its grid's own ``train:`` block first, then the study's."""
+def _data_spec(study: Study, label: str) -> tuple[Any, Any, str, Any]:
+    """(data, store, dataset, options) the label's cells were run on: its grid's own ``train:`` block first, then
+    the study's."""
+    from cxr_fast.data.sets.base import DatasetOptions
+
     train = study.config.get("train") or {}
     own = next((c.get("train") or {} for c in study.expected if c["label"] == label), {})
-    return own.get("data", train.get("data")), own.get("store", train.get("store"))
+    pick = {**train, **own}
+    options = DatasetOptions(**{k: str(pick[k]) for k in DatasetOptions.names() if k in pick})
+    return pick.get("data"), pick.get("store"), str(pick.get("dataset", "auto")), options
 
 
 def _data_folder(data: Any, store: Any) -> Path:
@@ -79,42 +84,44 @@ def _validation_ids(study: Study, label: str) -> list[str]:
 class _Folder:
     """One data folder's metadata, read once for every label that names it."""
 
-    def __init__(self, root: Path) -> None:
-        from cxr_fast.data.nih import PHANTOM_MARKER, find_metadata_file, read_metadata
+    def __init__(self, root: Path, dataset: str, options: Any) -> None:
+        from cxr_fast.data.labels import PHANTOM_MARKER
+        from cxr_fast.data.sets import read_dataset
 
         if not root.is_dir():
             raise CxrError(f"data folder {root} is not here")
-        self.meta = read_metadata(find_metadata_file(root))
+        self.data = read_dataset(root, dataset, options)
+        self.meta = self.data.metadata
         self.phantom = (root / PHANTOM_MARKER).is_file()
-        if self.meta.original_spacing is None:
-            raise CxrError(f"{self.meta.source} has no OriginalImagePixelSpacing column")
+        if not self.data.says_spacing():
+            raise CxrError(f"{self.meta.source} has no pixel spacing ({self.data.title}: no OriginalImagePixelSpacing "
+                           "column, or no spacing in its metadata)")
 
     def mm_per_px(self, ids: list[str], resolutions: list[int]) -> list[np.ndarray]:
         """mm per pixel of each of ``ids`` at each resolution; the rows looked up once, not once per resolution."""
-        from cxr_fast.data.nih import pixel_spacing_mm
-
-        rows = self.meta.subset(np.flatnonzero(np.isin(self.meta.image_ids, ids)))
-        return [pixel_spacing_mm(rows if len(rows) else self.meta, ids, res, phantom=self.phantom) for res in resolutions]
+        return [self.data.pixel_spacing_mm(ids, res) for res in resolutions]
 
 
 def spacing_summary(study: Study) -> SpacingSummary:
     """mm per pixel at each resolution, per label, over its validation images; reasons where unknown."""
     out = SpacingSummary()
-    folders: dict[Path, _Folder | str] = {}
+    folders: dict[tuple[Any, ...], _Folder | str] = {}
     labels = ordered(r["label"] for r in study.ordinary)
     res_all = resolutions(study)
     for label in labels:
         try:
-            root = _data_folder(*_data_spec(study, label))
+            data, store, dataset, options = _data_spec(study, label)
+            root = _data_folder(data, store)
         except CxrError as exc:
             out.label_unknown[label] = str(exc)
             continue
-        if root not in folders:
+        key = (root, dataset, options)
+        if key not in folders:
             try:
-                folders[root] = _Folder(root)
+                folders[key] = _Folder(root, dataset, options)
             except (CxrError, OSError) as exc:
-                folders[root] = str(exc)
-        folder = folders[root]
+                folders[key] = str(exc)
+        folder = folders[key]
         if isinstance(folder, str):
             out.label_unknown[label] = folder
             continue

@@ -31,6 +31,19 @@ class ResultError(CxrError):
     """A results row that cannot be used: one line naming the file, line, cell, field and value."""
 
 
+class ExternalScore(BaseModel):
+    """A row's score on an external dataset (``cxr_fast.evaluate``); ``status`` says why there is no AUC."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    dataset: str = Field(min_length=1)
+    auc: float | None = Field(None, ge=0, le=1)
+    auc_sd: float | None = Field(None, ge=0)
+    n_pos: int | None = Field(None, ge=0)
+    n_neg: int | None = Field(None, ge=0)
+    status: str | None = None  # "unmapped: ...", "tied"
+
+
 class RowMetrics(BaseModel):
     """The numbers a row adds to its settings; other keys (provenance, timings) pass through unchecked."""
 
@@ -51,6 +64,7 @@ class RowMetrics(BaseModel):
     val_leak_share: float | None = Field(None, ge=0, le=1)
     wall_s: float | None = Field(None, ge=0)
     train_images_per_s: float | None = Field(None, ge=0)
+    external: list[ExternalScore] | None = None
 
     @model_validator(mode="after")
     def _auc_or_tied(self) -> RowMetrics:

@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from cxr_fast.errors import CxrError
 from cxr_fast.schema.fields import PathText, explain, extra, setting
-from cxr_fast.vocabulary import (AUTO, DEFAULT_RECIPE, SEED_BOUNDS, Arch, Init, LoaderChoice, Optimizer,
-                                 PrecisionChoice, Recipe, Split, check_res)
+from cxr_fast.vocabulary import (AUTO, DEFAULT_RECIPE, SEED_BOUNDS, Arch, BlankPolicy, DatasetChoice, Init, LabelSource,
+                                 LoaderChoice, Optimizer, PrecisionChoice, Recipe, Split, UncertainPolicy, ViewPolicy,
+                                 Vote, check_res)
 
 
 # Where the mapping being validated came from (a file, a study cell), for the one-line error.
@@ -74,8 +75,22 @@ class RunConfig(BaseModel):
         AUTO, "loader backend: auto is resident, or on a GPU where its uint8 split would not fit beside the "
         "predicted training step, cache (the run records why); on a CPU the fastest available",
         noun="loader", speed_only=True)
-    data: PathText | None = setting(None, "NIH-layout data folder, or a phantom spec (phantom:n=...)",
-                                    metavar="DIR", shown_default="the built-in phantom")
+    data: PathText | None = setting(None, "data folder (any dataset cxr-fast reads: --dataset), or a phantom spec "
+                                    "(phantom:n=...)", metavar="DIR", shown_default="the built-in phantom")
+    dataset: DatasetChoice = setting(AUTO, "which dataset the data folder holds: nih, chexpert, mimic, padchest, vindr, "
+                                     "rsna or csv (a cxr-dataset.yaml naming the columns); auto detects the layout",
+                                     noun="dataset")
+    uncertain: UncertainPolicy = setting(
+        "ignore", "CheXpert's and MIMIC's uncertain (-1) labels (Irvin et al. 2019): ignore leaves the image out of that "
+        "label's subsample, zero counts it negative, one positive", noun="uncertain-label policy")
+    blank: BlankPolicy = setting("zero", "CheXpert's and MIMIC's blank labels (not mentioned): zero counts the image "
+                                 "negative, ignore leaves it out of that label's subsample", noun="blank-label policy")
+    views: ViewPolicy = setting("frontal", "frontal: PA and AP views only (the paper's data); all: laterals too",
+                                noun="views policy")
+    label_source: LabelSource = setting("physician", "PadChest: physician-labelled images only, or all (the rest "
+                                        "labelled by its RNN from the reports)", noun="label source")
+    vote: Vote = setting("majority", "VinDr-CXR training images (three radiologists each): positive when a majority "
+                         "say so, or any one", noun="vote")
     store: PathText | None = setting(None, "prepared store from `cxr-fast prepare`, for backends that read one",
                                      metavar="DIR", speed_only=True, shown_default="one in the cache folder")
     out: PathText | None = setting(None, "run folder", metavar="RUN", grid=True, speed_only=True, resume_free=True,
@@ -104,7 +119,7 @@ class RunConfig(BaseModel):
     @field_validator("label")
     @classmethod
     def _known_label(cls, value: str) -> str:
-        from cxr_fast.data.nih import canonical_label
+        from cxr_fast.data.labels import canonical_label
 
         try:
             canonical_label(value)
@@ -169,9 +184,22 @@ class RunConfig(BaseModel):
         return subsample(dataset.metadata, self.label, size=self.subsample_size, seed=self.seed,
                          val_fraction=self.val_fraction, split=self.split, official_split=dataset.official_split)
 
+    def dataset_options(self) -> Any:
+        """How the data folder is read (``data.sets.base.DatasetOptions``): the policies these settings name."""
+        from cxr_fast.data.sets.base import DatasetOptions
+
+        return DatasetOptions(**{name: getattr(self, name) for name in DatasetOptions.names()})
+
+    def read_dataset(self, data: Any, quiet: bool = True) -> Any:
+        """``data`` (the folder these settings name, or the one their store was made from; None: the built-in
+        phantom) as the dataset these settings say, read under their policies."""
+        from cxr_fast.data.source import resolve_dataset
+
+        return resolve_dataset(data, quiet=quiet, dataset=self.dataset, options=self.dataset_options())
+
     def check_subsample(self, sub: Any) -> None:
         """Refuse a subsample drawn for other settings than these (a caller's bookkeeping error)."""
-        from cxr_fast.data.nih import canonical_label
+        from cxr_fast.data.labels import canonical_label
 
         want = (canonical_label(self.label), self.subsample_size, self.seed, self.split, self.val_fraction)
         got = (sub.label, sub.size, sub.seed, sub.split, sub.val_fraction)
@@ -190,6 +218,8 @@ class RunConfig(BaseModel):
 GRID_FIELDS = RunConfig.names("grid")  # label, res, arch, epochs, out: the grids set them per cell
 SPEED_ONLY = RunConfig.names("speed_only")  # out of a cell's fingerprint: a study may finish on another machine
 RESUME_FREE = RunConfig.names("resume_free")  # a resumed run may differ in these (weights: its sha256 is compared)
+# Which dataset a data folder is and how it is read: flags of every command that opens data.
+DATASET_FIELDS = ("dataset", "uncertain", "blank", "views", "label_source", "vote")
 
 
 def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_fast.data.archive_stream import Finished, imap_members
-from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.sets.base import Dataset
 from cxr_fast.data.reader import ImageError
 from cxr_fast.errors import CxrError
 from cxr_fast.parallel import imap_progress
@@ -90,7 +90,7 @@ def _outputs(row: int, gray: np.ndarray, resolutions: tuple[int, ...], jpeg_out:
 # ----------------------------------------------------------------------------- the parent
 
 
-def decode_all(store: Store, dataset: NihDataset, resolutions: tuple[int, ...], with_jpeg: bool, *,
+def decode_all(store: Store, dataset: Dataset, resolutions: tuple[int, ...], with_jpeg: bool, *,
                workers: int | None = None, quiet: bool = False, jpeg_quality: int = 95) -> None:
     """One decode per image for everything still missing: cache rows at each resolution and JPEGs."""
 

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.sets.base import Dataset
 from cxr_fast.data.pixels import RULE
 from cxr_fast.data.reader import ImageError, is_inside, name_problem
 from cxr_fast.errors import CxrError
@@ -76,6 +76,10 @@ class Store:
 
     @property
     def targets(self) -> np.ndarray:
+        """The labels the store was made with; NaN for every image of a dataset's store, which holds no label (its
+        runs bring their own: every loader takes labels from the run, ``loaders.common.rows_for``)."""
+        if self.manifest["targets"] is None:
+            return np.full(len(self.manifest["image_ids"]), np.nan, dtype=np.float32)
         return np.array(self.manifest["targets"], dtype=np.float32)
 
     @property
@@ -231,7 +235,7 @@ class Store:
             keep.append(name not in bad)
         return np.asarray(rows, dtype=np.int64), np.asarray(keep, dtype=bool)
 
-    def check_fresh(self, dataset: NihDataset) -> None:
+    def check_fresh(self, dataset: Dataset) -> None:
         """Raise ``StaleStoreError`` when a source image changed (size or mtime) since the store was made, or
         the store's pixels were made under another high-bit rule than the reader's (``data.pixels.RULE``):
         its pixels would differ from what every other loader reads."""
@@ -259,7 +263,7 @@ def save_manifest(store: Store) -> None:
     write_json(store.root / MANIFEST, store.manifest)
 
 
-def source_identity(dataset: NihDataset, image_ids: Sequence[str]) -> dict:
+def source_identity(dataset: Dataset, image_ids: Sequence[str]) -> dict:
     """Size and mtime of each source file (-1 when missing): cheap to check on every open. (An image read
     from an ``images_NNN.tar.gz`` has no file of its own and records -1: a refetched archive keeps the
     store's decoded work, which the archive's gzip checks and the store's own sha256s still guard.)"""
@@ -275,7 +279,7 @@ def source_identity(dataset: NihDataset, image_ids: Sequence[str]) -> dict:
     return {"root": str(Path(dataset.root).resolve()), "sizes": sizes, "mtimes_ns": mtimes}
 
 
-def open_store(path: str | Path, dataset: NihDataset | None = None, check: bool = True) -> Store:
+def open_store(path: str | Path, dataset: Dataset | None = None, check: bool = True) -> Store:
     """Open a store: refuse a manifest naming anything outside it, and (``check``) run the cheap check
     of every finished file (``Store.damage``); with ``dataset``, refuse it when its sources changed."""
     root = Path(path)
@@ -344,7 +348,7 @@ def _check_manifest(root: Path, m: dict) -> None:
             refuse(f"image id {name!r} is {problem}")
     if len(set(ids)) != len(ids):
         refuse("image ids repeat")
-    if not isinstance(m.get("targets"), list) or len(m["targets"]) != len(ids):
+    if m.get("targets") is not None and (not isinstance(m["targets"], list) or len(m["targets"]) != len(ids)):
         refuse("targets do not match the image ids")
     if m.get("is_val") is not None and (not isinstance(m["is_val"], list) or len(m["is_val"]) != len(ids)):
         refuse("is_val does not match the image ids")

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from cxr_fast.data.nih import NihDataset
+from cxr_fast.data.sets.base import Dataset
 from cxr_fast.data.pixels import RULE
 from cxr_fast.data.reader import DataWarning, name_problem
 from cxr_fast.errors import CxrError
@@ -70,15 +70,16 @@ def _check_resolutions(resolutions: Iterable[int]) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- writing
 
 
-def _manifest_for(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndarray, info: dict) -> dict:
+def _manifest_for(dataset: Dataset, image_ids: np.ndarray, targets: np.ndarray | None, info: dict) -> dict:
     return {
         "version": STORE_VERSION,
+        "dataset": dataset.name,
         "label": info.get("label"),
         "split": info.get("split"),
         "seed": info.get("seed"),
         "size": info.get("size"),
         "image_ids": [str(i) for i in image_ids],
-        "targets": [float(t) for t in targets],
+        "targets": None if targets is None else [float(t) for t in targets],  # None: a dataset's store
         "is_val": None if info.get("is_val") is None else [bool(v) for v in info["is_val"]],
         "sources": source_identity(dataset, image_ids),
         "pixels": copy.deepcopy(RULE),  # how 16-bit images became 8-bit: a store made under another rule is not reused
@@ -88,11 +89,13 @@ def _manifest_for(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndarra
     }
 
 
-def _open_or_create(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndarray, out: Path, info: dict) -> Store:
+def _open_or_create(dataset: Dataset, image_ids: np.ndarray, targets: np.ndarray | None, out: Path,
+                    info: dict) -> Store:
     if (out / MANIFEST).exists():
         store = open_store(out, check=False)  # the caller runs the full check and repairs
         m = store.manifest
-        if m["image_ids"] != [str(i) for i in image_ids] or m["targets"] != [float(t) for t in targets]:
+        same_targets = m["targets"] == (None if targets is None else [float(t) for t in targets])
+        if m["image_ids"] != [str(i) for i in image_ids] or not same_targets:
             raise StaleStoreError(
                 f"{out} holds another subsample ({len(m['image_ids'])} images, label {m.get('label')}); "
                 "choose another --out or delete it"
@@ -107,9 +110,10 @@ def _open_or_create(dataset: NihDataset, image_ids: np.ndarray, targets: np.ndar
     return Store(out, manifest)
 
 
-def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequence[float], out: str | Path,
+def prepare_store(dataset: Dataset, image_ids: Sequence[str], targets: Sequence[float] | None, out: str | Path,
                   cfg: PrepareConfig = PrepareConfig(), info: dict | None = None) -> Store:
-    """Make or finish the store ``out`` for these images and labels; returns it opened.
+    """Make or finish the store ``out`` for these images and labels; returns it opened. ``targets`` None: a
+    dataset's store (a study's, for every label: each run brings its own labels, as every loader takes them).
 
     ``info`` (label, split, seed, size, is_val) is recorded in the manifest for the user and ``train``.
     An existing store gets the full check first (``_repair``). On an error a store this call started
@@ -120,10 +124,10 @@ def prepare_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequen
     if (cache.FORMAT in formats or ffcv.FORMAT in formats) and not resolutions:
         raise CxrError("formats cache and ffcv need at least one resolution (--res)")
     ids = np.asarray([str(i) for i in image_ids])
-    tg = np.asarray(targets, dtype=np.float32)
+    tg = None if targets is None else np.asarray(targets, dtype=np.float32)
     if len(ids) == 0:
         raise CxrError("nothing to prepare: no images")
-    if len(ids) != len(tg):
+    if tg is not None and len(ids) != len(tg):
         raise CxrError(f"{len(ids)} images but {len(tg)} labels")
     for name in ids:
         if name_problem(name) is not None:  # a store names its files after its images
@@ -215,16 +219,16 @@ def _remove_leftovers(root: Path) -> None:
 # ----------------------------------------------------------------------------- on demand
 
 
-def auto_store_dir(dataset: NihDataset, image_ids: Sequence[str], targets: Sequence[float]) -> Path:
+def auto_store_dir(dataset: Dataset, image_ids: Sequence[str], targets: Sequence[float] | None) -> Path:
     """A cache folder keyed by dataset and the exact images and labels: one store per subsample part."""
     h = hashlib.sha256()
     h.update(str(Path(dataset.root).resolve()).encode())
     h.update(b"\0".join(str(i).encode() for i in image_ids))
-    h.update(np.asarray(targets, dtype=np.float32).tobytes())
+    h.update(b"no labels" if targets is None else np.asarray(targets, dtype=np.float32).tobytes())
     return cache_dir() / "stores" / h.hexdigest()[:20]
 
 
-def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequence[float], fmt: str, res: int | None,
+def ensure_store(dataset: Dataset, image_ids: Sequence[str], targets: Sequence[float] | None, fmt: str, res: int | None,
                  store: str | Path | None = None, quiet: bool = True, workers: int | None = None,
                  info: dict | None = None) -> Store:
     """A store holding ``fmt`` (at ``res``) for these images, made now if missing (``info`` as for
@@ -235,7 +239,7 @@ def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequenc
     or damaged one is rebuilt, since no user made it.
     """
     ids = [str(i) for i in image_ids]
-    tg = np.asarray(targets, dtype=np.float32)
+    tg = None if targets is None else np.asarray(targets, dtype=np.float32)
     cfg = PrepareConfig(resolutions=(res,) if res is not None else (), formats=(fmt,), quiet=quiet, workers=workers)
     if store is not None:
         root = Path(store)
@@ -259,7 +263,7 @@ def ensure_store(dataset: NihDataset, image_ids: Sequence[str], targets: Sequenc
     return prepare_store(dataset, ids, tg, root, cfg, info)
 
 
-def prepare_subsample(dataset: NihDataset, sub: Any, out: str | Path, cfg: PrepareConfig) -> Store:
+def prepare_subsample(dataset: Dataset, sub: Any, out: str | Path, cfg: PrepareConfig) -> Store:
     """A label's drawn subsample (``RunConfig.draw_subsample``: train and validation) into ``out``, with how
     it was drawn recorded in the manifest. The store never draws one itself: the run's settings do."""
     return prepare_store(dataset, sub.image_ids, sub.targets, out, cfg, subsample_info(sub))

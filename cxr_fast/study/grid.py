@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from cxr_fast.config import load_yaml
 from cxr_fast.errors import CxrError
-from cxr_fast.schema.run import GRID_FIELDS, SPEED_ONLY, RunConfig
+from cxr_fast.schema.run import DATASET_FIELDS, GRID_FIELDS, SPEED_ONLY, RunConfig
 from cxr_fast.vocabulary import parse_resolutions
 
 RUNS = "runs"  # each cell's run folder is runs/<cell id> inside the study folder
@@ -43,17 +43,20 @@ class StudyConfig:
     name: str
     grids: list[GridSpec]
     train: dict[str, Any] = field(default_factory=dict)  # run settings every cell shares (RunConfig fields)
+    # Other datasets every finished cell is scored on (``cxr_fast.evaluate``): each ``{data: DIR, dataset: ...,
+    # the dataset's policies, size: N}``.
+    external: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "train": dict(self.train),
-                "grids": [dataclasses.asdict(g) for g in self.grids]}
+        out = {"name": self.name, "train": dict(self.train), "grids": [dataclasses.asdict(g) for g in self.grids]}
+        return {**out, "external": [dict(e) for e in self.external]} if self.external else out
 
 
 def parse_study(data: dict[str, Any], source: str = "study config") -> StudyConfig:
     """Validate a study mapping (from YAML); every problem is one line naming ``source`` and the key."""
     if not isinstance(data, dict):
         raise CxrError(f"{source}: expected a mapping with name, train and grids")
-    allowed = {"name", "train", "grids"}
+    allowed = {"name", "train", "grids", "external"}
     unknown = sorted(map(str, set(data) - allowed))
     if unknown:
         raise CxrError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
@@ -65,7 +68,32 @@ def parse_study(data: dict[str, Any], source: str = "study config") -> StudyConf
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         raise CxrError(f"{source}: grid names must be unique, got {names}")
-    return StudyConfig(name=_study_name(data.get("name"), source), grids=grids, train=train)
+    return StudyConfig(name=_study_name(data.get("name"), source), grids=grids, train=train,
+                       external=_external(data.get("external"), f"{source}: external"))
+
+
+def _external(value: Any, source: str) -> list[dict[str, Any]]:
+    """``external:`` as a list of ``{data, dataset, policies..., size}``: a folder alone, or a list of folders or
+    mappings; each reading checked by the run schema, so ``dataset: chexprt`` is refused before any work."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for i, item in enumerate(items):
+        where = f"{source}[{i}]" if isinstance(value, list) else source
+        entry = {"data": item} if isinstance(item, str) else item
+        if not isinstance(entry, dict) or not isinstance(entry.get("data"), str):
+            raise CxrError(f"{where}: expected a folder, or a mapping with data: FOLDER")
+        unknown = sorted(map(str, set(entry) - {"data", "size", *DATASET_FIELDS}))
+        if unknown:
+            raise CxrError(f"{where}: unknown key(s) {', '.join(unknown)}; known: data, size, "
+                           f"{', '.join(DATASET_FIELDS)}")
+        size = entry.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise CxrError(f"{where}: size must be a whole number of images, 1 or more, got {size!r}")
+        RunConfig.parse({k: v for k, v in entry.items() if k in DATASET_FIELDS}, where)
+        out.append(dict(entry))
+    return out
 
 
 def _study_name(value: Any, source: str) -> str:
@@ -135,7 +163,7 @@ def _parse_grid(g: Any, where: str) -> GridSpec:
 
 
 def _canonical(labels: list[str]) -> list[str]:
-    from cxr_fast.data.nih import canonical_label
+    from cxr_fast.data.labels import canonical_label
 
     return [canonical_label(x) for x in labels]
 
@@ -166,7 +194,7 @@ def apply_overrides(cfg: StudyConfig, epochs: int | None = None, **train: Any) -
     grids = [dataclasses.replace(g, epochs=epochs if epochs is not None else g.epochs,
                                  train={k: v for k, v in g.train.items() if k not in given})
              for g in cfg.grids]
-    return StudyConfig(cfg.name, grids, {**cfg.train, **given})
+    return StudyConfig(cfg.name, grids, {**cfg.train, **given}, [dict(e) for e in cfg.external])
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 ``decide`` validates every cell (``grid.checked_cells``), resolves each init once and matches finished rows,
 writing nothing, so a refused study leaves its folder as it was and ``--dry-run`` refuses exactly what a run
-would. ``run_cells`` then takes the folder's lock (one driver per study), decodes each label's subsample
-once into a shared store (``draw_subsamples`` draws each label's subsample once, and it is given to the store
-and to every run of the label) and runs the cells through an executor (here, or on Ray). A kill loses at most the
+would. ``run_cells`` then takes the folder's lock (one driver per study), decodes each dataset's images once
+into one shared store per dataset and format (``draw_subsamples`` draws each label's subsample once; the store
+holds their union, and each run of the label reads its subsample from it) and runs the cells through an executor (here, or on Ray). A kill loses at most the
 run in flight; its run folder resumes from its last epoch checkpoint on the next ``cxr-fast study``. Every
 resolution of a label uses the same subsample and validation images, so the report can compare resolutions
 with the paired DeLong test.
@@ -32,12 +32,33 @@ STORES = "stores"
 RunFn = Callable[..., dict]
 
 
-def train_cell(cfg: Any, init: Any = None, subsample: Any = None) -> dict:
+def train_cell(cfg: Any, init: Any = None, subsample: Any = None, external: Sequence[dict] = ()) -> dict:
     """The default run function: the same code path as ``cxr-fast train --resume``, quiet, given the init
-    and subsample the study resolved and drew once. Module-level so Ray can ship it to workers by reference."""
+    and subsample the study resolved and drew once; then scored on each ``external`` dataset (the study's
+    ``external:``). Module-level so Ray can ship it to workers by reference."""
     from cxr_fast.train import run_training
 
-    return run_training(cfg, progress=False, resume=True, init=init, subsample=subsample)
+    metrics = run_training(cfg, progress=False, resume=True, init=init, subsample=subsample)
+    if external:
+        metrics = {**metrics, "external": [score_external(cfg.out, entry) for entry in external]}
+    return metrics
+
+
+def score_external(run_dir: str, entry: dict) -> dict[str, Any]:
+    """One external score of a finished cell; a label the other dataset does not map is recorded as unmapped
+    (the report lists it), not an error: one study may ask for labels that only some datasets have."""
+    from cxr_fast.data.sets import check_layout
+    from cxr_fast.data.sets.base import LabelMissingError
+    from cxr_fast.evaluate import evaluate_external
+
+    reading = {k: v for k, v in entry.items() if k not in ("data", "size")}
+    try:
+        rec = evaluate_external(run_dir, entry["data"], size=entry.get("size"), **reading)
+    except LabelMissingError as exc:
+        name = check_layout(entry["data"], str(reading.get("dataset", "auto"))).name
+        return {"dataset": name, "data": entry["data"], "auc": None, "status": f"unmapped: {exc}"}
+    return {"dataset": rec["external_dataset"], "data": entry["data"], "auc": rec["auc"], "auc_sd": rec["auc_sd"],
+            "n_pos": rec["n_pos"], "n_neg": rec["n_neg"], "status": rec["auc_status"]}
 
 
 def study_lock(study_dir: Path) -> Any:
@@ -92,24 +113,50 @@ def check_inputs(cells: Sequence[Cell], devices: bool = True) -> None:
     """What the cells to run read, checked before a study writes anything: each data folder (or phantom spec)
     and named store, and with ``devices`` (runs train in this process) each device. ``decide`` calls it for
     a run and a dry run alike, so a dry run approves nothing the run would then refuse."""
-    from cxr_fast.data.nih import find_metadata_file
+    from cxr_fast.data.sets import check_layout
     from cxr_fast.data.source import PHANTOM, is_phantom_spec, parse_phantom_spec
     from cxr_fast.step import resolve_device
     from cxr_fast.stores.manifest import data_of
 
     seen: set[tuple[Any, ...]] = set()
+    datasets: dict[tuple[Any, ...], Any] = {}
     for cell in cells:
         c = cell.config
-        if (c.data, c.store, c.device) in seen:
-            continue
-        seen.add((c.data, c.store, c.device))
         data = data_of(c.data, c.store)
-        if is_phantom_spec(data):
-            parse_phantom_spec(str(data or PHANTOM))
-        else:
-            find_metadata_file(data)  # the folder and its metadata file
-        if devices:
-            resolve_device(c.device)
+        if (c.data, c.store, c.device) not in seen:
+            seen.add((c.data, c.store, c.device))
+            if is_phantom_spec(data):
+                parse_phantom_spec(str(data or PHANTOM))
+            else:
+                check_layout(data, c.dataset)  # the folder and its dataset's metadata files
+            if devices:
+                resolve_device(c.device)
+        if not is_phantom_spec(data):  # the label is in the dataset, under its policies (a phantom is made later)
+            key = (str(data), c.dataset, c.dataset_options())
+            if key not in datasets:
+                datasets[key] = c.read_dataset(data)
+            datasets[key].metadata.has(c.label)
+
+
+def check_external(external: Sequence[dict], cells: Sequence[Cell]) -> None:
+    """Each ``external:`` dataset is there, in its layout, and not (by the datasets' own word) the training data
+    of any cell; the pixels are compared when each cell is scored (``evaluate``)."""
+    from cxr_fast.data.source import is_phantom_spec
+    from cxr_fast.evaluate import check_independent
+    from cxr_fast.schema.run import DATASET_FIELDS, RunConfig
+    from cxr_fast.stores.manifest import data_of
+
+    for i, entry in enumerate(external):
+        reading = RunConfig.parse({k: v for k, v in entry.items() if k in DATASET_FIELDS}, f"external[{i}]")
+        ext = reading.read_dataset(entry["data"])
+        owns: dict[tuple[Any, ...], Any] = {}
+        for cell in cells:
+            c = cell.config
+            data = data_of(c.data, c.store)
+            key = (str(data), c.dataset, c.dataset_options())
+            if not is_phantom_spec(data) and key not in owns:
+                owns[key] = c.read_dataset(data)
+                check_independent(owns[key], ext)
 
 
 def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None, download: bool = True,
@@ -147,6 +194,7 @@ def decide(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None,
     status = _status(cells, study_dir)
     if inputs:
         check_inputs([c for c in cells if status[c.cell_id] != "done"], devices)
+        check_external(cfg.external, [c for c in cells if status[c.cell_id] != "done"])
     return StudyPlan(cfg, cells, status, inits)
 
 
@@ -159,63 +207,75 @@ def dry_run(cfg: StudyConfig, study_dir: Path, only: Sequence[str] | None = None
 
 
 def _store_key(cell: Cell) -> tuple[str, ...] | None:
-    """Cells with the same key read the same images in the same store format, so they share one store."""
+    """Cells with the same key read one dataset, read the same way, in the same store format: they share one store,
+    whatever their label (one store per dataset and format, each resolution in it once)."""
+    from cxr_fast.data.sets.base import DatasetOptions
     from cxr_fast.loaders import store_format
 
     c = cell.config
     fmt = store_format(c.loader)
     if fmt is None or c.store:
         return None  # a loader that reads PNGs (pil), or a store the user gave
-    return (cell.label, str(c.data), str(c.subsample_size), str(c.seed), str(c.split), fmt)
+    return (str(c.data), c.dataset, *(str(getattr(c, n)) for n in DatasetOptions.names()), fmt)
 
 
 def draw_subsamples(cells: Sequence[Cell]) -> dict[str, tuple[Any, Any]]:
     """Each cell's (dataset, subsample), drawn once per distinct label, data, size, seed, split and validation
     share: every resolution of a label trains and is scored on the same images, and its store holds them."""
-    from cxr_fast.data.source import resolve_dataset
     from cxr_fast.stores.manifest import data_of
 
-    datasets: dict[str, Any] = {}
+    datasets: dict[tuple[Any, ...], Any] = {}
     drawn: dict[tuple[Any, ...], Any] = {}
     out: dict[str, tuple[Any, Any]] = {}
     for cell in cells:
         c = cell.config
         data = str(data_of(c.data, c.store))
-        if data not in datasets:
-            datasets[data] = resolve_dataset(None if data == "None" else data, quiet=True)
-        key = (cell.label, data, c.subsample_size, c.seed, c.split, c.val_fraction)
+        reading = (data, c.dataset, c.dataset_options())
+        if reading not in datasets:
+            datasets[reading] = c.read_dataset(None if data == "None" else data, quiet=True)
+        key = (cell.label, reading, c.subsample_size, c.seed, c.split, c.val_fraction)
         if key not in drawn:
-            drawn[key] = c.draw_subsample(datasets[data])
-        out[cell.cell_id] = (datasets[data], drawn[key])
+            drawn[key] = c.draw_subsample(datasets[reading])
+        out[cell.cell_id] = (datasets[reading], drawn[key])
     return out
 
 
-def prepare_stores(cells: Sequence[Cell], study_dir: Path, drawn: dict[str, tuple[Any, Any]],
+def prepare_stores(cells: Sequence[Cell], todo: Sequence[Cell], study_dir: Path, drawn: dict[str, tuple[Any, Any]],
                    quiet: bool = False) -> None:
-    """Decode each label's subsample (``drawn``) once, at every resolution its cells need, into ``stores/``.
+    """Decode each dataset's images once, at every resolution the cells to run (``todo``) need, into one store
+    under ``stores/`` per dataset and format; ``drawn`` holds every cell's (dataset, subsample).
 
-    Without this each run would extend the loader's store with its own resolution, decoding every PNG
-    again (10 ms per 1024 px image per core). The cells then name the store, so all resolutions of a label
-    read one store, and a rerun finds it made.
+    A label's subsample is a list of images in that store, so the stores cost the union of the subsamples, not
+    their sum (the paper's 8 labels on NIH: see results/stores/footprint.md). The union is taken over every
+    cell of the study, done or not, so a resumed study finds its store made. Without this each run would extend
+    the loader's store with its own resolution, decoding every image again (10 ms per 1024 px image per core).
     """
     from cxr_fast.stores import jpeg
-    from cxr_fast.stores.prepare import PrepareConfig, prepare_subsample
+    from cxr_fast.stores.prepare import PrepareConfig, prepare_store
 
-    groups: dict[tuple[str, ...], list[Cell]] = {}
+    members: dict[tuple[str, ...], list[Cell]] = {}
     for cell in cells:
         key = _store_key(cell)
         if key is not None:
-            groups.setdefault(key, []).append(cell)
-    for key, members in groups.items():
-        label, fmt = key[0], key[-1]
-        dataset, sub = drawn[members[0].cell_id]  # the image set is the key's; the validation share may differ
-        digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:8]
-        root = (study_dir / STORES / f"{label}-{digest}").resolve()
-        resolutions = tuple(sorted({c.res for c in members})) if fmt != jpeg.FORMAT else ()
+            members.setdefault(key, []).append(cell)
+    to_run = {c.cell_id for c in todo}
+    for key, group in members.items():
+        running = [c for c in group if c.cell_id in to_run]
+        if not running:
+            continue
+        fmt = key[-1]
+        dataset = drawn[group[0].cell_id][0]
+        ids = sorted({str(i) for c in group for i in drawn[c.cell_id][1].image_ids})
+        digest = hashlib.sha1(json.dumps([key, ids]).encode()).hexdigest()[:8]
+        root = (study_dir / STORES / f"{dataset.name}-{fmt}-{digest}").resolve()
+        resolutions = tuple(sorted({c.res for c in running})) if fmt != jpeg.FORMAT else ()
         if not quiet:
-            print(f"preparing {label}: {fmt} at {', '.join(map(str, resolutions)) or 'source size'} px -> {root}")
-        prepare_subsample(dataset, sub, root, PrepareConfig(resolutions=resolutions, formats=(fmt,), quiet=quiet))
-        for cell in members:
+            labels = ", ".join(dict.fromkeys(c.label for c in group))
+            print(f"preparing {dataset.title} ({len(ids)} images: the union of {labels}): {fmt} at "
+                  f"{', '.join(map(str, resolutions)) or 'source size'} px -> {root}")
+        prepare_store(dataset, ids, None, root, PrepareConfig(resolutions=resolutions, formats=(fmt,), quiet=quiet),
+                      {"dataset": dataset.name})
+        for cell in running:
             cell.settings["store"] = str(root)
             cell.config = cell.config.replace(store=str(root))
 
@@ -256,15 +316,16 @@ def run_cells(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any
         todo = [c for c in cells if status[c.cell_id] != "done"]
         write_text(study_dir / STUDY_CONFIG, yaml.safe_dump(decided.config.to_dict(), sort_keys=False))
         store = ResultsStore(study_dir / RESULTS)
-        drawn = draw_subsamples(todo) if real and todo else {}
+        drawn = draw_subsamples(cells) if (real or prepare) and todo else {}  # all: a store holds their union
         if prepare and todo:
-            prepare_stores(todo, study_dir, drawn or draw_subsamples(todo), quiet=not progress)
+            prepare_stores(cells, todo, study_dir, drawn, quiet=not progress)
         by_id = {c.cell_id: c for c in todo}
 
         def inputs(cell: Cell) -> dict[str, Any]:
             if not real:
                 return {}
-            return {"init": decided.inits.get(cell.cell_id), "subsample": drawn[cell.cell_id][1]}
+            return {"init": decided.inits.get(cell.cell_id), "subsample": drawn[cell.cell_id][1],
+                    "external": decided.config.external}
 
         jobs = [Job(c.cell_id, c.config, c.describe(), inputs(c)) for c in todo]
         with StudyProgress(len(cells), len(cells) - len(todo), enabled=progress) as bar:

@@ -48,13 +48,12 @@ def build_parts(cfg: RunConfig, device: Any, precision: str, quiet: bool = False
     """
     import torch
 
-    from cxr_fast.data.source import resolve_dataset
     from cxr_fast.models import build_model
     from cxr_fast.recipes import augmentation
     from cxr_fast.step import TrainStep, make_optimizer
     from cxr_fast.stores.manifest import data_of
 
-    dataset = resolve_dataset(data_of(cfg.data, cfg.store), quiet=quiet)  # --store alone names its data
+    dataset = cfg.read_dataset(data_of(cfg.data, cfg.store), quiet=quiet)  # --store alone names its data
     if sub is None:
         sub = cfg.draw_subsample(dataset)
     else:

@@ -24,7 +24,7 @@ SCORE_SPACE = "log-odds"
 TTA_AVERAGE = "mean probability, taken in log space (log-odds of the mean)"
 
 
-def evaluate(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Clock, setup_s: float) -> dict[str, Any]:
+def score_and_record(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Clock, setup_s: float) -> dict[str, Any]:
     """Final TTA scoring, predictions.npz and metrics.json."""
     import torch
 
@@ -67,6 +67,8 @@ def evaluate(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Clock, setup
         "optimizer": cfg.optimizer, "optimizer_impl": optimizer_impl(parts.optimizer),
         "loader": parts.loader_name, "loader_why": parts.loader_why, "channels_last": cfg.channels_last,
         "batch_size": cfg.batch_size, "out": str(out), **val_spacing(parts.dataset, val_ids, cfg.res),
+        "dataset": parts.dataset.name, "dataset_version": parts.dataset.version,
+        "data": parts.dataset.provenance(),  # its label table and the policies it was read under
     }
     write_json(out / METRICS_NAME, metrics)
     return metrics

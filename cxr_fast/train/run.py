@@ -11,7 +11,7 @@ from cxr_fast.schema.run import RunConfig
 from cxr_fast.train.folder import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, plan_run
 from cxr_fast.train.loop import Clock, check_same_images, restore, train_epochs
 from cxr_fast.train.parts import build_parts
-from cxr_fast.train.record import evaluate
+from cxr_fast.train.record import score_and_record
 
 
 def run_training(
@@ -55,7 +55,7 @@ def run_training(
             parts.step.model = torch.compile(parts.model)
         setup_s = time.perf_counter() - started  # data, store, model: what a study pays per run besides training
         train_epochs(cfg, plan, parts, first_epoch, clock, progress, on_epoch)
-        return evaluate(cfg, plan, parts, clock, setup_s)
+        return score_and_record(cfg, plan, parts, clock, setup_s)
     except BaseException:
         # A run that never reached its first checkpoint is nothing to resume: leave no half-made folder.
         if plan.fresh_folder and plan.out.is_dir() and not (plan.out / CHECKPOINT_NAME).exists():

@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 metadata and image layout.
+"""NIH ChestX-ray14 (Wang et al. 2017): metadata and image layout.
 
 Reads ``Data_Entry_2017*.csv`` (or ``.csv.gz``) in both forms in circulation: torchxrayvision's v2020
 file and NIH's original, whose header and rows end with a trailing comma. Finds images in ``images/``
@@ -23,39 +23,18 @@ Two rules hold before anything downstream (sampling, splits, stores) sees a row:
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from cxr_fast.data.archives import Archives, attach_archives
+from cxr_fast.data.archives import attach_archives
+from cxr_fast.data.labels import ALL_LABELS, CONTROL_LABELS, PHANTOM_MARKER
 from cxr_fast.data.reader import DataWarning, contained_path, is_inside, name_problem
+from cxr_fast.data.sets.base import Dataset, DatasetOptions, Metadata, open_text
 from cxr_fast.errors import CxrError
-
-FINDINGS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
-NO_FINDING = "No Finding"
-ALL_LABELS: tuple[str, ...] = FINDINGS + (NO_FINDING,)
-# The eight labels the paper models, in the order of its Table 1.
-PAPER_LABELS: tuple[str, ...] = (
-    "Emphysema", "Cardiomegaly", "Hernia", "Atelectasis", "Edema", "Effusion", "Mass", "Nodule",
-)
-
-# The phantom's negative control (``cxr_fast.data.phantom``): assigned at random, no pixels drawn, so any AUC
-# away from 0.5 is leakage or a bug. Not a ChestX-ray14 finding: only phantom folders carry it.
-NULL_LABEL = "Null_Control"
-CONTROL_LABELS: tuple[str, ...] = (NULL_LABEL,)
-PHANTOM_MARKER = ".phantom.json"  # written by make_phantom: the folder's settings, and its licence for controls
-
-_ALIASES = {name.lower().replace("_", " "): name for name in ALL_LABELS + CONTROL_LABELS}
-_ALIASES["infiltrate"] = "Infiltration"  # the spelling used in BBox_List_2017.csv
 
 _FIRST_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
                   "Patient Gender", "View Position"]
@@ -66,70 +45,6 @@ _GEOMETRY_COLUMNS = ["OriginalImage[Width", "Height]", "OriginalImagePixelSpacin
 # NIH's README_CHESTXRAY ("Image format: 112,120 total images with size 1024 x 1024"): every distributed PNG is
 # the original squeezed to 1024 x 1024, whatever the original's shape.
 NIH_STORED_WIDTH = 1024
-
-
-def canonical_label(name: str) -> str:
-    """``'nodule'``, ``'Pleural Thickening'`` -> the dataset's spelling; unknown names are an error.
-
-    ``NULL_LABEL`` is known here (a study may name it); whether a dataset carries it is ``Metadata.has``'s call.
-    """
-    key = name.strip().lower().replace("_", " ")
-    if key not in _ALIASES:
-        raise CxrError(f"unknown label {name!r}; known labels: {', '.join(ALL_LABELS)} "
-                       f"(and {', '.join(CONTROL_LABELS)} in phantom folders)")
-    return _ALIASES[key]
-
-
-@dataclass
-class Metadata:
-    """One row per image, as parallel arrays (112,120 rows parse in well under a second)."""
-
-    source: str
-    image_ids: np.ndarray  # str, e.g. '00000001_000.png'
-    labels: np.ndarray  # bool, N x len(ALL_LABELS)
-    patient_ids: np.ndarray  # int
-    follow_up: np.ndarray  # int
-    ages: np.ndarray  # int
-    genders: np.ndarray  # str 'M'/'F'
-    views: np.ndarray  # str 'PA'/'AP'
-    label_strings: np.ndarray = field(repr=False)  # str, the original 'A|B' field
-    duplicates: tuple[str, ...] = ()  # Image Index of each repeated row dropped at parse
-    controls: np.ndarray | None = None  # bool, N x len(CONTROL_LABELS); None: not a phantom, no control labels
-    original_size: np.ndarray | None = None  # float, N x 2 (width, height) px of the original; NaN: blank cell
-    original_spacing: np.ndarray | None = None  # float, N x 2 (x, y) mm per pixel of the original; NaN: blank
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def has(self, label: str) -> np.ndarray:
-        """Boolean mask of images carrying ``label``; a control label only in a phantom folder's metadata."""
-        name = canonical_label(label)
-        if name not in CONTROL_LABELS:
-            return self.labels[:, ALL_LABELS.index(name)]
-        if self.controls is None:
-            raise CxrError(f"{name} is the phantom's control label, and {self.source} is not in a phantom folder; "
-                           "real data never carries it")
-        return self.controls[:, CONTROL_LABELS.index(name)]
-
-    def finding_counts(self) -> np.ndarray:
-        """Number of findings (not counting 'No Finding') per image."""
-        return self.labels[:, : len(FINDINGS)].sum(axis=1)
-
-    def subset(self, index: np.ndarray) -> "Metadata":
-        return Metadata(
-            self.source, self.image_ids[index], self.labels[index], self.patient_ids[index],
-            self.follow_up[index], self.ages[index], self.genders[index], self.views[index],
-            self.label_strings[index], self.duplicates,
-            None if self.controls is None else self.controls[index],
-            None if self.original_size is None else self.original_size[index],
-            None if self.original_spacing is None else self.original_spacing[index],
-        )
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
 
 
 def read_metadata(path: str | Path, controls: bool | None = None) -> Metadata:
@@ -163,7 +78,7 @@ def read_metadata(path: str | Path, controls: bool | None = None) -> Metadata:
     geometry: list[str] = []  # per row: original width, height, spacing x, y, as written, joined by commas
     has_geometry = False
     try:
-        with _open_text(p) as fh:
+        with open_text(p) as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None or not any(h.strip() for h in header):
@@ -270,33 +185,6 @@ def _number(cell: str) -> float:
     return float("-inf") if np.isnan(value) else value
 
 
-def pixel_spacing_mm(meta: Metadata, image_ids: Sequence[str], res: int | None = None,
-                     phantom: bool = False) -> np.ndarray:
-    """Millimetres per pixel across each image (along x), as stored (``res`` None) or squeezed to ``res`` px
-    wide for training; NaN where the metadata does not say. The one place the spacing formula lives.
-
-    NIH's metadata gives the ORIGINAL image's width W0 (px) and spacing s0 (mm/px); the image stored is that
-    original resized to a width Ws, so as stored it is s0 * W0 / Ws, and at training resolution r (a square
-    resize of the whole image, ``data.resize``) it is s0 * W0 / r: the field of view in mm over the pixels
-    across it, whatever Ws is. Ws is NIH_STORED_WIDTH for NIH's PNGs; a ``phantom`` renders each image at the
-    size it records as the original (``phantom.make_phantom``), so there Ws = W0. An id not in ``meta`` is an
-    error (it would otherwise read as unknown).
-    """
-    ids = [str(i) for i in image_ids]
-    if meta.original_size is None or meta.original_spacing is None or not ids:
-        return np.full(len(ids), np.nan)
-    row_of = {name: i for i, name in enumerate(meta.image_ids.tolist())}
-    missing = [name for name in ids if name not in row_of]
-    if missing:
-        raise CxrError(f"{meta.source}: no row for image {missing[0]!r} ({len(missing)} image(s) not in the metadata)")
-    rows = np.array([row_of[name] for name in ids], dtype=np.int64)
-    width0 = meta.original_size[rows, 0]
-    field_mm = meta.original_spacing[rows, 0] * width0
-    if res is not None:
-        return field_mm / float(res)
-    return field_mm / (width0 if phantom else float(NIH_STORED_WIDTH))
-
-
 def find_metadata_file(root: str | Path) -> Path:
     """The ``Data_Entry_2017*.csv[.gz]`` inside a dataset folder (v2020 preferred when both exist)."""
     r = Path(root)
@@ -358,19 +246,29 @@ def read_official_split(root: str | Path) -> dict[str, str] | None:
 
 
 @dataclass
-class NihDataset:
-    """A dataset folder: its metadata, where each image lives, and NIH's split if shipped.
+class NihDataset(Dataset):
+    """An NIH ChestX-ray14 folder (or the built-in phantom, which is written in its layout).
 
-    ``outside`` holds the metadata rows left out because their name leads outside ``root``
-    (name -> reason), so ``verify`` can list them; ``metadata`` no longer has them.
+    ``path_of`` also finds an image by file name in any image folder or tarball; a name absent on disk maps to
+    ``images/NAME`` (reported missing by ``verify``).
     """
 
-    root: Path
-    metadata: Metadata
-    image_paths: dict[str, Path]
-    official_split: dict[str, str] | None
-    outside: dict[str, str] = field(default_factory=dict)
-    archives: Archives | None = None  # images_NNN.tar.gz read in place; path_of names their members
+    name = "nih"
+    title = "NIH ChestX-ray14"
+    label_map = {n: n for n in ALL_LABELS}  # the study's names are NIH's own
+
+    @classmethod
+    def layout(cls) -> str:
+        return "Data_Entry_2017*.csv[.gz] and images/*.png (or images_NNN/images/, or images_NNN.tar.gz)"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return any(root.glob("Data_Entry_2017*.csv")) or any(root.glob("Data_Entry_2017*.csv.gz"))
+
+    @classmethod
+    def read(cls, root: Path, options: DatasetOptions = DatasetOptions()) -> "NihDataset":
+        """Every NIH image is frontal (PA or AP) and fully labelled: no option concerns it."""
+        return read_nih_folder(root)
 
     def path_of(self, image_id: str) -> Path:
         """Where ``image_id`` should be; a name absent on disk maps to ``images/NAME`` (reported missing).
@@ -382,9 +280,12 @@ class NihDataset:
             return found  # listed by scan_images, which applied the same rule
         return contained_path(self.root, image_id, self.root / "images")
 
-    def pixel_spacing_mm(self, image_ids: Sequence[str], res: int | None = None) -> np.ndarray:
-        """mm per pixel across each image, as stored or at training resolution ``res`` (module ``pixel_spacing_mm``)."""
-        return pixel_spacing_mm(self.metadata, image_ids, res, phantom=(self.root / PHANTOM_MARKER).is_file())
+    def stored_width(self, rows: np.ndarray) -> np.ndarray:
+        """NIH's README_CHESTXRAY: every distributed PNG is the original squeezed to 1024 px wide; the phantom
+        renders each image at the size it records as the original."""
+        if (self.root / PHANTOM_MARKER).is_file():
+            return super().stored_width(rows)
+        return np.full(len(rows), float(NIH_STORED_WIDTH))
 
 
 def read_nih_folder(root: str | Path) -> NihDataset:
@@ -403,4 +304,6 @@ def read_nih_folder(root: str | Path) -> NihDataset:
         warnings.warn(f"{meta.source}: {len(outside)} image name(s) lead outside {r} and are skipped "
                       f"(e.g. {first!r}: {outside[first]})", DataWarning, stacklevel=2)
         meta = meta.subset(np.flatnonzero(~np.isin(meta.image_ids, list(outside))))
-    return NihDataset(r, meta, found, read_official_split(r), outside, archives)
+    return NihDataset(r, meta, found, read_official_split(r), outside, archives,
+                      version="v2020" if "v2020" in Path(meta.source).name else None)
+DATASET_CLASS = NihDataset

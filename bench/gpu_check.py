@@ -20,7 +20,9 @@ In order, each step timed, JSON rewritten after every step (a kill keeps what wa
    ``torch.cuda.set_sync_debug_mode("warn")``: every host sync a step makes, and the line that made it;
 5. the device profile ``cxr-fast plan`` reads (``bench.calibrate``: timed training and evaluation steps
    at batch 8 per architecture and limit resolution, the launch cost, the bandwidth), written to
-   ``device-profile.json`` and into the cache, where it replaces the card's datasheet model;
+   ``device-profile.json`` and into the cache, where it replaces the card's datasheet model; then CUDA graphs
+   (``bench.graphs_check``): one architecture's training step eager and graphed per resolution, beside the plan's
+   prediction from that profile (skipped on a CPU: no GPU);
 6. ``cxr-fast bench`` at the nine resolutions with quick settings: loader images/s per backend,
    training images/s synthetic vs fed by the best loader (goal: >= 95%), and each loader's rate
    against what ResNet34 (AMP, channels-last) consumes (goal: >= 2x).
@@ -333,6 +335,7 @@ def measure_sync_debug(device, dataset, ids, targets, res: int, batch: int = 32,
 PROFILE_RESERVE_S = 45.0  # the device profile: about 1 s per timed point, train and eval, plus warm-ups
 BENCH_S_PER_RES = 25.0  # the bench, per resolution
 SYNC_DEBUG_S = 20.0  # the sync-debug training section: a loader, a model, 12 steps at 224 px
+GRAPHS_S = 40.0  # the CUDA graphs section (bench.graphs_check): eager and graphed steps per resolution
 DEFAULT_BUDGET_S = 480.0  # one 10-minute command on a fresh H100/H200: this, plus installing the wheels,
 # starting Python and CUDA, and at most RES_MARGIN's overrun of the last bench resolution
 
@@ -444,6 +447,10 @@ def print_summary(doc: dict) -> None:
     syncs = doc.get("sync_debug")
     if syncs:
         print(f"host syncs in {syncs['steps']} training steps (sync-debug mode): {syncs['syncs']}")
+    from cxr_fast.bench.graphs_check import graphs_lines
+
+    for line in graphs_lines(doc.get("graphs")):
+        print(line)
     limits = [r for r in doc.get("limits") or [] if "measured" in r]
     if limits:
         print("\nmax batch        res  budget        predicted  measured  error")
@@ -557,6 +564,7 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
 
     cuda = device.type == "cuda"
     after_limits, profile_needs = time_reserves(args.skip_bench, args.skip_profile, len(resolutions), sync_debug=cuda)
+    after_limits += GRAPHS_S if cuda else 0.0
     if cuda and not args.skip_limits:
         total = torch.cuda.get_device_properties(device).total_memory
         doc["limits"] = check.step("limits", lambda: measure_limits(device, total, archs, limit_res,
@@ -573,6 +581,12 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
         doc["device_profile"] = check.step("device-profile", lambda: measure_profile(device, out, archs, limit_res,
                                                                                    args.cpu_smoke),
                                            min_left_s=profile_needs)
+
+    from cxr_fast.bench.graphs_check import graphs_section
+
+    # After the device profile, so the plan's prediction beside it uses this card's measured profile.
+    doc["graphs"] = check.step("graphs", lambda: graphs_section(device, resolutions, check.section_left, archs[0]),
+                               min_left_s=10.0 if cuda else 0.0, limit_s=GRAPHS_S)
 
     if not args.skip_bench:
         cfg_kwargs = dict(archs=archs, loaders=["all"], label=label, device=str(device), data=None,

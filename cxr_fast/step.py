@@ -123,6 +123,7 @@ class TrainStep:
         self.loss_fn = loss_function(recipe, pos_weight, self.device)
         use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler: torch.amp.GradScaler | None = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.graphs = "off"  # what CUDA graphs did for this step, for the run's record (cxr_fast.graphs sets it)
 
     def autocast(self) -> Any:
         """The autocast context for this step's precision; none at all for fp32 and tf32 (so a step also runs
@@ -137,9 +138,17 @@ class TrainStep:
             images = images.contiguous(memory_format=self.memory_format)
         return images
 
+    def prepare_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels.to(self.device, non_blocking=True).float().view(-1)
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        images = self.prepare(images)
-        labels = labels.to(self.device, non_blocking=True).float().view(-1)
+        loss = self.update(self.prepare(images), self.prepare_labels(labels))
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def update(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward, loss, backward and optimizer step on prepared tensors, leaving the gradients set: the part
+        of a step that ``cxr_fast.graphs`` captures as one CUDA graph. Returns the detached loss."""
         with self.autocast():
             output = self.model(images)
         loss = self.loss_fn(output, labels)
@@ -150,7 +159,6 @@ class TrainStep:
         else:
             loss.backward()
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     @torch.no_grad()
@@ -160,9 +168,13 @@ class TrainStep:
         Logits, not probabilities: a float32 sigmoid of a logit below about -104 is exactly 0, and a
         vector of zeros ranks nothing. The caller puts the model in eval mode first, and back after.
         """
+        return self.scores(self.prepare(images))
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """``predict`` on a prepared batch: the forward ``cxr_fast.graphs`` captures for evaluation."""
         from cxr_fast.models import positive_logit
 
-        images = self.prepare(images)
         with self.autocast():
             output = self.model(images)
         return positive_logit(output)

@@ -298,6 +298,7 @@ def test_training_sets_cudnn_benchmark(monkeypatch):
     class Cfg:
         max_batches = None
         epochs = 1
+        graphs = compile = False
 
     with pytest.raises(Stop):
         loop.train_epochs(Cfg(), type("Plan", (), {"out": Path(".")})(), Parts(), 0, loop.Clock(0.0), False, None)

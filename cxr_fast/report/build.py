@@ -22,11 +22,12 @@ from cxr_fast import paper_results
 from cxr_fast.io import write_text
 from cxr_fast.report.against import against_section
 from cxr_fast.report.controls import control_roles, controls_section
-from cxr_fast.report.data import (Study, Variant, auc_of, init_of, labels, ordered, paper_label, paper_variant,
-                                  primary_variant, read_study, recipe_of, resolutions, sd_of, split_of,
-                                  variant_name, variants)
+from cxr_fast.report.data import (SeedSpread, Study, Variant, auc_of, init_of, labels, ordered, paper_label,
+                                  paper_variant, primary_variant, read_study, recipe_of, resolutions, sd_of,
+                                  seed_spread, split_of, variant_name, variants)
 from cxr_fast.report.figures import FIG3_REFERENCE, FIG4_LABELS, figure2, figure3, figure4, table3_variants
-from cxr_fast.report.format import DASH, Section, Table, auc_text, blank, fmt_auc, markdown, write_section
+from cxr_fast.report.format import (DASH, Section, Table, auc_text, blank, fmt_auc, markdown, with_seeds,
+                                    write_section)
 from cxr_fast.report.noninferior import ALPHA as NI_ALPHA
 from cxr_fast.report.noninferior import MARGIN, Settings, noninferiority, noninferiority_section
 from cxr_fast.report.provenance import cell_mark, check_one_init, provenance_note
@@ -44,15 +45,18 @@ STAR, DAGGER, DOUBLE_DAGGER, SECTION_MARK = "*", "†", "‡", "§"
 CSV_FIELDS = ["table", "label", "arch", "epochs", "res", "auc", "auc_sd", "auc_status", "best", "p_z_vs_best",
               "sig_z", "p_paired_vs_best", "sig_paired", "auc_sd_note", "n_pos", "n_neg", "init", "weights_sha256",
               "recipe", "split", "paper_auc", "paper_sd", "paper_best"]
+SEED_FIELDS = ["seeds", "auc_seed_mean", "auc_seed_sd"]  # a table's CSV has them when a cell ran several seeds
 
 
 # --------------------------------------------------------------------------------------------------
 # Tables 2 and 3
 
 
-def _cell(row: dict[str, Any] | None, res: int, cmp: Comparison, table_rows: list[dict[str, Any]]) -> str:
-    """'0.812 ± 0.010*†‡§ [init random]': the AUC with the star, both tests' marks, the SD note, provenance."""
-    text = auc_text(row)
+def _cell(row: dict[str, Any] | None, res: int, cmp: Comparison, table_rows: list[dict[str, Any]],
+          spread: SeedSpread | None = None) -> str:
+    """'0.812 ± 0.010*†‡§ [init random]': the AUC with the star, both tests' marks, the SD note, provenance; a cell
+    run with several seeds: '0.812 ± 0.010 (DeLong) ± 0.015 (3 seeds)*'."""
+    text = with_seeds(auc_text(row), row, spread)
     if row is None or auc_of(row) is None:
         return text + (cell_mark(row, table_rows) if row is not None else "")
     test = cmp.tests.get(res)
@@ -71,8 +75,9 @@ def _row_columns(row: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _record(table: str, label: str, v: Variant, res: int, row: dict[str, Any] | None, cmp: Comparison,
-            compare: bool) -> dict[str, Any]:
-    """One CSV row of Table 2 or 3: our numbers, both tests against the best, provenance, the paper's value."""
+            compare: bool, spread: SeedSpread | None = None) -> dict[str, Any]:
+    """One CSV row of Table 2 or 3: our numbers, both tests against the best, provenance, the paper's value, and
+    for a cell run with several seeds their list ('0 1 2'), mean and SD of AUC."""
     test, auc = cmp.tests.get(res), auc_of(row)
     rec = {"table": table, "label": label, "arch": v[0], "epochs": v[1], "res": res, "auc": blank(auc),
            "auc_sd": blank(sd_of(row)), "best": int(cmp.best_res == res) if auc is not None else "",
@@ -81,6 +86,10 @@ def _record(table: str, label: str, v: Variant, res: int, row: dict[str, Any] | 
            "p_paired_vs_best": blank(test.p_paired if test else None),
            "sig_paired": int(test.higher(PAIRED)) if test and test.p_paired is not None else "",
            **_row_columns(row), "paper_auc": "", "paper_sd": "", "paper_best": ""}
+    if spread is not None:
+        seeds = spread.record()
+        rec.update(seeds=" ".join(str(s) for s in seeds["seeds"] if s is not None),
+                   auc_seed_mean=blank(seeds["auc_seed_mean"]), auc_seed_sd=blank(seeds["auc_seed_sd"]))
     pv = paper_variant(v)
     p_auc = paper_results.paper_auc(label, res, *pv) if pv is not None else None
     if compare and p_auc is not None:
@@ -105,20 +114,33 @@ def _table(study: Study, name: str, title: str, columns: list[tuple[str, Variant
     res_all = sorted({r for _, v in columns for r in resolutions(study, v)})
     rows = table_rows(study, columns)
     header, cols, records, untested = ["Resolution"], [], [], []
+    spreads = {(label, v, res): seed_spread(study, label, res, v) for label, v in columns for res in res_all}
     for label, v in columns:
         cmp = compare_resolutions(study, label, v)
         untested += [f"{heading[(label, v)]} {res} px ({t.paired_why})" for res, t in cmp.tests.items()
                      if t.p_paired is None]
         header.append(heading[(label, v)])
-        cols.append({res: _cell(study.row(label, res, v), res, cmp, rows) for res in res_all})
-        records += [_record(name, label, v, res, study.row(label, res, v), cmp, compare) for res in res_all]
+        cols.append({res: _cell(study.row(label, res, v), res, cmp, rows, spreads[(label, v, res)]) for res in res_all})
+        records += [_record(name, label, v, res, study.row(label, res, v), cmp, compare, spreads[(label, v, res)])
+                    for res in res_all]
         pv = paper_variant(v)
         if compare and pv is not None and with_paper(label, pv):
             header.append(f"{label} ({paper_label(pv)})")
             cols.append({res: _paper_cell(label, res, v) for res in res_all})
     body = [[f"{r} × {r}"] + [c[r] for c in cols] for r in res_all]
     notes = _notes(rows, compare, name) + ([_untested_note(untested)] if untested else [])
-    return Section(name, title, markdown(header, body), notes, records, CSV_FIELDS)
+    seeded = any(s is not None for s in spreads.values())
+    notes += [_seeds_note(name)] if seeded else []
+    return Section(name, title, markdown(header, body), notes, records, CSV_FIELDS + (SEED_FIELDS if seeded else []))
+
+
+def _seeds_note(name: str) -> str:
+    """Which AUC a seeded cell shows, and what its two SDs see."""
+    return ("A cell run with several seeds (`seeds:`) shows the AUC ± DeLong SD of its own run, its smallest seed "
+            "(seed 0 where listed): the one run every star and test uses, since a paired test needs one validation "
+            "set. Then ± the SD (n − 1) of the AUC over its n seeds' runs, which DeLong's SD cannot see: another seed "
+            "draws another subsample, validation set, init and augmentation. The mean over seeds is in "
+            f"{name}.csv ({', '.join(SEED_FIELDS)}).")
 
 
 def _untested_note(untested: list[str], shown: int = 6) -> str:
@@ -272,14 +294,16 @@ def _counts(study: Study) -> tuple[int, int, int]:
     """(finished cells the config names, finished rows it no longer names, cells it names): a rerun with
     other epochs keeps the old rows, which must not count as runs of this config."""
     ordinary = {(c["label"], c["res"], c["arch"], c["epochs"]) for c in study.expected}
-    special = {(c["label"], c["res"], c["arch"], c["epochs"], c.get("grid")) for c in study.special_expected}
+    seeded = {(c["label"], c["res"], c["arch"], c["epochs"], c.get("grid"), c.get("seed"))
+              for c in study.special_expected}
+    special = {key[:5] for key in seeded}  # a grid's seed copies are one cell each
     finished = 0
     for r in study.rows:
         key = (r["label"], int(r["res"]), r["arch"], int(r["epochs"]))
         if (key in ordinary and not r.get("variant_tag")) or \
                 (r.get("variant_tag") and any((*key, g) in special for g in r.get("grids") or [])):
             finished += 1
-    n_expected = len(ordinary) + len(special)
+    n_expected = len(ordinary) + len(seeded)
     if not n_expected:  # no study.yaml: every row is the study
         return len(study.rows), 0, len(study.rows)
     return finished, len(study.rows) - finished, n_expected

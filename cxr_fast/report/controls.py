@@ -18,8 +18,8 @@ from typing import Any
 
 from cxr_fast.data.conspicuity import LARGE_LESION, SMALL_LESION
 from cxr_fast.data.labels import NULL_LABEL, PHANTOM_MARKER
-from cxr_fast.report.data import (Study, Variant, auc_of, labels, primary_variant, resolutions, sd_of, variant_name,
-                                  variants)
+from cxr_fast.report.data import (Study, Variant, auc_of, labels, primary_variant, resolutions, sd_of, seed_spread,
+                                  variant_name, variants)
 from cxr_fast.report.format import DASH, TIED, Section, auc_text, blank, fmt_p, markdown
 from cxr_fast.report.stats import ALPHA, PAIRED, PairTest, pair_test
 
@@ -283,13 +283,15 @@ def cell_records(study: Study) -> list[dict[str, Any]]:
                 if row is None:
                     continue
                 test = against_highest(study, label, v, res)
+                spread = seed_spread(study, label, res, v)  # seeded cells: their seeds, mean and SD across them
                 out.append({"label": label, "role": roles.get(label) if v == primary_variant(study) else None,
                             "architecture": v[0], "epochs": v[1], "resolution": res, "auc": auc_of(row),
                             "delong_sd": sd_of(row), "auc_status": row.get("auc_status"), "n_pos": row.get("n_pos"),
                             "n_neg": row.get("n_neg"), "highest_resolution": top,
                             "paired_delong_p_vs_highest": test.p_paired if test else None,
                             "paired_delong_z_vs_highest": test.z_paired if test else None,
-                            "z_test_p_vs_highest": test.p if test else None, "sd_from_half": sd_from_half(row)})
+                            "z_test_p_vs_highest": test.p if test else None, "sd_from_half": sd_from_half(row),
+                            **(spread.record() if spread else {})})
     return out
 
 

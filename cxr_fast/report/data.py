@@ -3,7 +3,8 @@
 Torch-free on purpose: a report is made wherever ``study.yaml``, ``results.jsonl`` and the runs'
 ``predictions.npz`` are copied. Rows written before a field existed still load; the field then reads
 as ``unknown``. A cell of a grid whose own ``train:`` block changes results (the Hernia run on a 2,000-image
-subsample) carries a ``variant_tag``: it never stands in for the ordinary cell of Tables 2 and 3.
+subsample) carries a ``variant_tag``: it never stands in for the ordinary cell of Tables 2 and 3. A row whose tag
+holds nothing but ``seed=N`` is a seed copy of the ordinary cell (``replicates``): its spread is shown beside it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class Study:
     config: dict[str, Any]
     rows: list[dict[str, Any]]  # one per cell, the first row per cell id
     expected: list[dict[str, Any]] = field(default_factory=list)  # ordinary cells the config names
-    special_expected: list[dict[str, Any]] = field(default_factory=list)  # cells of result-changing grids
+    special_expected: list[dict[str, Any]] = field(default_factory=list)  # result-changing grids', seed copies' cells
     _index: dict[tuple[str, int, str, int], dict[str, Any]] | None = field(default=None, repr=False)
     _predictions: dict[Path, Predictions | None] = field(default_factory=dict, repr=False)
 
@@ -123,17 +124,21 @@ def _check_labels(results: Path, rows: list[tuple[int, dict[str, Any]]], expecte
 
 
 def _expected_cells(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The config's cells, split into ordinary ones and those of grids whose `train:` changes results."""
+    """The config's cells, split into ordinary ones and those of grids whose `train:` changes results; a grid's
+    seeds beyond its smallest (``study.grid.expand``'s replicates) are special cells with their ``seed``."""
     ordinary, special = [], []
     train = config.get("train") or {}
     for g in config.get("grids") or []:
         target = special if grid_changes_results(g, train) else ordinary
+        seeds = g.get("seeds", config.get("seeds"))
+        copies = sorted(seeds)[1:] if isinstance(seeds, list) else []
         for label in g.get("labels", []):
             for arch in g.get("archs", ["resnet34"]):
-                for res in g.get("resolutions", []):
-                    target.append({"label": label, "res": int(res), "arch": arch,
-                                   "epochs": int(g.get("epochs", 3)), "grid": g.get("name"),
-                                   "train": dict(g.get("train") or {})})
+                for seed, into in [(None, target)] + [(s, special) for s in copies]:
+                    for res in g.get("resolutions", []):
+                        into.append({"label": label, "res": int(res), "arch": arch,
+                                     "epochs": int(g.get("epochs", 3)), "grid": g.get("name"),
+                                     "train": dict(g.get("train") or {}), **({"seed": seed} if copies else {})})
     return ordinary, special
 
 
@@ -291,3 +296,72 @@ def paper_label(v: Variant) -> str:
     """'paper B: resnet34 10 ep' for one of the paper's three models."""
     letter = {k: n for n, k in paper_results.TABLE3_VARIANTS.items()}[v]
     return f"paper {letter}: {variant_name(v)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeds: the rows of one cell that differ only in seed (``seeds:`` in a study, or grids setting only a seed)
+
+
+def seed_of(row: dict[str, Any], default: int | None = None) -> int | None:
+    """The row's seed: its own field, else its variant tag's ``seed=N``, else the study's."""
+    if finite(row.get("seed")):
+        return int(row["seed"])
+    for part in variant_tag(row).split(","):
+        key, _, value = part.partition("=")
+        if key == "seed" and value.isdigit():
+            return int(value)
+    return default
+
+
+def _seedless_tag(row: dict[str, Any]) -> str:
+    return ",".join(p for p in variant_tag(row).split(",") if p and not p.startswith("seed="))
+
+
+def replicates(study: Study, label: str, res: int, v: Variant) -> dict[int | None, dict[str, Any]]:
+    """The cell's rows that differ only in seed (the ordinary row and rows whose tag holds nothing but
+    ``seed=N``), by seed; the first row per seed. The one place a seed copy of a cell is recognised."""
+    train_seed = (study.config.get("train") or {}).get("seed", 0)  # what a row without a seed was run with
+    default = int(train_seed) if finite(train_seed) else None
+    out: dict[int | None, dict[str, Any]] = {}
+    for r in study.rows:
+        if (r["label"], int(r["res"]), r["arch"], int(r["epochs"])) == (label, int(res), v[0], int(v[1])) \
+                and not _seedless_tag(r):
+            out.setdefault(seed_of(r, default), r)
+    return out
+
+
+def chosen_seed(found: Iterable[int | None]) -> int | None:
+    """Seed 0 where it ran, else the first seed; None when the rows name none."""
+    known = sorted(s for s in found if s is not None)
+    return 0 if 0 in known else (known[0] if known else None)
+
+
+def across_seed_sd(rows: Mapping[int | None, dict[str, Any]]) -> float | None:
+    """SD (n − 1) of the AUC over seeds; None with fewer than two comparable AUCs."""
+    aucs = [a for r in rows.values() if (a := auc_of(r)) is not None]
+    return float(np.std(aucs, ddof=1)) if len(aucs) >= 2 else None
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """A cell's AUC over the seeds it ran with: the spread DeLong's SD cannot see, which covers only the validation
+    images, where another seed also draws another subsample, init and augmentation."""
+
+    seeds: list[int | None]  # every seed with a row, smallest first
+    mean: float | None  # over the comparable AUCs (tied and missing ones left out)
+    sd: float | None  # SD (n − 1) of those AUCs; None with fewer than two
+    n: int  # how many AUCs the mean and SD are over
+
+    def record(self) -> dict[str, Any]:
+        """The columns a table's CSV and the JSON carry for the cell."""
+        return {"seeds": self.seeds, "auc_seed_mean": self.mean, "auc_seed_sd": self.sd}
+
+
+def seed_spread(study: Study, label: str, res: int, v: Variant) -> SeedSpread | None:
+    """The cell's spread over seeds, or None when it ran with one seed (every cell of a study without seeds)."""
+    rows = replicates(study, label, res, v)
+    if len(rows) < 2:
+        return None
+    aucs = [a for r in rows.values() if (a := auc_of(r)) is not None]
+    mean = float(np.mean(aucs)) if aucs else None
+    return SeedSpread(sorted(rows, key=lambda s: (s is None, s or 0)), mean, across_seed_sd(rows), len(aucs))

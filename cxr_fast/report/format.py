@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_fast.io import write_text
-from cxr_fast.report.data import auc_of, is_tied, sd_of
+from cxr_fast.report.data import SeedSpread, auc_of, is_tied, sd_of
 from cxr_fast.vocabulary import AUC_TIED as TIED  # shown as the status itself
 
 DASH = "—"
@@ -71,6 +71,17 @@ def auc_text(row: dict[str, Any] | None, missing: str = DASH) -> str:
         return TIED
     auc = auc_of(row)
     return fmt_auc(auc, sd_of(row)) if auc is not None else missing
+
+
+def with_seeds(text: str, row: dict[str, Any] | None, spread: SeedSpread | None) -> str:
+    """'0.812 ± 0.021 (DeLong) ± 0.015 (3 seeds)': a cell's own AUC ± DeLong SD, then the SD of the AUC across the
+    seeds it ran with ('2 of 3 seeds' when one gave no AUC); ``text`` as it was for a cell run with one seed."""
+    if spread is None:
+        return text
+    delong = " (DeLong)" if auc_of(row) is not None and sd_of(row) is not None else ""
+    sd = DASH if spread.sd is None else f"{spread.sd:.3f}"
+    count = f"{spread.n} seeds" if spread.n == len(spread.seeds) else f"{spread.n} of {len(spread.seeds)} seeds"
+    return f"{text}{delong} ± {sd} ({count})"
 
 
 def fmt_p(p: float | None) -> str:

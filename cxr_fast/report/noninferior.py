@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from cxr_fast.errors import CxrError
-from cxr_fast.report.data import (UNKNOWN, Study, Variant, align, auc_of, cells, finite, is_tied, labels, ordered,
-                                   variant_name, variant_tag, variants)
+from cxr_fast.report.data import (UNKNOWN, Study, Variant, across_seed_sd, align, cells, chosen_seed, finite, is_tied,
+                                   labels, ordered, replicates, variant_name, variants)
 from cxr_fast.report.format import DASH, Section, blank, fmt_p, fmt_signed, markdown, res_list
 from cxr_fast.report.stats import PAIRED
 from cxr_fast.vocabulary import MAX_RES, MIN_RES, check_number
@@ -193,46 +193,6 @@ class Settings:
         if self.reference is not None:
             check_number(self.reference, "the reference resolution", integer=True, **REFERENCE_BOUNDS)
         return self
-
-
-def seed_of(row: dict[str, Any], default: int | None = None) -> int | None:
-    """The row's seed: its own field, else its variant tag's ``seed=N``, else the study's."""
-    if finite(row.get("seed")):
-        return int(row["seed"])
-    for part in variant_tag(row).split(","):
-        key, _, value = part.partition("=")
-        if key == "seed" and value.isdigit():
-            return int(value)
-    return default
-
-
-def _seedless_tag(row: dict[str, Any]) -> str:
-    return ",".join(p for p in variant_tag(row).split(",") if p and not p.startswith("seed="))
-
-
-def replicates(study: Study, label: str, res: int, v: Variant) -> dict[int | None, dict[str, Any]]:
-    """The cell's rows that differ only in seed (the ordinary row and grids whose own block sets only a seed),
-    by seed; the first row per seed."""
-    train_seed = (study.config.get("train") or {}).get("seed", 0)  # what a row without a seed was run with
-    default = int(train_seed) if finite(train_seed) else None
-    out: dict[int | None, dict[str, Any]] = {}
-    for r in study.rows:
-        if (r["label"], int(r["res"]), r["arch"], int(r["epochs"])) == (label, int(res), v[0], int(v[1])) \
-                and not _seedless_tag(r):
-            out.setdefault(seed_of(r, default), r)
-    return out
-
-
-def chosen_seed(found: Iterable[int | None]) -> int | None:
-    """Seed 0 where it ran, else the first seed; None when the rows name none."""
-    known = sorted(s for s in found if s is not None)
-    return 0 if 0 in known else (known[0] if known else None)
-
-
-def across_seed_sd(rows: Mapping[int | None, dict[str, Any]]) -> float | None:
-    """SD (n − 1) of the AUC over seeds; None with fewer than two comparable AUCs."""
-    aucs = [a for r in rows.values() if (a := auc_of(r)) is not None]
-    return float(np.std(aucs, ddof=1)) if len(aucs) >= 2 else None
 
 
 def _cell_words(row: dict[str, Any]) -> str:

@@ -71,6 +71,10 @@ class RunConfig(BaseModel):
         noun="precision")
     channels_last: bool = setting(True, "channels-last memory format", speed_only=True)
     compile: bool = setting(False, "torch.compile the model (pays a compile time up front)", speed_only=True)
+    graphs: bool = setting(False, "CUDA graphs: capture the whole training step (forward, backward, optimizer) and "
+                           "the evaluation forward once, then replay them, a batch of 8 being bound by kernel "
+                           "launches; other batch shapes run eager; bf16, tf32 or fp32 (fp16's scaler reads the "
+                           "host); on a CPU it does nothing and says so (cxr_fast.graphs)", speed_only=True)
     loader: LoaderChoice = setting(
         AUTO, "loader backend: auto is resident, or on a GPU where its uint8 split would not fit beside the "
         "predicted training step, cache (the run records why); on a CPU the fastest available",
@@ -148,6 +152,17 @@ class RunConfig(BaseModel):
     def _init_and_weights_agree(self) -> "RunConfig":
         if self.init == "random" and (self.weights or self.weights_sha256):
             raise ValueError("weights are given but init is random; drop one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _graphs_can_hold_the_step(self) -> "RunConfig":
+        """Refused before any work, as ``graphs.off_reason`` would refuse them at the first step: two capture
+        mechanisms on one model, and fp16's host-side overflow check (``auto`` is decided on the device)."""
+        if self.graphs and self.compile:
+            raise ValueError("graphs and compile together: choose one")
+        if self.graphs and self.precision == "fp16":
+            raise ValueError("graphs with precision fp16: its GradScaler reads an overflow flag on the host every "
+                             "step, which a CUDA graph cannot hold; use bf16, tf32 or fp32")
         return self
 
     # ------------------------------------------------------------------------------------------ making one

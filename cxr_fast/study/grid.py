@@ -4,6 +4,7 @@ The study YAML holds ``name``, a ``train:`` block of run settings every cell sha
 its labels, resolutions, archs, epochs and its own ``train:`` overrides. The run settings a block may hold,
 their types, ranges and messages are ``RunConfig``'s (``cxr_fast.schema.run``): nothing here lists them.
 Each cell is validated once, by ``checked_cells``, which ``study``, ``study --dry-run`` and ``plan`` call.
+``seeds:`` (the study's, or a grid's own) makes replicates of each cell, one per seed (``expand``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 from cxr_fast.config import load_yaml
 from cxr_fast.errors import CxrError
 from cxr_fast.schema.run import DATASET_FIELDS, GRID_FIELDS, SPEED_ONLY, RunConfig
-from cxr_fast.vocabulary import parse_resolutions
+from cxr_fast.vocabulary import SEED_BOUNDS, check_number, parse_resolutions
 
 RUNS = "runs"  # each cell's run folder is runs/<cell id> inside the study folder
 STUDIES = Path("studies")  # where a study goes without --out: studies/<name>
@@ -36,6 +37,7 @@ class GridSpec:
     archs: list[str] = field(default_factory=lambda: [_DEFAULTS["arch"].default])
     epochs: int = _DEFAULTS["epochs"].default
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the study's `train:` block
+    seeds: list[int] | None = None  # replicates of each cell: this grid's own seeds, else the study's
 
 
 @dataclass
@@ -46,9 +48,12 @@ class StudyConfig:
     # Other datasets every finished cell is scored on (``cxr_fast.evaluate``): each ``{data: DIR, dataset: ...,
     # the dataset's policies, size: N}``.
     external: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] | None = None  # replicates of every cell of a grid without its own ``seeds:``
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "train": dict(self.train), "grids": [dataclasses.asdict(g) for g in self.grids]}
+        grids = [{k: v for k, v in dataclasses.asdict(g).items() if k != "seeds" or v is not None} for g in self.grids]
+        out = {"name": self.name, "train": dict(self.train), "grids": grids}
+        out = {**out, "seeds": list(self.seeds)} if self.seeds is not None else out  # a study without: as before
         return {**out, "external": [dict(e) for e in self.external]} if self.external else out
 
 
@@ -56,7 +61,7 @@ def parse_study(data: dict[str, Any], source: str = "study config") -> StudyConf
     """Validate a study mapping (from YAML); every problem is one line naming ``source`` and the key."""
     if not isinstance(data, dict):
         raise CxrError(f"{source}: expected a mapping with name, train and grids")
-    allowed = {"name", "train", "grids", "external"}
+    allowed = {"name", "train", "grids", "external", "seeds"}
     unknown = sorted(map(str, set(data) - allowed))
     if unknown:
         raise CxrError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
@@ -68,8 +73,39 @@ def parse_study(data: dict[str, Any], source: str = "study config") -> StudyConf
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         raise CxrError(f"{source}: grid names must be unique, got {names}")
-    return StudyConfig(name=_study_name(data.get("name"), source), grids=grids, train=train,
-                       external=_external(data.get("external"), f"{source}: external"))
+    return _check_seeds(StudyConfig(name=_study_name(data.get("name"), source), grids=grids, train=train,
+                                    external=_external(data.get("external"), f"{source}: external"),
+                                    seeds=_seeds(data.get("seeds"), f"{source}: seeds")), source)
+
+
+def _seeds(value: Any, where: str) -> list[int] | None:
+    """A ``seeds:`` list: a non-empty list of distinct whole numbers, each one a seed may be (``SEED_BOUNDS``)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise CxrError(f"{where} must be a non-empty list of seeds such as [0, 1, 2], got {value!r}")
+    for i, seed in enumerate(value):
+        check_number(seed, f"{where}[{i}]", integer=True, **SEED_BOUNDS)
+    if len(set(value)) != len(value):
+        raise CxrError(f"{where} repeat a seed: {value}")
+    return list(value)
+
+
+def grid_seeds(cfg: StudyConfig, grid: GridSpec) -> list[int] | None:
+    """The seeds a grid's cells are replicated over: its own ``seeds:``, else the study's; None: no seed axis."""
+    return grid.seeds if grid.seeds is not None else cfg.seeds
+
+
+def _check_seeds(cfg: StudyConfig, where: str) -> StudyConfig:
+    """A grid with ``seeds:`` takes a ``seed:`` (a train block's, or ``--seed``) only when it is the smallest of
+    them, the cell's own run (so a config that states ``seed: 0`` keeps it); any other is refused in one line,
+    since which of the two a cell ran with would be a guess."""
+    for g in cfg.grids:
+        seeds, seed = grid_seeds(cfg, g), {**cfg.train, **g.train}.get("seed")
+        if seeds is not None and seed is not None and seed != min(seeds):
+            raise CxrError(f"{where}: grid {g.name} has seeds {seeds} and seed {seed} in its train settings; the seed "
+                           f"may only be the smallest of the seeds ({min(seeds)}, the cell's own run): drop one")
+    return cfg
 
 
 def _external(value: Any, source: str) -> list[dict[str, Any]]:
@@ -159,7 +195,8 @@ def _parse_grid(g: Any, where: str) -> GridSpec:
         if len(set(values)) != len(values):
             raise CxrError(f"{where}: {key} repeat a value: {values}")
     train = _check_train(g.get("train") or {}, f"{where}.train")
-    return GridSpec(str(g["name"]), _canonical(labels), resolutions, [str(a) for a in archs], epochs, train)
+    return GridSpec(str(g["name"]), _canonical(labels), resolutions, [str(a) for a in archs], epochs, train,
+                    seeds=_seeds(g.get("seeds"), f"{where}: seeds"))
 
 
 def _canonical(labels: list[str]) -> list[str]:
@@ -194,7 +231,8 @@ def apply_overrides(cfg: StudyConfig, epochs: int | None = None, **train: Any) -
     grids = [dataclasses.replace(g, epochs=epochs if epochs is not None else g.epochs,
                                  train={k: v for k, v in g.train.items() if k not in given})
              for g in cfg.grids]
-    return StudyConfig(cfg.name, grids, {**cfg.train, **given}, [dict(e) for e in cfg.external])
+    return _check_seeds(dataclasses.replace(cfg, grids=grids, train={**cfg.train, **given},
+                                            external=[dict(e) for e in cfg.external]), "overrides")
 
 
 @dataclass
@@ -254,7 +292,9 @@ def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
     """Every cell of the selected grids, in label-major order (a label's resolutions run together).
 
     A cell named by two grids with the same settings runs once; with different settings it is an error,
-    because both would claim the same run folder.
+    because both would claim the same run folder. A grid with seeds runs each cell once per seed: its smallest
+    seed is the cell's own run (its id and settings, so adding seeds to a study keeps its finished runs), each other
+    seed a replicate tagged ``seed=N``, in its own run folder.
     """
     names = [g.name for g in cfg.grids]
     if only:
@@ -266,11 +306,16 @@ def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
         if only and g.name not in only:
             continue
         settings = {**cfg.train, **g.train}
-        tag = overrides_tag({k: v for k, v in g.train.items() if cfg.train.get(k) != v})
+        overrides = {k: v for k, v in g.train.items() if cfg.train.get(k) != v}
+        runs = [(settings, overrides_tag(overrides))]  # (settings, tag) per seed, the cell's own run first
+        seeds = sorted(grid_seeds(cfg, g) or [])
+        if seeds and settings.get("seed", _DEFAULTS["seed"].default) != seeds[0]:
+            runs = [({**settings, "seed": seeds[0]}, runs[0][1])]
+        runs += [({**settings, "seed": s}, overrides_tag({**overrides, "seed": s})) for s in seeds[1:]]
         for label in g.labels:
             for arch in g.archs:
-                for res in g.resolutions:
-                    cell = Cell(label, res, arch, g.epochs, dict(settings), [g.name], tag)
+                for (own, tag), res in [(run, res) for run in runs for res in g.resolutions]:
+                    cell = Cell(label, res, arch, g.epochs, dict(own), [g.name], tag)
                     prior = cells.get(cell.cell_id)
                     if prior is None:
                         cells[cell.cell_id] = cell

@@ -197,8 +197,10 @@ def train_epochs(cfg: RunConfig, plan: RunPlan, parts: RunParts, first_epoch: in
     """Epochs ``first_epoch .. cfg.epochs``: train, score the plain view, log, checkpoint."""
     import torch
 
+    from cxr_fast.graphs import use_graphs
     from cxr_fast.metrics import score_auc
 
+    parts.step = use_graphs(parts.step, cfg.graphs, cfg.compile, say=print if progress else None)
     device, step = parts.step.device, parts.step
     out = plan.out
     n_batches = len(parts.train_loader) if cfg.max_batches is None else min(len(parts.train_loader), cfg.max_batches)

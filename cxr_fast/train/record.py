@@ -63,6 +63,7 @@ def score_and_record(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Cloc
         "peak_memory_mb": max((r["peak_memory_mb"] for r in log), default=None),
         "pos_weight": parts.pos_weight, "n_train": len(sub.part("train")[0]), "precision": plan.resolved.precision,
         "tf32": parts.step.tf32,  # whether fp32 matmuls/convolutions ran as TF32 (only at precision tf32)
+        "graphs": parts.step.graphs,  # off (and why), or what was captured, replayed and run eager (cxr_fast.graphs)
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "optimizer": cfg.optimizer, "optimizer_impl": optimizer_impl(parts.optimizer),
         "loader": parts.loader_name, "loader_why": parts.loader_why, "channels_last": cfg.channels_last,

@@ -270,6 +270,20 @@ class NihDataset(Dataset):
         """Every NIH image is frontal (PA or AP) and fully labelled: no option concerns it."""
         return read_nih_folder(root)
 
+    @classmethod
+    def write_phantom(cls, source: Dataset, out: Path, seed: int = 0) -> None:
+        """The phantom is made in NIH's layout (``data.phantom``): a copy of its metadata, marker and images."""
+        import shutil
+
+        meta_file = Path(source.metadata.source)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(meta_file, out / meta_file.name)
+        if (source.root / PHANTOM_MARKER).is_file():
+            shutil.copy2(source.root / PHANTOM_MARKER, out / PHANTOM_MARKER)
+        (out / "images").mkdir(exist_ok=True)
+        for name in source.metadata.image_ids.tolist():
+            shutil.copy2(source.path_of(name), out / "images" / name)
+
     def path_of(self, image_id: str) -> Path:
         """Where ``image_id`` should be; a name absent on disk maps to ``images/NAME`` (reported missing).
 

@@ -30,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_run_flags(parser.add_argument_group("overrides of the config, for every cell (unset: the config's)"),
                   OVERRIDES, show_defaults=False)
     parser.add_argument("--no-cells", action="store_true", help="only the per-resolution table and the totals")
+    parser.add_argument("--pack", metavar="auto|1|K",
+                        help="also total the grid packed (K compatible runs as one step, with CUDA graphs) beside eager "
+                             "and graphs, on 1 and 8 GPUs: auto = the most models whose memory fits the card")
     g = parser.add_argument_group("calibration (measure this machine's profile first)")
     g.add_argument("--calibrate", action="store_true",
                    help="time a few real steps per architecture and resolution here and save the profile")
@@ -42,13 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from cxr_fast.cost import devices
-    from cxr_fast.cost.plan import plan_study
+    from cxr_fast.cost.plan import parse_pack, plan_study
     from cxr_fast.cost.plan_report import print_plan
     from cxr_fast.io import write_json
     from cxr_fast.schema.flags import given
     from cxr_fast.study import apply_overrides, checked_cells, load_study_config
 
     console = Console()
+    pack = None if args.pack is None else parse_pack(args.pack)
     cfg = apply_overrides(load_study_config(args.config), **given(args, OVERRIDES))
     only = [name for item in (args.only or []) for name in item.split(",") if name]
     cells = checked_cells(cfg, only or None)
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             device = str(path)
     dev = devices.resolve(device)
     with console.status(f"counting {len(cells)} runs on the meta device..."):
-        doc = plan_study(cells, dev, args.gpus, cfg.name)
+        doc = plan_study(cells, dev, args.gpus, cfg.name, pack=pack)
     print_plan(doc, console, cells=not args.no_cells)
     if args.json:
         write_json(args.json, doc)

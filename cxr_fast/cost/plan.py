@@ -113,25 +113,36 @@ def memory_fit(arch: str, res: int, batch: int, precision: str, optimizer: str, 
     }
 
 
+def step_works(cell: PlanCell, dev: DeviceProfile) -> tuple[str, Any, Any, Any]:
+    """(precision, training step, plain evaluation batch, final evaluation batch) of a cell, counted on meta
+    (cached by ``cost.work``): the plan times them one run each, and ``pack_plan`` K runs to a step."""
+    from cxr_fast.cost.work import eval_work, train_work
+
+    s = cell.run_config()
+    gpu = dev.kind == "gpu"
+    precision = resolve_precision(s.precision, gpu, dev.supports_bf16, dev.name, f"cell {cell.cell_id}")
+    train = train_work(cell.arch, cell.res, s.batch_size, precision, s.recipe, s.optimizer, foreach=gpu,
+                       augment=s.augment, scaler=gpu and precision == "fp16")
+    plain = eval_work(cell.arch, cell.res, s.batch_size, precision, s.recipe, views=1)
+    final = eval_work(cell.arch, cell.res, s.batch_size, precision, s.recipe, views=1 + s.tta)
+    return precision, train, plain, final
+
+
 def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:
     """Every number of one cell: sizes, step times (eager and CUDA graphs), phase times, bound, memory."""
     from cxr_fast.cost.estimate import rate_for, step_summary, step_time
-    from cxr_fast.cost.work import eval_work, parameter_bytes, train_work
+    from cxr_fast.cost.work import parameter_bytes
 
     from cxr_fast.cost.fit import choose_loader
 
     s = cell.run_config()
     gpu = dev.kind == "gpu"
-    precision = resolve_precision(s.precision, gpu, dev.supports_bf16, dev.name, f"cell {cell.cell_id}")
+    precision, train, plain, final = step_works(cell, dev)
     batch, recipe, optimizer, tta = s.batch_size, s.recipe, s.optimizer, s.tta
     n_train, n_val = split_sizes(s.subsample_size, s.val_fraction)
     steps = steps_per_epoch(n_train, batch, s.max_batches)
     eval_batches = -(-n_val // batch)
 
-    train = train_work(cell.arch, cell.res, batch, precision, recipe, optimizer, foreach=gpu,
-                       augment=s.augment, scaler=gpu and precision == "fp16")
-    plain = eval_work(cell.arch, cell.res, batch, precision, recipe, views=1)
-    final = eval_work(cell.arch, cell.res, batch, precision, recipe, views=1 + tta)
     rate_train, source = rate_for(dev, precision, cell.arch, "train", train.graphable.flops)
     rate_eval, _ = rate_for(dev, precision, cell.arch, "eval", plain.graphable.flops)
 
@@ -147,7 +158,8 @@ def plan_cell(cell: PlanCell, dev: DeviceProfile) -> dict[str, Any]:
 
     out: dict[str, Any] = {
         "cell_id": cell.cell_id, "label": cell.label, "arch": cell.arch, "res": cell.res, "epochs": cell.epochs,
-        "batch_size": batch, "precision": precision, "optimizer": optimizer, "tta": tta,
+        "batch_size": batch, "precision": precision, "optimizer": optimizer, "tta": tta, "recipe": recipe,
+        "augment": s.augment,
         "n_train": n_train, "n_val": n_val, "steps_per_epoch": steps, "eval_batches": eval_batches,
         "work_per_step": train.total.summary(), "rate_flops": rate_train, "rate_source": source,
         "setup_s": setup, "checkpoint_s": checkpoint, "loader": loader, "loader_why": loader_why,
@@ -180,6 +192,113 @@ def makespan(durations: Sequence[float], workers: int, longest_first: bool = Tru
     for d in order:
         heapq.heappush(free, heapq.heappop(free) + d)
     return max(free)
+
+
+# Packed training (issue 21): K compatible runs trained as one step do K models' FLOPs and bytes with about one
+# model's launches. The factor is the issue's bound (a packed step of K = 8 dispatches at most 2x the ops of one
+# model's step), used for every K >= 2 until `cxr-fast gpu-check` measures packed steps on a card.
+PACKED_LAUNCH_FACTOR = 2.0
+PACK_GPUS = 8  # the pack table's many-GPU column
+# What a packed step's K runs must share (the planned cell's fields): one architecture, input, recipe and schedule.
+PACK_KEY = ("arch", "res", "recipe", "epochs", "batch_size", "precision", "optimizer", "augment", "tta",
+            "steps_per_epoch", "eval_batches")
+
+
+def parse_pack(value: str) -> str | int:
+    """``--pack``: ``auto`` (the most models that fit) or a whole number of models per step, at least 1."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise CxrError(f"--pack must be auto or a whole number of models of at least 1, got {value!r}")
+
+
+def pack_groups(rows: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """Indices of planned cells one packed step could train together (equal ``PACK_KEY``), in config order."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(tuple(row[k] for k in PACK_KEY), []).append(i)
+    return list(groups.values())
+
+
+def packed_memory_bytes(row: dict[str, Any], k: int, dev: DeviceProfile) -> int:
+    """Card memory of ``k`` of this cell's models in one step: k steps (parameters, optimizer state,
+    activations) and k resident splits (none when the loader is not resident; seeds of one label could share
+    theirs, which this does not count), one CUDA context."""
+    from cxr_fast.cost.memory import CUDA_CONTEXT_BYTES
+
+    m = row["memory"]
+    context = CUDA_CONTEXT_BYTES if dev.kind == "gpu" else 0
+    split = m["resident_bytes"] if row["loader"] == "resident" else 0
+    return k * (m["predicted_bytes"] - context + split) + context
+
+
+def choose_pack(row: dict[str, Any], n: int, dev: DeviceProfile, pack: str | int) -> int:
+    """K for a group of ``n`` compatible cells: ``auto`` the largest whose K-fold memory fits the card, a
+    number that number (at most ``n``), refused when it does not fit."""
+    capacity = row["memory"]["capacity_bytes"]
+    largest = next((k for k in range(n, 1, -1) if packed_memory_bytes(row, k, dev) <= capacity), 1)
+    if pack == "auto":
+        return largest
+    k = min(int(pack), n)
+    if k >= 2 and k > largest:
+        raise CxrError(f"--pack {pack}: {k} {row['arch']} models at {row['res']} px, batch {row['batch_size']} "
+                       f"{row['precision']}, need {packed_memory_bytes(row, k, dev) / GIB:.1f} GiB on {dev.name} "
+                       f"({dev.memory_gib:g} GiB); at most {largest} fit")
+    return k
+
+
+def packed_work(work: Any, k: int) -> Any:
+    """``k`` models' work in one step: k times the FLOPs and bytes, ``PACKED_LAUNCH_FACTOR`` times the ops and
+    kernels (each kernel doing k / factor of one model's), one model's host syncs (one read for all k)."""
+    from cxr_fast.cost.work import Work
+
+    if k == 1:
+        return work
+    f = PACKED_LAUNCH_FACTOR
+    return Work(round(work.ops * f), tuple((fl * k / f, b * k / f, round(n * f)) for fl, b, n in work.kernels),
+                work.syncs)
+
+
+def packed_job(cell: PlanCell, rows: Sequence[dict[str, Any]], dev: DeviceProfile) -> dict[str, Any]:
+    """The time of one packed job (the cells of ``rows``, one per model) with CUDA graphs: counted as one run
+    of ``cell``'s shape whose work is packed; setup and checkpoints are the runs' own, summed."""
+    from cxr_fast.cost.estimate import rate_for, step_time
+    from cxr_fast.cost.work import StepWork
+
+    k, row = len(rows), rows[0]
+    precision, *steps = step_works(cell, dev)
+    train, plain, final = (StepWork(packed_work(s.graphable, k), packed_work(s.eager, k)) for s in steps)
+    rate_train, _ = rate_for(dev, precision, cell.arch, "train", train.graphable.flops)
+    rate_eval, _ = rate_for(dev, precision, cell.arch, "eval", plain.graphable.flops)
+    t_train = step_time(train, dev, rate_train, True)
+    t_plain, t_final = step_time(plain, dev, rate_eval, True), step_time(final, dev, rate_eval, True)
+    train_s = row["epochs"] * row["steps_per_epoch"] * t_train.seconds
+    eval_s = row["eval_batches"] * (row["epochs"] * t_plain.seconds + t_final.seconds)
+    other = dev.setup_s + sum(r["setup_s"] - dev.setup_s + r["checkpoint_s"] for r in rows)
+    return {"k": k, "cells": [r["cell_id"] for r in rows], "train_s": train_s, "eval_s": eval_s,
+            "wall_s": other + train_s + eval_s, "train_bound": t_train.bound}
+
+
+def pack_plan(cells: Sequence[PlanCell], rows: Sequence[dict[str, Any]], dev: DeviceProfile, pack: str | int,
+              gpus: Sequence[int] = (1, PACK_GPUS)) -> dict[str, Any]:
+    """The grid's totals eager, with CUDA graphs, and packed + graphs, on each of ``gpus`` (whole runs or
+    packed jobs, longest first), with the K chosen per group of compatible cells."""
+    groups, jobs = [], []
+    for idx in pack_groups(rows):
+        row = rows[idx[0]]
+        k = choose_pack(row, len(idx), dev, pack)
+        chunks = [idx[i:i + k] for i in range(0, len(idx), k)]
+        jobs += [packed_job(cells[chunk[0]], [rows[i] for i in chunk], dev) for chunk in chunks]
+        groups.append({**{key: row[key] for key in ("arch", "res", "recipe", "epochs", "batch_size", "precision")},
+                       "cells": len(idx), "k": k, "jobs": [len(c) for c in chunks],
+                       "memory_gib": packed_memory_bytes(row, k, dev) / GIB, "capacity_gib": dev.memory_gib})
+    walls = {"eager": [r["eager"]["wall_s"] for r in rows], "graphs": [r["graphs"]["wall_s"] for r in rows],
+             "packed_graphs": [j["wall_s"] for j in jobs]}
+    totals = {mode: {"jobs": len(w), "wall_s": {str(g): makespan(w, g) for g in gpus}} for mode, w in walls.items()}
+    return {"pack": pack, "launch_factor": PACKED_LAUNCH_FACTOR, "gpus": list(gpus), "totals": totals,
+            "groups": groups, "jobs": jobs}
 
 
 def by_resolution(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,8 +342,9 @@ def fit_statements(cells: list[dict[str, Any]], dev: DeviceProfile) -> list[str]
 
 
 def plan_study(cells: Iterable[Any], dev: DeviceProfile, gpus: int = 1, name: str = "study",
-               progress: Any = None) -> dict[str, Any]:
-    """The plan document: every cell, totals eager and with CUDA graphs, per-resolution bounds, makespans."""
+               progress: Any = None, pack: str | int | None = None) -> dict[str, Any]:
+    """The plan document: every cell, totals eager and with CUDA graphs, per-resolution bounds, makespans,
+    and with ``pack`` (auto or K) the totals packed + graphs on 1 and ``PACK_GPUS`` GPUs (``pack_plan``)."""
     cell_list = cells_from(cells)
     if not cell_list:
         raise CxrError("the study has no cells to plan")
@@ -246,7 +366,7 @@ def plan_study(cells: Iterable[Any], dev: DeviceProfile, gpus: int = 1, name: st
             "lower_bound_s": max(sum(walls) / gpus, max(walls)),
             "bounds": {b: sum(1 for r in rows if r[mode]["bound"] == b) for b in ("compute", "bandwidth", "launches")},
         }
-    return {
+    doc: dict[str, Any] = {
         "schema": SCHEMA, "study": name, "gpus": gpus,
         "device": {k: getattr(dev, k) for k in ("name", "title", "kind", "source", "memory_gib", "peak_flops",
                                                    "bandwidth", "compute_share", "bandwidth_share", "launch_s",
@@ -255,6 +375,9 @@ def plan_study(cells: Iterable[Any], dev: DeviceProfile, gpus: int = 1, name: st
         "cells": rows, "totals": totals, "by_res": by_resolution(rows), "fit": fit_statements(rows, dev),
         "notes": notes(dev),
     }
+    if pack is not None:
+        doc["pack"] = pack_plan(cell_list, rows, dev, pack, sorted({1, PACK_GPUS, gpus}))
+    return doc
 
 
 def notes(dev: DeviceProfile) -> list[str]:

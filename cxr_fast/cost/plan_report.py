@@ -48,6 +48,8 @@ def print_plan(doc: dict[str, Any], console: Any, cells: bool = True) -> None:
         console.print(line)
     for line in summary_lines(doc):
         console.print(line)
+    if "pack" in doc:
+        console.print(pack_markdown(doc), markup=False, highlight=False, soft_wrap=True)
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
@@ -66,6 +68,32 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
                          f"{human(t['makespan_config_order_s'])} in config order (the executor's order today); "
                          f"no schedule beats {human(t['lower_bound_s'])}")
     return lines
+
+
+PACK_MODES = (("eager", "eager PyTorch"), ("graphs", "CUDA graphs"), ("packed_graphs", "packed + CUDA graphs"))
+
+
+def pack_markdown(doc: dict[str, Any]) -> str:
+    """The grid's totals eager, with graphs and packed + graphs on each GPU count, and the K of each group."""
+    p, dev = doc["pack"], doc["device"]
+    lines = [f"Packed training (--pack {p['pack']}) on {dev['name']} ({dev['source']}): K compatible runs (same "
+             f"architecture, resolution, recipe, schedule, batch and precision) as one step, K models' FLOPs, bytes "
+             f"and memory, {p['launch_factor']:g}x one model's launches (the issue's bound until gpu-check measures "
+             f"it); jobs to the first free GPU, longest first.", "",
+             "| total | jobs | " + " | ".join(f"{g} GPU{'s' if g > 1 else ''}" for g in p["gpus"]) + " |",
+             "|---|---|" + "---|" * len(p["gpus"])]
+    for mode, what in PACK_MODES:
+        t = p["totals"][mode]
+        lines.append(f"| {what} | {t['jobs']} | " + " | ".join(human(t["wall_s"][str(g)]) for g in p["gpus"]) + " |")
+    if dev["kind"] != "gpu":
+        lines.append(f"\nCUDA graphs do nothing on {dev['name']}: its graphs rows are the eager step.")
+    lines += ["", "| arch | res | recipe | epochs | batch | precision | cells | K | models per job | memory at K |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in p["groups"]:
+        lines.append(f"| {g['arch']} | {g['res']} | {g['recipe']} | {g['epochs']} | {g['batch_size']} | "
+                     f"{g['precision']} | {g['cells']} | {g['k']} | {'+'.join(map(str, g['jobs']))} | "
+                     f"{g['memory_gib']:.1f} / {g['capacity_gib']:g} GiB |")
+    return "\n".join(lines) + "\n"
 
 
 def _actual(study_dir: Path, row: dict[str, Any]) -> dict[str, float | None]:

@@ -30,12 +30,25 @@ class Effort:
     paired: bool = False  # interleave synthetic and loader-fed steps (a shared CPU: same interference for both)
     measure_limit: bool = True  # measured max batch (GPU only)
     limit_cap: int = 2048
+    # The packed-training section (``bench.packed``): K models in one step against the same K stepped in turn.
+    packed_ks: list[int] = field(default_factory=list)  # the K values measured; empty: the section is off
+    packed_batch: int = 8  # images per model per step: the paper's 8, where a GPU step is bound by launches
+    packed_warmup: int = 1  # untimed steps of each way (packed, sequential) before the timed ones
+    packed_iters: int = 2  # timed steps of each way
+    packed_seconds: float = 30.0  # per resolution: a K starts only while its predicted time fits this
 
 
 def cpu_effort() -> Effort:
+    # Packed training is off on the CPU: a CPU is not launch-bound, so packing is no faster there
+    # (results/packed/cpu.md), and K=1,2 at 600 px would add minutes to `cxr-fast bench --res 600`.
     return Effort(archs=["resnet34"], batch_size=2, warmup=1, iters=2, train_seconds=3.0, loader_warmup=0,
                   loader_batch_size=8, loader_batches=3, loader_seconds=1.0, n_images=600, paired=True,
-                  measure_limit=False, limit_cap=0)
+                  measure_limit=False, limit_cap=0, packed_ks=[], packed_batch=2, packed_warmup=1, packed_iters=1,
+                  packed_seconds=15.0)
+
+
+def gpu_effort() -> Effort:
+    return Effort(packed_ks=[1, 2, 4, 8], packed_warmup=2, packed_iters=5)
 
 
 _RUN = RunConfig.model_fields
@@ -68,7 +81,7 @@ class BenchConfig:
     batch_size: int | None = None  # overrides the effort's training batch size
     threads: int | None = None  # CPU intra-op threads; None: torch's default, or 1 when the machine is busy
     cpu: Effort = field(default_factory=cpu_effort)
-    gpu: Effort = field(default_factory=Effort)
+    gpu: Effort = field(default_factory=gpu_effort)
 
     def run_settings(self) -> RunConfig:
         """The bench's settings that mean what a run's do, as the run schema holds them."""
@@ -86,7 +99,7 @@ def load_bench_config(path: str | None = None, **flags: Any) -> BenchConfig:
             if key in data:
                 if not isinstance(data[key], dict):
                     raise CxrError(f"{path}: '{key}' must be a mapping of settings")
-                base = cpu_effort() if key == "cpu" else Effort()
+                base = cpu_effort() if key == "cpu" else gpu_effort()
                 merged = {**dataclasses.asdict(base), **data[key]}
                 data[key] = from_dict(Effort, merged, f"{path} [{key}]")
         if "res" in data:
@@ -116,4 +129,23 @@ def validate(cfg: BenchConfig) -> None:
         raise CxrError(f"--batch-size must be 1 or more, got {cfg.batch_size}")
     if cfg.threads is not None and cfg.threads < 1:
         raise CxrError(f"--threads must be 1 or more, got {cfg.threads}")
+    for name, effort in (("cpu", cfg.cpu), ("gpu", cfg.gpu)):
+        check_packed(effort, name)
     check_gpu_gb(cfg.predict_gpu_gb, "predict_gpu_gb")
+
+
+PACKED_K_MAX = 64  # more models than this in one step is a typo, not a measurement
+
+
+def check_packed(effort: Effort, where: str) -> None:
+    """The packed section's settings of one device's effort, each refused in one line naming it."""
+    for k in effort.packed_ks:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= PACKED_K_MAX:
+            raise CxrError(f"{where}.packed_ks: each K must be a whole number from 1 to {PACKED_K_MAX}, got {k!r}")
+    if len(set(effort.packed_ks)) != len(effort.packed_ks):
+        raise CxrError(f"{where}.packed_ks: each K once, got {effort.packed_ks}")
+    for name, least in (("packed_batch", 1), ("packed_iters", 1), ("packed_warmup", 0)):
+        if getattr(effort, name) < least:
+            raise CxrError(f"{where}.{name} must be {least} or more, got {getattr(effort, name)}")
+    if not effort.packed_seconds > 0:
+        raise CxrError(f"{where}.packed_seconds must be positive, got {effort.packed_seconds}")

@@ -22,7 +22,10 @@ In order, each step timed, JSON rewritten after every step (a kill keeps what wa
    at batch 8 per architecture and limit resolution, the launch cost, the bandwidth), written to
    ``device-profile.json`` and into the cache, where it replaces the card's datasheet model; then CUDA graphs
    (``bench.graphs_check``): one architecture's training step eager and graphed per resolution, beside the plan's
-   prediction from that profile (skipped on a CPU: no GPU);
+   prediction from that profile (skipped on a CPU: no GPU); then packed training (``bench.packed_check``): a
+   packed step of K = 1, 2, 4, 8 models per architecture at 64, 224 and 600 px (those of --res), eager and graphed
+   ms and the kernels one step launches (``torch.profiler``), beside the plan's packed step time and its launch
+   factor (the smoke: K = 1, 2 at the smallest resolution, kernels 'not on a GPU');
 6. ``cxr-fast bench`` at the nine resolutions with quick settings: loader images/s per backend,
    training images/s synthetic vs fed by the best loader (goal: >= 95%), and each loader's rate
    against what ResNet34 (AMP, channels-last) consumes (goal: >= 2x).
@@ -336,6 +339,8 @@ PROFILE_RESERVE_S = 45.0  # the device profile: about 1 s per timed point, train
 BENCH_S_PER_RES = 25.0  # the bench, per resolution
 SYNC_DEBUG_S = 20.0  # the sync-debug training section: a loader, a model, 12 steps at 224 px
 GRAPHS_S = 40.0  # the CUDA graphs section (bench.graphs_check): eager and graphed steps per resolution
+PACKED_S = 60.0  # packed steps (bench.packed_check): K = 1..8, both architectures, a few resolutions, largest cut first
+SHARED_S = 40.0  # the shared-GPU baseline (bench.shared_check): K runs in turn, on K streams, and packed
 DEFAULT_BUDGET_S = 480.0  # one 10-minute command on a fresh H100/H200: this, plus installing the wheels,
 # starting Python and CUDA, and at most RES_MARGIN's overrun of the last bench resolution
 
@@ -451,6 +456,14 @@ def print_summary(doc: dict) -> None:
 
     for line in graphs_lines(doc.get("graphs")):
         print(line)
+    from cxr_fast.bench.packed_check import packed_lines
+
+    for line in packed_lines(doc.get("packed")):
+        print(line)
+    from cxr_fast.bench.shared_check import shared_lines
+
+    for line in shared_lines(doc.get("shared")):
+        print(line)
     limits = [r for r in doc.get("limits") or [] if "measured" in r]
     if limits:
         print("\nmax batch        res  budget        predicted  measured  error")
@@ -543,6 +556,7 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
         effort = Effort(archs=None, batch_size=None, warmup=3, iters=10, train_seconds=1.0, loader_warmup=2,
                         loader_batch_size=128, loader_batches=4, loader_seconds=1.0, n_images=600,
                         measure_limit=False, limit_cap=0)  # limits are measured in their own step
+    effort.packed_ks = []  # packed training is its own step (bench.packed_check), with its own time
     label = "Nodule"
     ids, targets = bench_subset(dataset, label, effort.n_images)
 
@@ -564,7 +578,7 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
 
     cuda = device.type == "cuda"
     after_limits, profile_needs = time_reserves(args.skip_bench, args.skip_profile, len(resolutions), sync_debug=cuda)
-    after_limits += GRAPHS_S if cuda else 0.0
+    after_limits += GRAPHS_S + PACKED_S + SHARED_S if cuda else 0.0
     if cuda and not args.skip_limits:
         total = torch.cuda.get_device_properties(device).total_memory
         doc["limits"] = check.step("limits", lambda: measure_limits(device, total, archs, limit_res,
@@ -587,6 +601,20 @@ def run_gpu_check(args: GpuCheckOptions) -> int:
     # After the device profile, so the plan's prediction beside it uses this card's measured profile.
     doc["graphs"] = check.step("graphs", lambda: graphs_section(device, resolutions, check.section_left, archs[0]),
                                min_left_s=10.0 if cuda else 0.0, limit_s=GRAPHS_S)
+
+    from cxr_fast.bench.packed_check import packed_check_section, packed_resolutions
+
+    # Packed steps beside the plan (which uses the measured profile too); the smoke checks the code path, tiny.
+    packed = (dict(resolutions=[min(resolutions)], archs=archs[:1], ks=(1, 2), steps=1, warmup=1) if args.cpu_smoke
+              else dict(resolutions=packed_resolutions(resolutions), archs=archs))
+    doc["packed"] = check.step("packed", lambda: packed_check_section(device, left=check.section_left, **packed),
+                               min_left_s=10.0 if cuda else 0.0, limit_s=PACKED_S)
+
+    from cxr_fast.bench.shared_check import shared_section
+
+    # The baseline packing must beat: K runs sharing the card (on K streams), beside K in turn and one packed step.
+    doc["shared"] = check.step("shared", lambda: shared_section(device, left=check.section_left, arch=archs[0]),
+                               min_left_s=10.0 if cuda else 0.0, limit_s=SHARED_S)
 
     if not args.skip_bench:
         cfg_kwargs = dict(archs=archs, loaders=["all"], label=label, device=str(device), data=None,

@@ -128,7 +128,8 @@ def throughput(arch: str, res: int, k: int, batch: int = 8, recipe: str = "fasta
     images = k * batch * iters
     return {"arch": arch, "res": res, "k": k, "batch": batch, "recipe": recipe, "optimizer": optimizer,
             "packed_ips": images / totals["packed"], "sequential_ips": images / totals["sequential"],
-            "speedup": totals["sequential"] / totals["packed"]}
+            "speedup": totals["sequential"] / totals["packed"], "iters": iters, "images": images,
+            "packed_s": totals["packed"], "sequential_s": totals["sequential"], "precision": packed.precision}
 
 
 def packed_section(archs: Sequence[str] = ARCHS, resolutions: Sequence[int] = RESOLUTIONS, ks: Sequence[int] = KS,

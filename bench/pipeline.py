@@ -1,4 +1,5 @@
-"""The bench pipeline: per resolution, loader images/s, training images/s and the batch-size limit.
+"""The bench pipeline: per resolution, loader images/s, training images/s, the batch-size limit, and packed
+training (K models in one step) against the same K models stepped in turn.
 
 Before booking a GPU a user learns, at each resolution, how fast each input pipeline delivers, how
 fast the model trains from data already on the device (its ceiling) and from the best loader (what they
@@ -133,6 +134,7 @@ def run_bench(cfg: BenchConfig, say: Say | None = None, advance: Callable[[], No
             for arch in archs:
                 limit_section(run, arch, res, training_section(run, arch, res, best))
                 advance()
+            packed_training_section(run, res, archs)
     finally:
         torch.set_num_threads(saved_threads)
     return {
@@ -293,6 +295,89 @@ def limit_section(run: BenchRun, arch: str, res: int, training: tuple[Any, Any, 
     ))
 
 
+def packed_off_reason(on_gpu: bool) -> str:
+    """Why the packed section measured nothing (its effort's ``packed_ks`` is empty), and how to turn it on."""
+    where = "gpu" if on_gpu else "cpu"
+    why = ("" if on_gpu else " by default: a CPU is not launch-bound, so packing does not pay there "
+           "(results/packed/cpu.md), and at 600 px it would take minutes")
+    return (f"off on the {where.upper()} ({where}.packed_ks: []){why}; to measure it, give --config a bench "
+            f"YAML with {where}: {{packed_ks: [1, 2]}}")
+
+
+def packed_training_section(run: BenchRun, res: int, archs: list[str]) -> None:
+    """Packed against sequential training images/s at ``res``: one step of K models (``cxr_fast.packed``) against
+    one step of each of the same K models in turn (``bench.packed.throughput``, the two interleaved), per
+    architecture and K of the effort, at its ``packed_batch`` per model (the fastai07 recipe, synthetic batches).
+
+    Off (one skipped row saying how to turn it on) when the effort has no K. Each K starts only while its predicted
+    time (the architecture's last K, scaled by K) fits the effort's ``packed_seconds`` for this resolution, and on a
+    GPU only when its predicted memory (the packed step and the K separate models, held at once) fits the card.
+    """
+    from cxr_fast.bench.packed import throughput
+    from cxr_fast.runtime import fixed_shapes
+
+    effort, cfg = run.effort, run.cfg
+    if not effort.packed_ks:
+        reason = packed_off_reason(run.on_gpu)
+        run.say(f"{res}px packed training: {reason}")
+        run.rows.append(run.row(arch="", res=res, kind="train_packed", status="skipped", reason=reason, **run.common))
+        return
+    fixed_shapes(run.device)  # one shape per measurement, as in training; the warm-up pays cuDNN's autotuning
+    batch, start = effort.packed_batch, time.perf_counter()
+    for arch in archs:
+        last: tuple[int, float] | None = None  # (K, seconds) of this architecture's last measurement
+        for k in sorted(effort.packed_ks):
+            common = dict(arch=arch, res=res, kind="train_packed", batch_size=batch, packed_k=k, **run.common)
+            need = 0.0 if last is None else last[1] * k / last[0]
+            left = effort.packed_seconds - (time.perf_counter() - start)
+            if need > left or left <= 0:
+                run.rows.append(run.row(backend="packed", status="skipped", **common, reason=(
+                    f"time budget: about {need:.0f} s needed, {max(0.0, left):.0f} s of packed_seconds "
+                    f"({effort.packed_seconds:g} s per resolution) left")))
+                continue
+            too_big = _packed_memory(run, arch, res, k, batch)
+            if too_big:
+                run.rows.append(run.row(backend="packed", status="skipped", reason=too_big, **common))
+                continue
+            run.say(f"{res}px {arch}: packed training, K={k} in one step against K steps in turn, batch {batch} each")
+            t, failure = time.perf_counter(), None
+            try:
+                m = throughput(arch, res, k, batch, "fastai07", cfg.optimizer, str(run.device), run.precision,
+                               cfg.channels_last, effort.packed_warmup, effort.packed_iters)
+            except Exception as exc:  # noqa: BLE001 - one failure is a row, not a crash
+                failure = exc.with_traceback(None)  # its frames hold the failed step's tensors
+            free_memory(run.device)  # outside the except block, once the frames are released
+            last = (k, time.perf_counter() - t)
+            if failure is not None:
+                run.rows.append({**_failed(run, arch, res, "train_packed", "packed", failure, batch), "packed_k": k})
+                continue
+            run.say(f"{res}px {arch} K={k}: packed {m['packed_ips']:.3g} img/s, sequential {m['sequential_ips']:.3g} "
+                    f"img/s ({m['speedup']:.2f}x)")
+            shared = dict(n_images=m["images"], **common)
+            run.rows.append(run.row(backend="packed", status="ok", images_per_s=round(m["packed_ips"], 3),
+                                    step_ms=round(1000 * m["packed_s"] / m["iters"], 2), ratio=round(m["speedup"], 3),
+                                    ratio_to="sequential", seconds=round(m["packed_s"], 3), **shared))
+            run.rows.append(run.row(backend="sequential", status="ok", images_per_s=round(m["sequential_ips"], 3),
+                                    step_ms=round(1000 * m["sequential_s"] / m["iters"], 2),
+                                    seconds=round(m["sequential_s"], 3), **shared))
+
+
+def _packed_memory(run: BenchRun, arch: str, res: int, k: int, batch: int) -> str | None:
+    """Why K models will not fit the card (None when they do, and on a CPU): the memory model's packed step of K
+    models at ``batch`` each (K times one model's) plus the K separate models' weights, gradients and optimizer
+    state, which the measurement holds at the same time."""
+    if run.card_bytes is None:
+        return None
+    from cxr_fast.cost import memory
+
+    prof = memory.profile(arch, res, run.memory_precision, run.cfg.channels_last, run.cfg.optimizer)
+    need = k * (prof.allocator_bytes(batch) + prof.static_bytes) + memory.CUDA_CONTEXT_BYTES
+    if need <= run.card_bytes:
+        return None
+    return (f"predicted memory: K={k} packed and sequential need about {need / GIB:.1f} GiB, "
+            f"the card has {run.card_bytes / GIB:.1f} GiB")
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 
 
@@ -395,7 +480,8 @@ def failed_sections(doc: dict) -> list[str]:
     out = []
     for r in doc.get("rows", []):
         if r.get("status") in ("error", "oom"):
-            what = " ".join(str(x) for x in (f"{r.get('res')}px", r.get("arch"), r.get("kind")) if x)
+            k = f"K={r['packed_k']}" if r.get("packed_k") else None
+            what = " ".join(str(x) for x in (f"{r.get('res')}px", r.get("arch"), r.get("kind"), k) if x)
             where = f" ({r['backend']})" if r.get("backend") else ""
             out.append(f"{what}{where}: {r.get('reason')}")
     return out

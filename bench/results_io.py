@@ -8,6 +8,11 @@ Row kinds:
 - ``train_synthetic``: training images/s from tensors already on the device (the model's ceiling).
 - ``train_loader``: training images/s fed by ``backend``; ``ratio`` is to ``train_synthetic``.
 - ``batch_limit``: the largest batch, ``max_batch_predicted`` always, ``max_batch_measured`` on a GPU.
+- ``train_packed``: packed training (``bench.packed``), two rows per (arch, res, ``packed_k``): ``backend``
+  ``packed`` (one step of all K models; ``ratio`` is to ``sequential``) and ``sequential`` (one step of each of
+  the K models in turn); images/s count all K models' images, ``batch_size`` is each model's, ``step_ms`` the
+  time of one packed step or of the K separate steps. Where the section is off, one ``skipped`` row per
+  resolution (``arch`` empty) says why and how to turn it on.
 
 ``step_ms`` is the mean time of one training step (timm's ``train_step_time``); ``param_count`` the
 model's trainable parameters.
@@ -37,12 +42,12 @@ from typing import Any, Iterable
 from cxr_fast.io import write_json, write_text
 from cxr_fast.machine import cpu_name
 
-KINDS: tuple[str, ...] = ("loader", "train_synthetic", "train_loader", "batch_limit")
+KINDS: tuple[str, ...] = ("loader", "train_synthetic", "train_loader", "batch_limit", "train_packed")
 
 # CSV column order (the JSON rows carry the same keys).
 ROW_FIELDS: tuple[str, ...] = (
     "arch", "res", "kind", "backend", "status", "reason",
-    "batch_size", "precision", "channels_last", "optimizer",
+    "batch_size", "packed_k", "precision", "channels_last", "optimizer",
     "images_per_s", "step_ms", "ratio", "ratio_to", "n_images", "seconds", "param_count",
     "peak_mem_mb", "mem_per_sample_mb", "predicted_mem_per_sample_mb",
     "max_batch_measured", "max_batch_predicted", "max_batch_capped", "gpu_gb",

@@ -1,4 +1,4 @@
-"""The bench document as three rich tables: loaders, training steps, and the batch-size limit."""
+"""The bench document as rich tables: loaders, training steps, the batch-size limit, and packed training."""
 
 from __future__ import annotations
 
@@ -50,6 +50,33 @@ def print_tables(doc: dict, console: Any) -> None:
             t.add_row(str(r["res"]), r["arch"], str(r["max_batch_predicted"]),
                       "-" if measured is None else f"{measured}{'+' if r['max_batch_capped'] else ''}",
                       _fmt(r["mem_per_sample_mb"]), _fmt(r["predicted_mem_per_sample_mb"]))
+    console.print(t)
+    print_packed(doc, console)
+
+
+def print_packed(doc: dict, console: Any) -> None:
+    """Packed training against the same K models stepped in turn, one line per (res, arch, K); where the
+    section was off, its one-line reason (which says how to turn it on)."""
+    from rich.table import Table
+
+    rows = [r for r in doc["rows"] if r["kind"] == "train_packed"]
+    for reason in dict.fromkeys(r["reason"] for r in rows if not r["arch"]):
+        console.print(f"Packed training: {reason}", highlight=False)
+    measured = [r for r in rows if r["arch"] and r["backend"] == "packed"]
+    if not measured:
+        return
+    seq = {(r["arch"], r["res"], r["packed_k"]): r for r in rows if r["backend"] == "sequential"}
+    t = Table(title=f"Packed training, images/s of all K models: one step of K against K steps in turn "
+                    f"(fastai07, {doc['settings']['resolved']['precision']}, batch {measured[0]['batch_size']} "
+                    "per model, synthetic)")
+    for c in ("res", "arch", "K", "packed", "sequential", "packed/sequential", "packed step ms"):
+        t.add_column(c, justify="left" if c == "arch" else "right")
+    for r in measured:
+        s = seq.get((r["arch"], r["res"], r["packed_k"]), {})
+        ok = r["status"] == "ok"
+        t.add_row(str(r["res"]), r["arch"], str(r["packed_k"]),
+                  _fmt(r["images_per_s"]) if ok else f"{r['status']}: {r['reason']}",
+                  _fmt(s.get("images_per_s")), _fmt(r["ratio"], "{:.2f}x"), _fmt(r["step_ms"]))
     console.print(t)
 
 

@@ -7,6 +7,7 @@ results store, so rows are written by one process whichever executor runs the tr
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 import socket
@@ -27,6 +28,7 @@ class Job:
     config: Any  # the cell's RunConfig
     description: str
     inputs: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the run function besides it
+    fn: Callable[..., dict] | None = None  # this job's own run function (a packed job's), else the executor's
 
 
 OnDone = Callable[[Job, dict], None]
@@ -59,7 +61,7 @@ class LocalExecutor:
         for job in jobs:
             if on_start is not None:
                 on_start(job)
-            on_done(job, fn(job.config, **job.inputs))
+            on_done(job, (job.fn or fn)(job.config, **job.inputs))
 
 
 CHECK_FILE = ".cxr-fast-node-check"  # the driver's token in the study folder, while a Ray study runs
@@ -121,7 +123,8 @@ def _call(fn: RunFn, config: Any, inputs: dict[str, Any], study: Path | None = N
 
 
 class RayExecutor:
-    """Each job is a Ray task asking for one GPU when the cluster has GPUs, else one CPU.
+    """Each job is a Ray task asking for one GPU when the cluster has GPUs, else one CPU (a packed job, K runs in
+    one step, is one task on one GPU).
 
     Without ``address`` a local Ray is started for the study (``num_cpus`` CPUs, no dashboard) and shut
     down after; with ``address`` (``ray://host:10001`` or ``auto``) the study joins a running cluster, whose
@@ -129,14 +132,28 @@ class RayExecutor:
     on every node before any run starts. A run whose worker or node is lost (a preempted node) is run again
     on the nodes that remain, up to ``retries`` times, and resumes from its last checkpoint; one line says so.
     An error of the run itself stops the study.
+
+    ``runs_per_gpu`` K > 1 asks for 1/K of a GPU per task (Ray's fractional GPUs), so K runs share each GPU: the
+    baseline packed training is priced against (``cost.plan.shared_job``). Ray only counts; the K processes
+    time-slice the GPU unless the user started CUDA MPS on each node (``nvidia-cuda-mps-control -d``; cxr-fast
+    never starts it), and nothing caps each one's memory. One line says which applies (``sharing``, also given to
+    ``on_done`` in each job's metrics as ``gpu_share``); on a cluster without GPUs each task asks for one CPU and
+    the line says K does not apply.
     """
 
     name = "ray"
+    MAX_RUNS_PER_GPU = 64  # Ray counts GPU shares in 1/10000ths: 1/K, floored, must still let K tasks fit
 
-    def __init__(self, address: str | None = None, num_cpus: int = 2, retries: int = 3) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int = 2, retries: int = 3,
+                 runs_per_gpu: int = 1) -> None:
+        from cxr_fast.vocabulary import check_number
+
         self.address = address
         self.num_cpus = num_cpus
         self.retries = retries
+        self.runs_per_gpu = check_number(runs_per_gpu, "--runs-per-gpu", integer=True, ge=1,
+                                         le=self.MAX_RUNS_PER_GPU)
+        self.sharing: dict[str, Any] = {}  # what the cluster gave each task, set when a study starts
 
     def _ray(self) -> Any:
         try:
@@ -173,10 +190,25 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
-    @staticmethod
-    def _options(ray: Any) -> dict[str, Any]:
+    def _options(self, ray: Any) -> dict[str, Any]:
+        """Each task's resources: 1/K of a GPU when the cluster has GPUs (floored to Ray's 1/10000 unit, so K
+        fit one GPU), else one CPU; said in one line and kept in ``sharing``."""
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        return {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
+        k = self.runs_per_gpu
+        if gpus >= 1:
+            share = 1 if k == 1 else math.floor(10_000 / k) / 10_000
+            options: dict[str, Any] = {"num_gpus": share}
+            line = ("ray: one run per GPU" if k == 1 else
+                    f"ray: {k} runs share each GPU (num_gpus={share:g} per task); without CUDA MPS on the node "
+                    "they time-slice it, with MPS their kernels overlap (cxr-fast does not start MPS: "
+                    "nvidia-cuda-mps-control -d)")
+        else:
+            options = {"num_cpus": 1}
+            line = "ray: the cluster has no GPU, each run asks for one CPU" + (
+                f"; --runs-per-gpu {k} does not apply" if k > 1 else "")
+        self.sharing = {"runs_per_gpu": k if gpus >= 1 else None, "asked": options, "line": line}
+        print(line, flush=True)
+        return options
 
     def _check_nodes(self, ray: Any, shared: SharedFolders, token: str, options: dict[str, Any]) -> None:
         """Refuse, in one line and before any run, when a node that could run one sees other folders than here."""
@@ -210,12 +242,16 @@ class RayExecutor:
              options: dict[str, Any], shared: SharedFolders | None, token: str) -> None:
         # Ray's own retries are off: a lost run is resubmitted here, so the driver can say so and bound it.
         task = ray.remote(max_retries=0)(_call).options(**options)
-        fn_ref = ray.put(fn)
+        refs = {id(f): ray.put(f) for f in {id(j.fn or fn): j.fn or fn for j in jobs}.values()}
+
+        def submit(job: Job) -> Any:
+            return task.remote(refs[id(job.fn or fn)], job.config, job.inputs, study, token)
+
         study = shared.study if shared is not None else None
         pending = {}
         lost: dict[str, int] = {}
         for job in jobs:
-            pending[task.remote(fn_ref, job.config, job.inputs, study, token)] = job
+            pending[submit(job)] = job
             if on_start is not None:
                 on_start(job)
         try:
@@ -235,9 +271,9 @@ class RayExecutor:
                             raise CxrError(f"{job.key}: Ray could not run it: {one_line(exc)}", exit_code=1) from None
                         lost[job.key] = lost.get(job.key, 0) + 1
                         self._retry_or_stop(job, exc, lost[job.key])
-                        pending[task.remote(fn_ref, job.config, job.inputs, study, token)] = job
+                        pending[submit(job)] = job
                         continue
-                    on_done(job, metrics)
+                    on_done(job, {**metrics, "gpu_share": self.sharing} if isinstance(metrics, dict) else metrics)
         finally:
             for ref in pending:  # an error or Ctrl-C: stop what has not finished; the rerun resumes it
                 ray.cancel(ref, force=True)

@@ -20,7 +20,8 @@ where a manual capture costs three warm-up steps and replays exactly the eager k
 - Optimizers: SGD holds no host state and its fixed learning rate is captured as a constant (cxr-fast has no
   schedule); Adam's groups are ``capturable`` for the warm-up and capture (its step count on the device; fused
   Adam runs the same kernel either way, so the flag is put back and checkpoints keep the optimizer as built).
-- BatchNorm running statistics update in place inside the graph; dropout draws from PyTorch's graph-safe RNG.
+- BatchNorm running statistics update in place inside the graph; dropout draws from PyTorch's graph-safe RNG
+  (a packed model's per-model generators are registered with the graph).
 - Refused, in one line: fp16 (``GradScaler.step`` reads the overflow flag on the host, which a graph cannot
   hold; bf16, tf32 and fp32 need no scaler) and ``compile`` (two capture mechanisms on one model).
 - Shapes: a batch whose shape or dtype differs from the captured one (the short last training batch, the short
@@ -84,9 +85,12 @@ class CudaBackend:
 
     capturable = True  # Adam's groups are made capturable for the capture (its step count on the device)
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, generators: Any = ()) -> None:
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream(self.device)
+        # A packed model's per-model dropout generators (``cxr_fast.packed``): registered with each graph, so a
+        # replay advances them as the default generator's offset advances, and saved and restored with it.
+        self.generators = [g for g in generators if g.device.type == "cuda"]
 
     def warm(self, body: Callable[[], Any], times: int) -> None:
         """``body`` ``times`` times on the side stream, as PyTorch's capture examples do before capturing."""
@@ -102,15 +106,19 @@ class CudaBackend:
         also what ROCm's cuBLAS-handle caching needs). Capturing runs no kernel."""
         graph = torch.cuda.CUDAGraph()
         # thread_local: a loader's own threads (DALI, FFCV) may keep calling CUDA while this thread captures.
+        for g in self.generators:
+            graph.register_generator_state(g)
         with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
             out = body()
         return graph.replay, out
 
-    def rng_state(self) -> torch.Tensor:
-        return torch.cuda.get_rng_state(self.device)
+    def rng_state(self) -> list[torch.Tensor]:
+        return [torch.cuda.get_rng_state(self.device), *(g.get_state() for g in self.generators)]
 
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        torch.cuda.set_rng_state(state, self.device)
+    def set_rng_state(self, state: list[torch.Tensor]) -> None:
+        torch.cuda.set_rng_state(state[0], self.device)
+        for g, s in zip(self.generators, state[1:]):
+            g.set_state(s)
 
 
 @contextmanager
@@ -201,7 +209,8 @@ class GraphedStep:
         if getattr(step, "scaler", None) is not None:
             raise CxrError("graphs with a GradScaler (precision fp16): a CUDA graph cannot hold its host-side check")
         self.step = step
-        self.backend = backend if backend is not None else CudaBackend(step.device)
+        generators = getattr(step.model, "generators", ())  # a packed model's, one per model
+        self.backend = backend if backend is not None else CudaBackend(step.device, generators)
         self.warmup = warmup
         self.train_graph: Captured | None = None
         self.eval_graph: Captured | None = None

@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from cxr_fast.errors import CxrError
-from cxr_fast.vocabulary import ARCHS, RECIPES, check_choice
+from cxr_fast.vocabulary import ARCHS, HEAD_BN_INITS, RECIPES, check_choice
 
-__all__ = ["ARCHS", "GRAY_MEAN", "GRAY_STD", "Normalize", "build_model", "positive_logit", "load_imagenet_state"]
+__all__ = ["ARCHS", "GRAY_MEAN", "GRAY_STD", "HEAD_BN_INITS", "Normalize", "build_model", "positive_logit",
+           "load_imagenet_state"]
 
 # ImageNet statistics averaged over RGB: the right normalisation once the stem is summed to gray.
 GRAY_MEAN = (0.485 + 0.456 + 0.406) / 3
@@ -41,6 +42,11 @@ GRAY_STD = (0.229 + 0.224 + 0.225) / 3
 # fastai 0.7's head: one hidden layer of 512, dropout 0.25 before it and 0.5 before the output.
 FASTAI07_HIDDEN = 512
 FASTAI07_DROPOUT = (0.25, 0.5)
+# The fastai07 head's BatchNorm1d weights (``vocabulary.HEAD_BN_INITS``): "ones" is today's PyTorch default; "uniform"
+# is U(0, 1), what
+# ``_BatchNorm.reset_parameters`` drew (``self.weight.data.uniform_()``) in the PyTorch 0.3/0.4 that fastai 0.7
+# ran on, until pytorch/pytorch#13774 (Nov 2018). fastai's ``cond_init`` leaves batch norms alone, so the paper's
+# head started from U(0, 1). DESIGN.md, "What the paper leaves open".
 
 
 class Normalize(nn.Module):
@@ -146,8 +152,9 @@ def _load_weights(net: nn.Module, arch: str, path: Path) -> None:
         raise CxrError(f"{path}: does not match {arch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def _fastai07_head(n_features: int) -> nn.Sequential:
-    """fastai 0.7's default ConvLearner head for a single-label, two-class problem."""
+def _fastai07_head(n_features: int, bn_init: str = "ones") -> nn.Sequential:
+    """fastai 0.7's default ConvLearner head for a single-label, two-class problem; ``bn_init`` (``HEAD_BN_INITS``)
+    sets its BatchNorm1d weights."""
     p_hidden, p_out = FASTAI07_DROPOUT
     head = nn.Sequential(
         ConcatPool(),
@@ -158,16 +165,21 @@ def _fastai07_head(n_features: int) -> nn.Sequential:
         if isinstance(layer, nn.Linear):
             nn.init.kaiming_normal_(layer.weight)
             nn.init.zeros_(layer.bias)
+    if bn_init == "uniform":  # drawn last, so the default ("ones") draws exactly what it always drew
+        for layer in head:
+            if isinstance(layer, nn.BatchNorm1d):
+                nn.init.uniform_(layer.weight, 0.0, 1.0)
     return head
 
 
-def _split(net: nn.Module, arch: str, recipe: str) -> tuple[nn.Module, nn.Module]:
+def _split(net: nn.Module, arch: str, recipe: str, head_bn_init: str = "ones") -> tuple[nn.Module, nn.Module]:
     """(body, head) of ``net`` for ``recipe``."""
     if recipe == "fastai07":
         if arch == "resnet34":
             body = nn.Sequential(*list(net.children())[:8])  # conv1 .. layer4, as fastai's cut of 8
-            return body, _fastai07_head(net.fc.in_features)
-        return net.features, _fastai07_head(net.classifier.in_features)  # ends in norm5: no ReLU, as fastai
+            return body, _fastai07_head(net.fc.in_features, head_bn_init)
+        # ends in norm5: no ReLU, as fastai
+        return net.features, _fastai07_head(net.classifier.in_features, head_bn_init)
     # modern: torchvision's forward up to its pooled features, then one logit.
     if arch == "resnet34":
         n = net.fc.in_features
@@ -178,20 +190,26 @@ def _split(net: nn.Module, arch: str, recipe: str) -> tuple[nn.Module, nn.Module
     return net, nn.Linear(n, 1)
 
 
-def build_model(arch: str = "resnet34", recipe: str = "fastai07", weights: str | Path | None = None) -> nn.Module:
+def build_model(arch: str = "resnet34", recipe: str = "fastai07", weights: str | Path | None = None,
+                head_bn_init: str = "ones") -> nn.Module:
     """``Normalize -> body -> float32 head`` for ``recipe``; ``weights``: an ImageNet state dict file.
 
     Without ``weights`` the model has torch's default random init; choosing and recording the init is
-    ``cxr_fast.weights``'s job, so nothing here looks in a cache or downloads.
+    ``cxr_fast.weights``'s job, so nothing here looks in a cache or downloads. ``head_bn_init``
+    (``HEAD_BN_INITS``, fastai07 only: modern's head has no batch norm, so it is refused there, not ignored):
+    ``uniform`` draws the head's BatchNorm1d weights from U(0, 1) as the paper's PyTorch did.
     """
     check_choice(recipe, RECIPES, "recipe")
+    check_choice(head_bn_init, HEAD_BN_INITS, "head BatchNorm init")
+    if head_bn_init != "ones" and recipe != "fastai07":
+        raise CxrError(f"head BatchNorm init {head_bn_init!r} is fastai07's; recipe {recipe} has no head batch norm")
     net = _backbone(arch)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise CxrError(f"weights file not found: {path}")
         _load_weights(net, arch, path)
-    body, head = _split(net, arch, recipe)
+    body, head = _split(net, arch, recipe, head_bn_init)
     return nn.Sequential(Normalize(), body, Float32Head(head))
 
 

@@ -32,6 +32,9 @@ DEFAULT_RECIPE = "fastai07"  # what `train`, the bench and the memory model use 
 INITS: tuple[str, ...] = ("imagenet", "random")
 # sgd: momentum 0.9, fastai 0.7's default and the paper's; adam: what a from-scratch CPU rehearsal needs.
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+# The fastai07 head's two BatchNorm1d weights: ones (today's PyTorch) or U(0,1), what PyTorch drew when fastai 0.7
+# ran (until pytorch/pytorch#13774, late 2018; DESIGN.md, "What the paper leaves open").
+HEAD_BN_INITS: tuple[str, ...] = ("ones", "uniform")
 # How a subsample is split into training and validation, with the words a report uses for each.
 SPLIT_NAMES: dict[str, str] = {"image": "image-wise split", "patient": "patient-wise split",
                                "official": "NIH's official split"}
@@ -55,6 +58,9 @@ VOTES: tuple[str, ...] = ("majority", "any")
 AUTO = "auto"  # "decide for me": a precision from the device, a loader from what runs and fits
 # A seed is what numpy's and torch's generators take: 0 to 2**32 - 1 (numpy refuses more; torch wraps it).
 SEED_BOUNDS: dict[str, int] = {"ge": 0, "le": 2**32 - 1}
+# Packed training (cxr_fast.packed): `pack: auto|1|K` in a study, `--pack` on study and plan. auto packs as many
+# compatible runs as fit the device's memory, at most PACK_AUTO_MAX (the largest K the issue measures).
+PACK_AUTO_MAX = 8
 # A run's auc_status when the model gave every validation image one score: no ranking, so no AUC (never 0.5).
 # Written by ``metrics``, checked by ``schema.result``, shown by the report.
 AUC_TIED = "tied"
@@ -64,6 +70,7 @@ Arch = Literal[ARCHS]  # type: ignore[valid-type]
 Recipe = Literal[RECIPES]  # type: ignore[valid-type]
 Init = Literal[INITS]  # type: ignore[valid-type]
 Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
+HeadBnInit = Literal[HEAD_BN_INITS]  # type: ignore[valid-type]
 Split = Literal[SPLITS]  # type: ignore[valid-type]
 PrecisionChoice = Literal[(AUTO, *PRECISIONS)]  # type: ignore[valid-type]
 LoaderChoice = Literal[(AUTO, *LOADERS)]  # type: ignore[valid-type]
@@ -181,3 +188,29 @@ def is_autocast(precision: str) -> bool:
     """Whether a resolved precision runs under autocast (half-width activations); tf32 and fp32 keep fp32
     tensors, so memory and the cost model count them alike."""
     return precision in AUTOCAST_PRECISIONS
+
+
+def parse_pack(value: Any, where: str = "--pack") -> str | int:
+    """``auto`` (as many compatible runs per step as fit, at most ``PACK_AUTO_MAX``) or a whole number of runs
+    per step, at least 1 (1: every run alone, as without packing)."""
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return AUTO
+    if not isinstance(value, (bool, float)) and text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise CxrError(f"{where} must be auto or a whole number of models of at least 1, got {value!r}")
+
+
+def pack_chunks(items: list[Any], k: int) -> list[list[Any]]:
+    """``items`` (runs that could share a step) as the fewest jobs of at most ``k``, as even as possible: 9 runs
+    at K = 8 are jobs of 5 and 4, not 8 and a lone 1 (in order, so a label's seeds stay together)."""
+    if not items:
+        return []
+    jobs = -(-len(items) // max(1, k))
+    size, extra = divmod(len(items), jobs)
+    out, start = [], 0
+    for j in range(jobs):
+        end = start + size + (1 if j < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out

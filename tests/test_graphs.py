@@ -245,7 +245,8 @@ def test_the_replayed_output_is_the_callers_to_keep():
 
 # ------------------------------------------------------------------------------------------ a run on the CPU
 
-def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None) -> nn.Module:
+def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None,
+                head_bn_init: str = "ones") -> nn.Module:
     return _net(recipe)
 
 

@@ -35,14 +35,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import cxr_fast
 import cxr_fast.data.archives as A
 from cxr_fast.cli import main
-from cxr_fast.models import Normalize
 from imagesets import make_dataset
 from tarballs import pack
+from test_train import _tiny_model  # build_model's stand-in: one small net for every run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TREE = Path(cxr_fast.__file__).resolve().parents[1]  # the tree under test, for subprocesses too
@@ -90,11 +89,6 @@ def test_prepare_into_a_full_disk_is_one_line_before_mapping_and_keeps_the_store
     assert np.load(store / "cache" / "64.npy").shape == (12, 64, 64)
 
 
-def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None) -> nn.Module:
-    out = [nn.Linear(16, 2), nn.LogSoftmax(dim=1)] if recipe == "fastai07" else [nn.Linear(16, 1)]
-    return nn.Sequential(Normalize(), nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         *out)
 
 
 def test_a_checkpoint_into_a_full_disk_is_one_line_and_keeps_the_last_one(tiny_phantom: Path, tmp_path: Path,
@@ -283,11 +277,14 @@ def test_a_csv_served_as_an_html_page_is_refused_not_checked(content_type: str |
 
 # prepare in a child process, each image slowed to 0.4 s, so the signal lands while the pool is at work.
 _SLOW_PREPARE = """
-import sys, time
+import signal, sys, time
+# Ctrl-C as a terminal's foreground job gets it, even when the tests run as a background job (which inherits SIGINT
+# ignored, so Python would install no handler)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import cxr_fast.stores.decode as D
 _real = D._work
 def slow(job):
-    time.sleep(0.4)
+    time.sleep(2.0)  # long beside the 1.5 s before the signal, even for a store of few images
     return _real(job)
 D._work = slow
 from cxr_fast.cli import main
@@ -319,7 +316,7 @@ def _alive(pids: list[int]) -> list[int]:
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_stops_prepare_its_workers_and_says_one_line(sig: int, code: int, word: str, tmp_path: Path):
-    # A child process (about 3-8 s here): SIGTERM to the parent alone, as a plain `kill` does; SIGINT to prepare's
+    # A child process (stopped about 2 s in): SIGTERM to the parent alone, as a plain `kill` does; SIGINT to prepare's
     # whole process group, as a shell's Ctrl-C does, after the workers alone (whose tracebacks a race between
     # them and their parent's cleanup used to show or hide).
     data, _, _ = make_dataset(tmp_path / "data", n=24, size=128)

@@ -27,10 +27,10 @@ from torch import nn
 from cxr_fast.cli import main
 from cxr_fast.data.reader import DataWarning
 from cxr_fast.errors import CxrError
-from cxr_fast.models import Normalize
 from cxr_fast.schema.run import RunConfig
 from cxr_fast.train import run_training
 from imagesets import make_dataset
+from test_train import _tiny_model  # build_model's stand-in: one small net for every run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,12 +38,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 BROKEN = ("00000003_000.png", "00000004_000.png")
 
 
-def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None) -> nn.Module:
-    out = [nn.Linear(16, 2), nn.LogSoftmax(dim=1)] if recipe == "fastai07" else [nn.Linear(16, 1)]
-    return nn.Sequential(
-        Normalize(), nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), *out,
-    )
 
 
 @pytest.fixture
@@ -240,7 +234,7 @@ def test_a_checkpoint_is_read_without_unpickling_so_a_hostile_one_runs_nothing(t
     """A run folder copied from elsewhere is read as tensors and plain values only (``weights_only``): a
     checkpoint holding any other object is one line, and the object's code never runs."""
     from cxr_fast.train.folder import load_checkpoint
-    from cxr_fast.train.loop import _rng_state, _set_rng_state
+    from cxr_fast.train.loop import rng_state, set_rng_state
 
     marker = tmp_path / "ran"
     _RunsCode.marker = str(marker)
@@ -252,9 +246,9 @@ def test_a_checkpoint_is_read_without_unpickling_so_a_hostile_one_runs_nothing(t
     # The run's own state, random generators included, loads that way and restores them exactly.
     np.random.seed(7)
     saved = tmp_path / "own.pt"
-    torch.save({"epoch": 1, "model": {}, "optimizer": {}, "rng": _rng_state(), "wall_s": 1.0, "train_time_s": 1.0,
+    torch.save({"epoch": 1, "model": {}, "optimizer": {}, "rng": rng_state(), "wall_s": 1.0, "train_time_s": 1.0,
                 "train_images": 4}, saved)
     expected = np.random.rand(3)
     np.random.seed(8)
-    _set_rng_state(load_checkpoint(saved)["rng"])
+    set_rng_state(load_checkpoint(saved)["rng"])
     assert np.array_equal(np.random.rand(3), expected)

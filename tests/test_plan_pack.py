@@ -15,12 +15,12 @@ from cxr_fast.cost.plan import (
     PlanCell,
     pack_groups,
     packed_memory_bytes,
-    parse_pack,
     plan_study,
     step_works,
 )
 from cxr_fast.errors import CxrError
 from cxr_fast.units import GIB
+from cxr_fast.vocabulary import parse_pack
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("Emphysema", "Cardiomegaly", "Hernia", "Atelectasis", "Edema", "Effusion", "Mass", "Nodule")
@@ -129,3 +129,83 @@ def test_cli_plan_prints_the_pack_table_and_refuses_a_bad_pack(tmp_path, capsys)
     doc = json.loads(out.read_text())
     assert doc["pack"]["pack"] == "auto" and [g["k"] for g in doc["pack"]["groups"]] == [3]
     assert set(doc["pack"]["totals"]) == {"eager", "graphs", "packed_graphs"}
+
+
+# The baseline packing is priced against: K runs, each its own process, sharing one GPU (CUDA MPS).
+
+def test_mps_sharing_is_free_for_launch_bound_kernels_and_worth_nothing_for_compute_bound_ones():
+    from cxr_fast.cost.estimate import work_time
+    from cxr_fast.cost.plan import shared_work
+    from cxr_fast.cost.work import Work
+
+    dev = devices.resolve("h100")
+    rate = dev.compute_rate("bf16")
+    tiny = Work(ops=120, kernels=((1e4, 1e4, 100),), syncs=1)  # each kernel far below a launch
+    big = Work(ops=120, kernels=((1e11, 1e6, 100),), syncs=1)  # each kernel milliseconds of compute
+    for graphs in (False, True):
+        for k in (2, 4, 8):
+            one = work_time(tiny, dev, rate, graphs).seconds
+            assert work_time(shared_work(tiny, k), dev, rate, graphs).seconds == pytest.approx(one)
+            one = work_time(big, dev, rate, graphs)
+            assert one.bound == "compute"
+            shared = work_time(shared_work(big, k), dev, rate, graphs).seconds
+            assert k * one.seconds * 0.99 <= shared <= k * one.seconds
+    assert shared_work(big, 1) is big
+
+
+def test_shared_runs_gain_on_a_launch_bound_grid_and_time_slicing_gains_nothing():
+    from cxr_fast.cost.plan import shared_job
+
+    dev = devices.resolve("h100")
+    cells = [_cell(label) for label in LABELS]
+    doc = plan_study(cells, dev, pack="auto")
+    assert all(c["eager"]["bound"] == "launches" for c in doc["cells"])
+    p = doc["pack"]
+    one = {mode: t["wall_s"]["1"] for mode, t in p["totals"].items()}
+    shared = {mode: t["wall_s"]["1"] for mode, t in p["shared"]["totals"].items()}
+    assert [g["k_shared"] for g in p["groups"]] == [8] and p["shared"]["totals"]["shared_mps"]["jobs"] == 1
+    assert shared["shared_mps"] < 0.5 * one["eager"] and shared["shared_mps_graphs"] < 0.5 * one["graphs"]
+    assert shared["shared_mps_graphs"] < shared["shared_mps"]
+    # Without MPS the runs take turns: their training and evaluation are the runs' own, summed.
+    sliced = shared_job(cells[0], doc["cells"], dev, graphs=False, mps=False)
+    assert sliced["train_s"] + sliced["eval_s"] == pytest.approx(
+        sum(c["eager"]["train_s"] + c["eager"]["eval_s"] for c in doc["cells"]))
+
+
+def test_pack_1_shares_nothing():
+    doc = plan_study([_cell(label) for label in LABELS[:3]], devices.resolve("h100"), pack=1)
+    p = doc["pack"]
+    for mode, alone in (("shared_mps", "eager"), ("shared_mps_graphs", "graphs")):
+        for gpus in ("1", "8"):
+            assert p["shared"]["totals"][mode]["wall_s"][gpus] == pytest.approx(p["totals"][alone]["wall_s"][gpus])
+
+
+def test_shared_runs_each_need_their_own_context_so_fewer_may_share_than_pack():
+    from cxr_fast.cost.memory import CUDA_CONTEXT_BYTES
+    from cxr_fast.cost.plan import shared_job, shared_memory_bytes
+
+    h100 = devices.resolve("h100")
+    row = plan_study([_cell()], h100)["cells"][0]
+    assert shared_memory_bytes(row, 3, h100) == packed_memory_bytes(row, 3, h100) + 2 * CUDA_CONTEXT_BYTES
+    # A card where three packed models fit but three processes do not.
+    small = dataclasses.replace(h100, memory_gib=(packed_memory_bytes(row, 3, h100) + CUDA_CONTEXT_BYTES) / GIB)
+    cells = [_cell(label) for label in LABELS[:3]]
+    doc = plan_study(cells, small, pack=3)
+    (group,) = doc["pack"]["groups"]
+    assert group["k"] == 3 and group["k_shared"] == 2 and group["shared_memory_gib"] <= small.memory_gib
+    assert sorted(j["k"] for j in doc["pack"]["shared"]["jobs"]["shared_mps"]) == [1, 2]
+    with pytest.raises(CxrError, match=r"3 resnet34 runs at 32 px.* sharing one h100 need .* at most 2 fit") as err:
+        shared_job(cells[0], doc["cells"], small, graphs=True)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_plan_prints_the_shared_baseline_beside_packing(tmp_path, capsys):
+    from cxr_fast.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"name": "tiny", "train": {"init": "random", "precision": "bf16"}, "grids": [
+        {"name": "g", "labels": ["Mass", "Nodule", "Hernia"], "resolutions": [32], "epochs": 1}]}))
+    assert main(["plan", str(config), "--device", "h100", "--pack", "auto", "--no-cells"]) == 0
+    text = capsys.readouterr().out
+    assert "| shared (MPS), K per GPU | 1 |" in text and "| shared (MPS) + CUDA graphs | 1 |" in text
+    assert "| resnet34 | 32 | fastai07 | 1 | 8 | bf16 | 3 | 3 | 3 |" in text and "Without MPS they time-slice" in text

@@ -137,7 +137,8 @@ def test_report_says_unknown_for_metadata_without_spacing_columns(tmp_path):
 
 # --- the run's record --------------------------------------------------------------------------------------
 
-def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None) -> nn.Module:
+def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None,
+                head_bn_init: str = "ones") -> nn.Module:
     return nn.Sequential(Normalize(), nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(8, 2), nn.LogSoftmax(dim=1))
 

@@ -26,7 +26,8 @@ from cxr_fast.train import run_training
 REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 
 
-def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None) -> nn.Module:
+def _tiny_model(arch: str = "resnet34", recipe: str = "fastai07", weights=None,
+                head_bn_init: str = "ones") -> nn.Module:
     out = [nn.Linear(16, 2), nn.LogSoftmax(dim=1)] if recipe == "fastai07" else [nn.Linear(16, 1)]
     return nn.Sequential(
         Normalize(), nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -258,6 +259,15 @@ def test_finished_run_is_reused_and_a_changed_config_is_refused(tiny_phantom, tm
     assert again == first and (out / "checkpoint.pt").stat().st_mtime_ns == stamp
     with pytest.raises(CxrError, match="another config"):
         run_training(_cfg(tiny_phantom, out, epochs=1, tta=0, lr=0.5), progress=False, resume=True)
+    # A run saved before a setting existed (its config.yaml lacks it) ran with that setting's default: reused.
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in saved.items()
+                                                     if k not in ("graphs", "head_bn_init")}))
+    assert run_training(_cfg(tiny_phantom, out, epochs=1, tta=0), progress=False, resume=True) == first
+    with pytest.raises(CxrError, match="head_bn_init: 'ones' -> 'uniform'"):
+        run_training(_cfg(tiny_phantom, out, epochs=1, tta=0, head_bn_init="uniform"), progress=False, resume=True)
     # More epochs on a finished run continue from its checkpoint; if that is killed, the old
     # 1-epoch metrics must not be mistaken for the 3-epoch run's.
     with pytest.raises(Killed):

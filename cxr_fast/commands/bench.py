@@ -19,7 +19,9 @@ DESCRIPTION = (
     "For each resolution: images/s of every available loader backend (and its ratio to the PIL "
     "baseline), training images/s from synthetic tensors on the device (the model's ceiling) and fed by "
     "the best loader (what you get), their ratio, the largest batch (measured on a GPU, predicted "
-    "always) and the memory per image. Without --data it runs on the built-in phantom. Writes "
+    "always), the memory per image, and packed training (K models in one step) against the same K models "
+    "stepped in turn (off on a CPU by default: bench config packed_ks). Without --data it runs on the built-in "
+    "phantom. Writes "
     "bench.json and bench.csv to --out (default bench-results/<timestamp>/); exits 1 if a section failed. "
     "Unset flags come from --config, then the built-in defaults (the same as configs/bench.yaml)."
 )

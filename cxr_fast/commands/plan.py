@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxr_fast.schema.flags import add_run_flags, number_flag
+from cxr_fast.schema.flags import add_run_flags, number_flag, pack_flag
 
 HELP = "estimate a study's time per run and in total, its bounds, memory fit and makespan (no GPU needed)"
 DESCRIPTION = (
@@ -30,9 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_run_flags(parser.add_argument_group("overrides of the config, for every cell (unset: the config's)"),
                   OVERRIDES, show_defaults=False)
     parser.add_argument("--no-cells", action="store_true", help="only the per-resolution table and the totals")
-    parser.add_argument("--pack", metavar="auto|1|K",
-                        help="also total the grid packed (K compatible runs as one step, with CUDA graphs) beside eager "
-                             "and graphs, on 1 and 8 GPUs: auto = the most models whose memory fits the card")
+    pack_flag(parser, "also total the grid packed, with CUDA graphs, beside eager and graphs, on 1 and 8 GPUs "
+                      "(default: the config's pack:, when it packs)")
     g = parser.add_argument_group("calibration (measure this machine's profile first)")
     g.add_argument("--calibrate", action="store_true",
                    help="time a few real steps per architecture and resolution here and save the profile")
@@ -45,15 +44,15 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from cxr_fast.cost import devices
-    from cxr_fast.cost.plan import parse_pack, plan_study
+    from cxr_fast.cost.plan import plan_study
     from cxr_fast.cost.plan_report import print_plan
     from cxr_fast.io import write_json
     from cxr_fast.schema.flags import given
     from cxr_fast.study import apply_overrides, checked_cells, load_study_config
 
     console = Console()
-    pack = None if args.pack is None else parse_pack(args.pack)
-    cfg = apply_overrides(load_study_config(args.config), **given(args, OVERRIDES))
+    cfg = apply_overrides(load_study_config(args.config), pack=args.pack, **given(args, OVERRIDES))
+    pack = cfg.pack if cfg.pack != 1 or args.pack is not None else None
     only = [name for item in (args.only or []) for name in item.split(",") if name]
     cells = checked_cells(cfg, only or None)
     device = args.device

@@ -33,7 +33,7 @@ from cxr_fast.cost.memory import OPTIMIZER_STATE
 from cxr_fast.errors import CxrError
 from cxr_fast.schema.run import RunConfig
 from cxr_fast.units import GIB
-from cxr_fast.vocabulary import resolve_precision
+from cxr_fast.vocabulary import AUTO, PACK_AUTO_MAX, pack_chunks, resolve_precision
 
 SCHEMA = "cxr-fast-plan/1"
 PLAN_FILE = "plan.json"  # in a study folder: what `cxr-fast study` planned, for the report
@@ -204,16 +204,6 @@ PACK_KEY = ("arch", "res", "recipe", "epochs", "batch_size", "precision", "optim
             "steps_per_epoch", "eval_batches")
 
 
-def parse_pack(value: str) -> str | int:
-    """``--pack``: ``auto`` (the most models that fit) or a whole number of models per step, at least 1."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise CxrError(f"--pack must be auto or a whole number of models of at least 1, got {value!r}")
-
-
 def pack_groups(rows: Sequence[dict[str, Any]]) -> list[list[int]]:
     """Indices of planned cells one packed step could train together (equal ``PACK_KEY``), in config order."""
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -235,12 +225,13 @@ def packed_memory_bytes(row: dict[str, Any], k: int, dev: DeviceProfile) -> int:
 
 
 def choose_pack(row: dict[str, Any], n: int, dev: DeviceProfile, pack: str | int) -> int:
-    """K for a group of ``n`` compatible cells: ``auto`` the largest whose K-fold memory fits the card, a
+    """K for a group of ``n`` compatible cells: ``auto`` the largest whose K-fold memory fits the card (at most
+    ``PACK_AUTO_MAX``), a
     number that number (at most ``n``), refused when it does not fit."""
     capacity = row["memory"]["capacity_bytes"]
     largest = next((k for k in range(n, 1, -1) if packed_memory_bytes(row, k, dev) <= capacity), 1)
-    if pack == "auto":
-        return largest
+    if pack == AUTO:
+        return min(largest, PACK_AUTO_MAX)
     k = min(int(pack), n)
     if k >= 2 and k > largest:
         raise CxrError(f"--pack {pack}: {k} {row['arch']} models at {row['res']} px, batch {row['batch_size']} "
@@ -281,24 +272,102 @@ def packed_job(cell: PlanCell, rows: Sequence[dict[str, Any]], dev: DeviceProfil
             "wall_s": other + train_s + eval_s, "train_bound": t_train.bound}
 
 
+# The baseline packing is priced against (issue 21): K runs of one shape sharing one GPU, each its own process (Ray's
+# fractional GPUs, ``cxr-fast study --executor ray --runs-per-gpu K``), with CUDA MPS so that their kernels overlap.
+def shared_memory_bytes(row: dict[str, Any], k: int, dev: DeviceProfile) -> int:
+    """Card memory of ``k`` of this cell's runs sharing one card: ``packed_memory_bytes``'s k steps and k resident
+    splits, and k CUDA contexts (one per process; MPS clients may need less, which this does not assume)."""
+    from cxr_fast.cost.memory import CUDA_CONTEXT_BYTES
+
+    return packed_memory_bytes(row, k, dev) + (k - 1) * (CUDA_CONTEXT_BYTES if dev.kind == "gpu" else 0)
+
+
+def choose_shared(row: dict[str, Any], k: int, dev: DeviceProfile) -> int:
+    """The most runs, at most ``k`` (the pack's K), whose memory fits the card together."""
+    capacity = row["memory"]["capacity_bytes"]
+    return next((j for j in range(k, 1, -1) if shared_memory_bytes(row, j, dev) <= capacity), 1)
+
+
+def shared_work(work: Any, k: int) -> Any:
+    """``k`` runs' step taken together on one card, as one ``Work`` that ``estimate.work_time`` times.
+
+    With CUDA MPS the k processes (same shape, so in near lockstep) each launch their own kernel j from their
+    own host thread at once, and the device runs the k copies side by side: each kernel slot does k times the
+    FLOPs and bytes with one run's launches and host syncs (each process waits only for its own). So, per step
+    of all k, on a GPU with launch floor ``L`` (eager: ``launch_s``; graphs: ``graph_kernel_s`` plus one
+    ``graph_launch_s``):
+
+        T_k = sum over kernels n x max(L, k x f / rate, k x b / bandwidth)
+              + (ops - kernels) x launch_s + syncs x sync_s                      (eager; graphs: + graph_launch_s)
+
+    A launch-bound run (k x device time < L for its kernels) gains: T_k = T_1, k runs for the time of one; a
+    compute- or bandwidth-bound one does not: T_k = k x T_1. The lockstep is a middle estimate: runs that drift
+    apart could hide one's long kernels in another's launch gaps (at best max(T_1, k x device time of a step)),
+    and MPS's own overheads are not counted. Without MPS the processes time-slice the GPU and nothing overlaps:
+    T_k = k x T_1 (``shared_job`` with ``mps=False``; context switches not counted)."""
+    from cxr_fast.cost.work import Work
+
+    if k == 1:
+        return work
+    return Work(work.ops, tuple((fl * k, b * k, n) for fl, b, n in work.kernels), work.syncs)
+
+
+def shared_job(cell: PlanCell, rows: Sequence[dict[str, Any]], dev: DeviceProfile, graphs: bool,
+               mps: bool = True) -> dict[str, Any]:
+    """The time of the runs of ``rows`` (one shape, ``cell``'s) sharing one card at once (``shared_work``),
+    eager or each with CUDA graphs; setup and checkpoints are the runs' own, summed, as in ``packed_job``.
+    Refused in one line when their memory does not fit the card together."""
+    from cxr_fast.cost.estimate import rate_for, step_time
+    from cxr_fast.cost.work import StepWork
+
+    k, row = len(rows), rows[0]
+    need = shared_memory_bytes(row, k, dev)
+    if need > row["memory"]["capacity_bytes"]:
+        raise CxrError(f"{k} {row['arch']} runs at {row['res']} px, batch {row['batch_size']} {row['precision']}, "
+                       f"sharing one {dev.name} need {need / GIB:.1f} GiB ({dev.memory_gib:g} GiB); at most "
+                       f"{choose_shared(row, k, dev)} fit")
+    precision, *steps = step_works(cell, dev)
+    overlap, turns = (k, 1) if mps else (1, k)  # MPS: k copies per kernel slot; time-slicing: k turns of one run
+    train, plain, final = (StepWork(shared_work(s.graphable, overlap), shared_work(s.eager, overlap)) for s in steps)
+    rate_train, _ = rate_for(dev, precision, cell.arch, "train", train.graphable.flops)
+    rate_eval, _ = rate_for(dev, precision, cell.arch, "eval", plain.graphable.flops)
+    t_train = step_time(train, dev, rate_train, graphs)
+    t_plain, t_final = step_time(plain, dev, rate_eval, graphs), step_time(final, dev, rate_eval, graphs)
+    train_s = turns * row["epochs"] * row["steps_per_epoch"] * t_train.seconds
+    eval_s = turns * row["eval_batches"] * (row["epochs"] * t_plain.seconds + t_final.seconds)
+    other = dev.setup_s + sum(r["setup_s"] - dev.setup_s + r["checkpoint_s"] for r in rows)
+    return {"k": k, "cells": [r["cell_id"] for r in rows], "graphs": graphs, "mps": mps, "train_s": train_s,
+            "eval_s": eval_s, "wall_s": other + train_s + eval_s, "train_bound": t_train.bound}
+
+
 def pack_plan(cells: Sequence[PlanCell], rows: Sequence[dict[str, Any]], dev: DeviceProfile, pack: str | int,
               gpus: Sequence[int] = (1, PACK_GPUS)) -> dict[str, Any]:
     """The grid's totals eager, with CUDA graphs, and packed + graphs, on each of ``gpus`` (whole runs or
-    packed jobs, longest first), with the K chosen per group of compatible cells."""
+    packed jobs, longest first), with the K chosen per group of compatible cells; under ``shared`` the baseline
+    of the same K runs sharing one GPU with CUDA MPS (``shared_job``, eager and with graphs; K lowered to the
+    most whose memory fits side by side), in sets of K to the first free GPU."""
     groups, jobs = [], []
+    shared_jobs: dict[str, list[dict[str, Any]]] = {"shared_mps": [], "shared_mps_graphs": []}
     for idx in pack_groups(rows):
         row = rows[idx[0]]
         k = choose_pack(row, len(idx), dev, pack)
-        chunks = [idx[i:i + k] for i in range(0, len(idx), k)]
+        chunks = pack_chunks(idx, k)
         jobs += [packed_job(cells[chunk[0]], [rows[i] for i in chunk], dev) for chunk in chunks]
+        k_shared = choose_shared(row, k, dev)
+        for chunk in pack_chunks(idx, k_shared):
+            for mode, graphs in (("shared_mps", False), ("shared_mps_graphs", True)):
+                shared_jobs[mode].append(shared_job(cells[chunk[0]], [rows[i] for i in chunk], dev, graphs))
         groups.append({**{key: row[key] for key in ("arch", "res", "recipe", "epochs", "batch_size", "precision")},
                        "cells": len(idx), "k": k, "jobs": [len(c) for c in chunks],
-                       "memory_gib": packed_memory_bytes(row, k, dev) / GIB, "capacity_gib": dev.memory_gib})
+                       "memory_gib": packed_memory_bytes(row, k, dev) / GIB, "capacity_gib": dev.memory_gib,
+                       "k_shared": k_shared, "shared_memory_gib": shared_memory_bytes(row, k_shared, dev) / GIB})
     walls = {"eager": [r["eager"]["wall_s"] for r in rows], "graphs": [r["graphs"]["wall_s"] for r in rows],
              "packed_graphs": [j["wall_s"] for j in jobs]}
     totals = {mode: {"jobs": len(w), "wall_s": {str(g): makespan(w, g) for g in gpus}} for mode, w in walls.items()}
+    shared = {mode: {"jobs": len(js), "wall_s": {str(g): makespan([j["wall_s"] for j in js], g) for g in gpus}}
+              for mode, js in shared_jobs.items()}
     return {"pack": pack, "launch_factor": PACKED_LAUNCH_FACTOR, "gpus": list(gpus), "totals": totals,
-            "groups": groups, "jobs": jobs}
+            "groups": groups, "jobs": jobs, "shared": {"totals": shared, "jobs": shared_jobs}}
 
 
 def by_resolution(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -307,10 +376,14 @@ def by_resolution(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for res in sorted({c["res"] for c in cells}):
         at = [c for c in cells if c["res"] == res]
         row: dict[str, Any] = {"res": res, "archs": {}}
-        for arch in sorted({c["arch"] for c in at}):
-            c = max((c for c in at if c["arch"] == arch), key=lambda c: c["eager"]["wall_s"])
+        pairs = sorted({(c["arch"], c["batch_size"]) for c in at})
+        several = len({b for _, b in pairs}) > 1  # a grid's batch-size axis: each batch its own entry
+        for arch, batch in pairs:
+            c = max((c for c in at if (c["arch"], c["batch_size"]) == (arch, batch)),
+                    key=lambda c: c["eager"]["wall_s"])
             m = c["memory"]
-            row["archs"][arch] = {"bound": c["eager"]["bound"], "bound_graphs": c["graphs"]["bound"],
+            row["archs"][f"{arch} batch {batch}" if several else arch] = {
+                                  "bound": c["eager"]["bound"], "bound_graphs": c["graphs"]["bound"],
                                   "step_ms": c["eager"]["step"]["ms"], "step_ms_graphs": c["graphs"]["step"]["ms"],
                                   "batch_size": c["batch_size"], "precision": c["precision"],
                                   "max_batch": m["max_batch"], "max_batch_fp32": m["max_batch_fp32"],
@@ -324,11 +397,11 @@ def by_resolution(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def fit_statements(cells: list[dict[str, Any]], dev: DeviceProfile) -> list[str]:
-    """For each architecture at its largest resolution: does the config's batch fit, and twice it, in fp32
-    and in the run's precision? (The paper's question: what fit at 600 px on an 11 GB 1080 Ti.)"""
+    """For each architecture (and batch size) at its largest resolution: does the config's batch fit, and twice
+    it, in fp32 and in the run's precision? (The paper's question: what fit at 600 px on an 11 GB 1080 Ti.)"""
     lines = []
-    for arch in sorted({c["arch"] for c in cells}):
-        c = max((c for c in cells if c["arch"] == arch), key=lambda c: c["res"])
+    for arch, batch in sorted({(c["arch"], c["batch_size"]) for c in cells}):  # each batch size of a batch axis
+        c = max((c for c in cells if (c["arch"], c["batch_size"]) == (arch, batch)), key=lambda c: c["res"])
         b, m = c["batch_size"], c["memory"]
         limits = {"fp32": m["max_batch_fp32"]}
         if m["precision"] != "fp32":

@@ -71,6 +71,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 
 
 PACK_MODES = (("eager", "eager PyTorch"), ("graphs", "CUDA graphs"), ("packed_graphs", "packed + CUDA graphs"))
+# The baseline: K runs (each its own process) sharing one GPU with CUDA MPS (cost.plan.shared_job).
+SHARED_MODES = (("shared_mps", "shared (MPS), K per GPU"), ("shared_mps_graphs", "shared (MPS) + CUDA graphs"))
 
 
 def pack_markdown(doc: dict[str, Any]) -> str:
@@ -82,17 +84,28 @@ def pack_markdown(doc: dict[str, Any]) -> str:
              f"it); jobs to the first free GPU, longest first.", "",
              "| total | jobs | " + " | ".join(f"{g} GPU{'s' if g > 1 else ''}" for g in p["gpus"]) + " |",
              "|---|---|" + "---|" * len(p["gpus"])]
-    for mode, what in PACK_MODES:
-        t = p["totals"][mode]
-        lines.append(f"| {what} | {t['jobs']} | " + " | ".join(human(t["wall_s"][str(g)]) for g in p["gpus"]) + " |")
+    shared = p.get("shared", {}).get("totals", {})
+    for mode, what in PACK_MODES + SHARED_MODES:
+        t = p["totals"].get(mode) or shared.get(mode)
+        if t is not None:
+            lines.append(f"| {what} | {t['jobs']} | " + " | ".join(human(t["wall_s"][str(g)]) for g in p["gpus"])
+                         + " |")
+    if shared:
+        lines.append("\nShared: K runs of a group (K as packed, fewer where K processes' memory, each with its own "
+                     "CUDA context, does not fit), each its own process on one GPU (`study --executor ray "
+                     "--runs-per-gpu K`) with CUDA MPS, their kernels side by side: each kernel slot takes max(launch, "
+                     "K x its FLOPs or bytes), so launch-bound runs share for free and compute-bound ones do not "
+                     "(cost.plan.shared_work). Without MPS they time-slice: the eager and graphs rows.")
     if dev["kind"] != "gpu":
         lines.append(f"\nCUDA graphs do nothing on {dev['name']}: its graphs rows are the eager step.")
-    lines += ["", "| arch | res | recipe | epochs | batch | precision | cells | K | models per job | memory at K |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| arch | res | recipe | epochs | batch | precision | cells | K | models per job | memory at K |"
+              + (" shared K | shared memory |" if shared else ""),
+              "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if shared else "")]
     for g in p["groups"]:
         lines.append(f"| {g['arch']} | {g['res']} | {g['recipe']} | {g['epochs']} | {g['batch_size']} | "
                      f"{g['precision']} | {g['cells']} | {g['k']} | {'+'.join(map(str, g['jobs']))} | "
-                     f"{g['memory_gib']:.1f} / {g['capacity_gib']:g} GiB |")
+                     f"{g['memory_gib']:.1f} / {g['capacity_gib']:g} GiB |"
+                     + (f" {g['k_shared']} | {g['shared_memory_gib']:.1f} GiB |" if "k_shared" in g else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -206,7 +206,7 @@ def run_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def build_packed(arch: str, recipe: str, seeds: Sequence[int], weights: Any = None,
-                 device: torch.device | str = "cpu") -> PackedModel:
+                 device: torch.device | str = "cpu", head_bn_init: str = "ones") -> PackedModel:
     """K models initialised as K runs with ``seeds`` initialise theirs (``train.parts``: seed torch and numpy,
     build), each with its dropout generator; the global generators are left as they were."""
     device = torch.device(device)
@@ -218,7 +218,7 @@ def build_packed(arch: str, recipe: str, seeds: Sequence[int], weights: Any = No
             np.random.seed(seed)
             # On ``meta`` (op counts) nothing is initialised, as ``cost.work`` builds its models.
             with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
-                models.append(build_model(arch, recipe, weights=weights))
+                models.append(build_model(arch, recipe, weights=weights, head_bn_init=head_bn_init))
             generators.append(run_generator(seed, device))
     np.random.set_state(np_state)
     return PackedModel(models, generators)

@@ -22,9 +22,9 @@ from cxr_fast import paper_results
 from cxr_fast.io import write_text
 from cxr_fast.report.against import against_section
 from cxr_fast.report.controls import control_roles, controls_section
-from cxr_fast.report.data import (SeedSpread, Study, Variant, auc_of, init_of, labels, ordered, paper_label,
-                                  paper_variant, primary_variant, read_study, recipe_of, resolutions, sd_of,
-                                  seed_spread, split_of, variant_name, variants)
+from cxr_fast.report.data import (BATCH, SeedSpread, Study, Variant, auc_of, batch_views, init_of, labels, ordered,
+                                  paper_label, paper_variant, primary_variant, read_study, recipe_of, resolutions,
+                                  sd_of, seed_spread, split_of, variant_name, variants)
 from cxr_fast.report.figures import FIG3_REFERENCE, FIG4_LABELS, figure2, figure3, figure4, table3_variants
 from cxr_fast.report.format import (DASH, Section, Table, auc_text, blank, fmt_auc, markdown, with_seeds,
                                     write_section)
@@ -108,30 +108,47 @@ def table_rows(study: Study, columns: list[tuple[str, Variant]]) -> list[dict[st
     return [r for label, v in columns for res in resolutions(study, v) if (r := study.row(label, res, v)) is not None]
 
 
-def _table(study: Study, name: str, title: str, columns: list[tuple[str, Variant]],
+def _table(views: list[tuple[int | None, Study]], name: str, title: str, columns: list[tuple[str, Variant]],
            heading: dict[tuple[str, Variant], str], compare: bool, with_paper: Any) -> Table:
-    """A resolution-by-column table of AUCs with marks, its CSV records and its notes."""
-    res_all = sorted({r for _, v in columns for r in resolutions(study, v)})
-    rows = table_rows(study, columns)
-    header, cols, records, untested = ["Resolution"], [], [], []
-    spreads = {(label, v, res): seed_spread(study, label, res, v) for label, v in columns for res in res_all}
+    """A resolution-by-column table of AUCs with marks, its CSV records and its notes. With a batch-size axis, one
+    set of resolution rows per batch size ('64 × 64, batch 16'), each with its own star, tests and seed spread."""
+    rows = [r for _, study in views for r in table_rows(study, columns)]
+    header, body, records, untested, seeded = ["Resolution"], [], [], [], False
     for label, v in columns:
-        cmp = compare_resolutions(study, label, v)
-        untested += [f"{heading[(label, v)]} {res} px ({t.paired_why})" for res, t in cmp.tests.items()
-                     if t.p_paired is None]
-        header.append(heading[(label, v)])
-        cols.append({res: _cell(study.row(label, res, v), res, cmp, rows, spreads[(label, v, res)]) for res in res_all})
-        records += [_record(name, label, v, res, study.row(label, res, v), cmp, compare, spreads[(label, v, res)])
-                    for res in res_all]
         pv = paper_variant(v)
-        if compare and pv is not None and with_paper(label, pv):
-            header.append(f"{label} ({paper_label(pv)})")
-            cols.append({res: _paper_cell(label, res, v) for res in res_all})
-    body = [[f"{r} × {r}"] + [c[r] for c in cols] for r in res_all]
+        header += [heading[(label, v)]] + ([f"{label} ({paper_label(pv)})"] if compare and pv is not None
+                                           and with_paper(label, pv) else [])
+    for size, study in views:
+        at = f", batch {size}" if size is not None else ""
+        res_all = sorted({r for _, v in columns for r in resolutions(study, v)})
+        cols = []
+        for label, v in columns:
+            cmp = compare_resolutions(study, label, v)  # within one batch size: its rows only
+            untested += [f"{heading[(label, v)]}{at} {res} px ({t.paired_why})" for res, t in cmp.tests.items()
+                         if t.p_paired is None]
+            spreads = {res: seed_spread(study, label, res, v) for res in res_all}
+            seeded = seeded or any(s is not None for s in spreads.values())
+            cols.append({res: _cell(study.row(label, res, v), res, cmp, rows, spreads[res]) for res in res_all})
+            records += [{**_record(name, label, v, res, study.row(label, res, v), cmp, compare, spreads[res]),
+                         **({BATCH: size} if size is not None else {})} for res in res_all]
+            pv = paper_variant(v)
+            if compare and pv is not None and with_paper(label, pv):
+                cols.append({res: _paper_cell(label, res, v) for res in res_all})
+        body += [[f"{r} × {r}{at}"] + [c[r] for c in cols] for r in res_all]
     notes = _notes(rows, compare, name) + ([_untested_note(untested)] if untested else [])
-    seeded = any(s is not None for s in spreads.values())
     notes += [_seeds_note(name)] if seeded else []
-    return Section(name, title, markdown(header, body), notes, records, CSV_FIELDS + (SEED_FIELDS if seeded else []))
+    batched = views[0][0] is not None
+    notes += [_batch_note(name)] if batched else []
+    fields = CSV_FIELDS[:4] + [BATCH] + CSV_FIELDS[4:] if batched else CSV_FIELDS
+    return Section(name, title, markdown(header, body), notes, records, fields + (SEED_FIELDS if seeded else []))
+
+
+def _batch_note(name: str) -> str:
+    """What a batch size's own set of rows means."""
+    return ("Each batch size of the study (`batch_sizes:`) has its own set of rows ('600 × 600, batch 16'): its star, "
+            f"its {Z_TEST} and {PAIRED} (between resolutions at that batch size) and its seed spread are its own; "
+            f"runs at different batch sizes are never averaged or taken for seeds of one another ({name}.csv: "
+            f"{BATCH}).")
 
 
 def _seeds_note(name: str) -> str:
@@ -150,22 +167,33 @@ def _untested_note(untested: list[str], shown: int = 6) -> str:
             f"{'; '.join(untested[:shown])}{more}.")
 
 
+def _table2_variant(study: Study, views: list[tuple[int | None, Study]]) -> Variant | None:
+    """Table 2's model: the study's, else (no cell at the study's own batch size) the first batch size's."""
+    return primary_variant(study) or next((v for _, s in views if (v := primary_variant(s)) is not None), None)
+
+
+def _table3_columns(study: Study) -> list[tuple[str, Variant]]:
+    return [(label, v) for v in table3_variants(study) for label in FIG4_LABELS if label in labels(study, v)]
+
+
 def table2(study: Study, compare: bool = False) -> Table | None:
-    variant = primary_variant(study)
+    views = batch_views(study)
+    variant = _table2_variant(study, views)
     if variant is None:
         return None
-    columns = [(label, variant) for label in labels(study, variant)]
+    columns = ordered((label, variant) for _, s in views for label in labels(s, variant))
     title = f"Table 2: AUC ± DeLong SD by resolution and label, {variant_name(variant)}"
-    return _table(study, "table2", title, columns, {c: c[0] for c in columns}, compare,
+    return _table(views, "table2", title, columns, {c: c[0] for c in columns}, compare,
                   lambda label, pv: paper_results.paper_auc(label, 32, *pv) is not None)
 
 
 def table3(study: Study, compare: bool = False) -> Table | None:
-    columns = [(label, v) for v in table3_variants(study) for label in FIG4_LABELS if label in labels(study, v)]
+    views = batch_views(study)
+    columns = ordered(c for _, s in views for c in _table3_columns(s))
     if not columns:
         return None
     title = "Table 3: Mass and Nodule AUC ± DeLong SD by architecture and epochs"
-    return _table(study, "table3", title, columns, {c: f"{c[0]} {variant_name(c[1])}" for c in columns}, compare,
+    return _table(views, "table3", title, columns, {c: f"{c[0]} {variant_name(c[1])}" for c in columns}, compare,
                   lambda label, pv: True)
 
 
@@ -207,11 +235,12 @@ class ReportResult:
 
 def check_inits(study: Study) -> None:
     """Refuse Tables 2 and 3 whose cells started from different weights (``--mixed-init`` allows it)."""
-    v = primary_variant(study)
+    views = batch_views(study)  # every batch size's rows
+    v = _table2_variant(study, views)
     if v is not None:
-        check_one_init(study, "Table 2", table_rows(study, [(label, v) for label in labels(study, v)]))
-    t3 = [(label, w) for w in table3_variants(study) for label in FIG4_LABELS if label in labels(study, w)]
-    check_one_init(study, "Table 3", table_rows(study, t3))
+        check_one_init(study, "Table 2", [r for _, s in views for r in table_rows(s, [(label, v) for label in
+                                                                                     labels(s, v)])])
+    check_one_init(study, "Table 3", [r for _, s in views for r in table_rows(s, _table3_columns(s))])
 
 
 def make_report(study_dir: str | Path, out: str | Path | None = None, compare: bool = False,
@@ -294,9 +323,9 @@ def _counts(study: Study) -> tuple[int, int, int]:
     """(finished cells the config names, finished rows it no longer names, cells it names): a rerun with
     other epochs keeps the old rows, which must not count as runs of this config."""
     ordinary = {(c["label"], c["res"], c["arch"], c["epochs"]) for c in study.expected}
-    seeded = {(c["label"], c["res"], c["arch"], c["epochs"], c.get("grid"), c.get("seed"))
+    seeded = {(c["label"], c["res"], c["arch"], c["epochs"], c.get("grid"), c.get("seed"), c.get(BATCH))
               for c in study.special_expected}
-    special = {key[:5] for key in seeded}  # a grid's seed copies are one cell each
+    special = {key[:5] for key in seeded}  # a grid's seed and batch-size copies are one cell each
     finished = 0
     for r in study.rows:
         key = (r["label"], int(r["res"]), r["arch"], int(r["epochs"]))

@@ -5,6 +5,8 @@ Torch-free on purpose: a report is made wherever ``study.yaml``, ``results.jsonl
 as ``unknown``. A cell of a grid whose own ``train:`` block changes results (the Hernia run on a 2,000-image
 subsample) carries a ``variant_tag``: it never stands in for the ordinary cell of Tables 2 and 3. A row whose tag
 holds nothing but ``seed=N`` is a seed copy of the ordinary cell (``replicates``): its spread is shown beside it.
+A row tagged ``batch_size=N`` (a grid's ``batch_sizes:``) is never a seed copy: ``batch_view`` gives the study as
+run at one batch size, so that every batch size gets its own rows, tests and spread (``batch_views``).
 """
 
 from __future__ import annotations
@@ -125,20 +127,26 @@ def _check_labels(results: Path, rows: list[tuple[int, dict[str, Any]]], expecte
 
 def _expected_cells(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The config's cells, split into ordinary ones and those of grids whose `train:` changes results; a grid's
-    seeds beyond its smallest (``study.grid.expand``'s replicates) are special cells with their ``seed``."""
+    seeds beyond its smallest (``study.grid.expand``'s replicates) are special cells with their ``seed``, and its
+    batch sizes other than its own (``batch_sizes:``) special cells with their ``batch_size``."""
     ordinary, special = [], []
     train = config.get("train") or {}
     for g in config.get("grids") or []:
         target = special if grid_changes_results(g, train) else ordinary
         seeds = g.get("seeds", config.get("seeds"))
         copies = sorted(seeds)[1:] if isinstance(seeds, list) else []
+        sizes, own = listed_batch_sizes(config, g), own_batch_size(config, g)
+        batches = ([own] if own in sizes else []) + [b for b in sorted(sizes) if b != own] if sizes else [None]
         for label in g.get("labels", []):
             for arch in g.get("archs", ["resnet34"]):
-                for seed, into in [(None, target)] + [(s, special) for s in copies]:
-                    for res in g.get("resolutions", []):
-                        into.append({"label": label, "res": int(res), "arch": arch,
-                                     "epochs": int(g.get("epochs", 3)), "grid": g.get("name"),
-                                     "train": dict(g.get("train") or {}), **({"seed": seed} if copies else {})})
+                for batch in batches:
+                    for seed in [None] + copies:
+                        into = target if seed is None and batch in (None, own) else special
+                        for res in g.get("resolutions", []):
+                            into.append({"label": label, "res": int(res), "arch": arch,
+                                         "epochs": int(g.get("epochs", 3)), "grid": g.get("name"),
+                                         "train": dict(g.get("train") or {}), **({"seed": seed} if copies else {}),
+                                         **({"batch_size": batch} if sizes else {})})
     return ordinary, special
 
 
@@ -365,3 +373,75 @@ def seed_spread(study: Study, label: str, res: int, v: Variant) -> SeedSpread | 
     aucs = [a for r in rows.values() if (a := auc_of(r)) is not None]
     mean = float(np.mean(aucs)) if aucs else None
     return SeedSpread(sorted(rows, key=lambda s: (s is None, s or 0)), mean, across_seed_sd(rows), len(aucs))
+
+
+# --------------------------------------------------------------------------------------------------
+# Batch sizes: a grid's ``batch_sizes:`` (``study.grid.expand``), each batch size its own cells, never averaged with
+# another's or taken for a seed copy
+
+
+BATCH = "batch_size"  # the run setting, and the key of its part of a variant tag ("batch_size=16")
+
+
+def own_batch_size(config: dict[str, Any], grid: dict[str, Any]) -> int:
+    """The batch size a grid's cells run at without a batch-size axis: its train block's, the study's, else the
+    run schema's default."""
+    from cxr_fast.schema.run import RunConfig  # no torch
+
+    size = {**(config.get("train") or {}), **(grid.get("train") or {})}.get(BATCH)
+    return int(size) if finite(size) else int(RunConfig.model_fields[BATCH].default)
+
+
+def listed_batch_sizes(config: dict[str, Any], grid: dict[str, Any]) -> list[int]:
+    """The batch sizes a grid lists (its own ``batch_sizes:``, else the study's); [] without a batch-size axis."""
+    sizes = grid.get("batch_sizes", config.get("batch_sizes"))
+    return [int(b) for b in sizes if finite(b)] if isinstance(sizes, list) else []
+
+
+def batch_axis(config: dict[str, Any]) -> list[int]:
+    """Every batch size the study's cells run at, smallest first, when a grid lists ``batch_sizes:``; [] without
+    (a study without the axis is reported as before, in one set of rows)."""
+    grids = config.get("grids") or []
+    if not any(listed_batch_sizes(config, g) for g in grids):
+        return []
+    return sorted({b for g in grids for b in (listed_batch_sizes(config, g) or [own_batch_size(config, g)])})
+
+
+def _tag_without(tag: str, key: str) -> str:
+    return ",".join(p for p in tag.split(",") if p and not p.startswith(f"{key}="))
+
+
+def batch_of(row: dict[str, Any], default: int) -> int:
+    """The row's batch size: its own field, else its variant tag's ``batch_size=N``, else ``default`` (what an
+    untagged row ran at: the study's batch size)."""
+    if finite(row.get(BATCH)):
+        return int(row[BATCH])
+    for part in variant_tag(row).split(","):
+        key, _, value = part.partition("=")
+        if key == BATCH and value.isdigit():
+            return int(value)
+    return default
+
+
+def batch_view(study: Study, size: int) -> Study:
+    """The study as if it had run at ``size`` only: the grids that run at it, their batch settings taken out, and
+    the rows at it with ``batch_size=N`` taken out of their tags. Tables, tests and seed spreads made from it
+    compare and average cells of this batch size and no other."""
+    config = study.config
+    runs_at = [g for g in config.get("grids") or [] if size in (listed_batch_sizes(config, g)
+                                                                or [own_batch_size(config, g)])]
+    grids = [{**{k: v for k, v in g.items() if k != "batch_sizes"},
+              "train": {k: v for k, v in (g.get("train") or {}).items() if k != BATCH}} for g in runs_at]
+    view = {**{k: v for k, v in config.items() if k != "batch_sizes"},
+            "train": {k: v for k, v in (config.get("train") or {}).items() if k != BATCH}, "grids": grids}
+    default = own_batch_size(config, {})
+    rows = [{**r, "variant_tag": _tag_without(variant_tag(r), BATCH)} for r in study.rows
+            if batch_of(r, default) == size]
+    expected, special = _expected_cells(view)
+    return Study(study.root, view, rows, expected, special)
+
+
+def batch_views(study: Study) -> list[tuple[int | None, Study]]:
+    """(batch size, the study at it) for each batch size of the axis; [(None, the study)] without one."""
+    axis = batch_axis(study.config)
+    return [(size, batch_view(study, size)) for size in axis] if axis else [(None, study)]

@@ -1,9 +1,10 @@
 """How a setting is declared, and how a refused value is said: the schema's two pieces of machinery.
 
 ``setting(...)`` is pydantic's ``Field`` plus what the rest of cxr-fast reads off a declaration: the flag's
-metavar and the noun a wrong choice is called by, and three roles a study and a resumed run need
+metavar and the noun a wrong choice is called by, and four roles a study and a resumed run need
 (``grid``: set per cell by the grids, not by a ``train:`` block; ``speed_only``: changes speed, not results,
-so it is left out of a cell's fingerprint; ``resume_free``: may differ when a run is resumed).
+so it is left out of a cell's fingerprint; ``resume_free``: may differ when a run is resumed; ``per_model``: may
+differ between the runs one packed step trains, ``cxr_fast.packed``, each model having its own).
 
 ``explain(error, source)`` turns pydantic's ``ValidationError`` into the project's one-line error, in the
 words cxr-fast has always used: ``cfg.yaml: batch_size must be int, got 'eight'``, ``unknown recipe
@@ -34,11 +35,11 @@ PathText = Annotated[str, BeforeValidator(_path_text)]
 
 
 def setting(default: Any, help: str, *, metavar: str | None = None, noun: str | None = None,
-            grid: bool = False, speed_only: bool = False, resume_free: bool = False,
+            grid: bool = False, speed_only: bool = False, resume_free: bool = False, per_model: bool = False,
             shown_default: str | None = None, **bounds: Any) -> Any:
     """A field of a settings model: its default, help text, bounds (``ge``, ``gt``, ``lt``, ``le``) and roles."""
     extra = {"metavar": metavar, "noun": noun, "grid": grid, "speed_only": speed_only,
-             "resume_free": resume_free, "shown_default": shown_default}
+             "resume_free": resume_free, "per_model": per_model, "shown_default": shown_default}
     return Field(default, description=help, json_schema_extra=extra, **bounds)
 
 

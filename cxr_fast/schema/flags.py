@@ -94,3 +94,12 @@ def check_number_flags(parser: argparse.ArgumentParser, args: argparse.Namespace
 def given(args: argparse.Namespace, names: Iterable[str] | None = None) -> dict[str, Any]:
     """The run settings the user gave as flags (absent ones are not in ``args``)."""
     return {n: getattr(args, n) for n in (names if names is not None else RunConfig.names()) if hasattr(args, n)}
+
+
+def pack_flag(parser: argparse.ArgumentParser | Any, what: str) -> argparse.Action:
+    """``--pack auto|1|K`` (``vocabulary.parse_pack``), one declaration for ``study`` and ``plan``; ``what`` says
+    what the flag does for that command."""
+    return parser.add_argument("--pack", metavar="auto|1|K",
+                               help=f"{what}: K compatible runs (one architecture, resolution and recipe) trained as "
+                                    "one packed step; auto = as many as fit the device's memory, at most 8; 1 = each "
+                                    "run alone")

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from cxr_fast.errors import CxrError
 from cxr_fast.schema.fields import PathText, explain, extra, setting
-from cxr_fast.vocabulary import (AUTO, DEFAULT_RECIPE, SEED_BOUNDS, Arch, BlankPolicy, DatasetChoice, Init, LabelSource,
-                                 LoaderChoice, Optimizer, PrecisionChoice, Recipe, Split, UncertainPolicy, ViewPolicy,
+from cxr_fast.vocabulary import (AUTO, DEFAULT_RECIPE, SEED_BOUNDS, Arch, BlankPolicy, DatasetChoice, HeadBnInit, Init,
+                                 LabelSource, LoaderChoice, Optimizer, PrecisionChoice, Recipe, Split, UncertainPolicy, ViewPolicy,
                                  Vote, check_res)
 
 
@@ -44,7 +44,7 @@ class RunConfig(BaseModel):
     # allow_inf_nan=False: a NaN or infinite float (``lr: .inf``) is refused here, not after an epoch of training.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=False, allow_inf_nan=False)
 
-    label: str = setting("Nodule", "finding to detect, e.g. Nodule", metavar="LABEL", grid=True)
+    label: str = setting("Nodule", "finding to detect, e.g. Nodule", metavar="LABEL", grid=True, per_model=True)
     res: int = setting(224, "input resolution in pixels", metavar="PX", grid=True)
     arch: Arch = setting("resnet34", "architecture", noun="architecture", grid=True)
     recipe: Recipe = setting(
@@ -52,13 +52,17 @@ class RunConfig(BaseModel):
         "modern: one logit, weighted BCE, stronger lighting and zoom-out", noun="recipe")
     init: Init = setting("imagenet", "imagenet: ImageNet weights (--weights FILE, else torchvision's file from the "
                          "torch cache, downloaded there once when online); random: torch's random init",
-                         noun="init")
+                         noun="init", per_model=True)
     weights: PathText | None = setting(
         None, "a torchvision ImageNet state dict file (with init imagenet)", metavar="PATH", resume_free=True,
-        shown_default="torchvision's own file")
+        per_model=True, shown_default="torchvision's own file")
     weights_sha256: str | None = setting(
         None, "the sha256 the weights file must have (a run's config.yaml records it, so a replay checks it)",
-        metavar="SHA256", shown_default="not pinned")
+        metavar="SHA256", per_model=True, shown_default="not pinned")
+    head_bn_init: HeadBnInit = setting(
+        "ones", "fastai07 head's BatchNorm1d weights: ones (today's PyTorch) or uniform, U(0,1) as PyTorch drew them "
+        "when fastai 0.7 ran (DESIGN.md, 'What the paper leaves open'; the modern head has none)",
+        noun="head BatchNorm init")
     epochs: int = setting(3, "epochs", metavar="N", grid=True, resume_free=True, ge=1)
     batch_size: int = setting(8, "batch size (the paper's: 8)", metavar="N", ge=1)
     lr: float = setting(5e-4, "fixed learning rate (the paper's, from a range test: cxr-fast lr-find)",
@@ -96,15 +100,16 @@ class RunConfig(BaseModel):
     vote: Vote = setting("majority", "VinDr-CXR training images (three radiologists each): positive when a majority "
                          "say so, or any one", noun="vote")
     store: PathText | None = setting(None, "prepared store from `cxr-fast prepare`, for backends that read one",
-                                     metavar="DIR", speed_only=True, shown_default="one in the cache folder")
+                                     metavar="DIR", speed_only=True, per_model=True,
+                                     shown_default="one in the cache folder")
     out: PathText | None = setting(None, "run folder", metavar="RUN", grid=True, speed_only=True, resume_free=True,
-                                   shown_default="runs/<label>-<arch>-<res>")
+                                   per_model=True, shown_default="runs/<label>-<arch>-<res>")
     subsample_size: int = setting(20_000, "images per label subsample: all positives plus random negatives",
-                                  metavar="N", ge=1)
-    val_fraction: float = setting(0.2, "share of the subsample for validation", metavar="F", gt=0, lt=1)
+                                  metavar="N", per_model=True, ge=1)
+    val_fraction: float = setting(0.2, "share of the subsample for validation", metavar="F", per_model=True, gt=0, lt=1)
     split: Split = setting("image", "validation split: by image (the paper), by patient, or NIH's official lists",
-                           noun="split")
-    seed: int = setting(0, "seed for sampling, init and augmentation", metavar="N", **SEED_BOUNDS)
+                           noun="split", per_model=True)
+    seed: int = setting(0, "seed for sampling, init and augmentation", metavar="N", per_model=True, **SEED_BOUNDS)
     augment: bool = setting(True, "the recipe's training augmentation")
     tta: int = setting(4, "augmented test-time views averaged with the plain one (0: plain only)", metavar="N", ge=0)
     device: str = setting(AUTO, "auto, cpu, cuda or cuda:N", metavar="DEVICE", speed_only=True)
@@ -152,6 +157,13 @@ class RunConfig(BaseModel):
     def _init_and_weights_agree(self) -> "RunConfig":
         if self.init == "random" and (self.weights or self.weights_sha256):
             raise ValueError("weights are given but init is random; drop one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _head_bn_init_has_a_head(self) -> "RunConfig":
+        if self.head_bn_init != "ones" and self.recipe != "fastai07":
+            raise ValueError(f"head_bn_init {self.head_bn_init} is for the fastai07 head; the {self.recipe} head has no "
+                             "batch norm")
         return self
 
     @model_validator(mode="after")
@@ -225,7 +237,8 @@ class RunConfig(BaseModel):
 
     @classmethod
     def names(cls, role: str | None = None) -> tuple[str, ...]:
-        """Field names in declaration order; with ``role`` (grid, speed_only, resume_free), those that have it."""
+        """Field names in declaration order; with ``role`` (grid, speed_only, resume_free, per_model), those that have
+        it."""
         return tuple(n for n, f in cls.model_fields.items() if role is None or extra(f, role))
 
 
@@ -233,6 +246,7 @@ class RunConfig(BaseModel):
 GRID_FIELDS = RunConfig.names("grid")  # label, res, arch, epochs, out: the grids set them per cell
 SPEED_ONLY = RunConfig.names("speed_only")  # out of a cell's fingerprint: a study may finish on another machine
 RESUME_FREE = RunConfig.names("resume_free")  # a resumed run may differ in these (weights: its sha256 is compared)
+PER_MODEL = RunConfig.names("per_model")  # the runs of one packed step may differ in these, and in nothing else
 # Which dataset a data folder is and how it is read: flags of every command that opens data.
 DATASET_FIELDS = ("dataset", "uncertain", "blank", "views", "label_source", "vote")
 

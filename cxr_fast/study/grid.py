@@ -4,7 +4,8 @@ The study YAML holds ``name``, a ``train:`` block of run settings every cell sha
 its labels, resolutions, archs, epochs and its own ``train:`` overrides. The run settings a block may hold,
 their types, ranges and messages are ``RunConfig``'s (``cxr_fast.schema.run``): nothing here lists them.
 Each cell is validated once, by ``checked_cells``, which ``study``, ``study --dry-run`` and ``plan`` call.
-``seeds:`` (the study's, or a grid's own) makes replicates of each cell, one per seed (``expand``).
+``seeds:`` (the study's, or a grid's own) makes replicates of each cell, one per seed (``expand``); ``batch_sizes:``
+likewise one cell per batch size.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 from cxr_fast.config import load_yaml
 from cxr_fast.errors import CxrError
 from cxr_fast.schema.run import DATASET_FIELDS, GRID_FIELDS, SPEED_ONLY, RunConfig
-from cxr_fast.vocabulary import SEED_BOUNDS, check_number, parse_resolutions
+from cxr_fast.vocabulary import SEED_BOUNDS, check_number, parse_pack, parse_resolutions
 
 RUNS = "runs"  # each cell's run folder is runs/<cell id> inside the study folder
 STUDIES = Path("studies")  # where a study goes without --out: studies/<name>
@@ -38,6 +39,7 @@ class GridSpec:
     epochs: int = _DEFAULTS["epochs"].default
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the study's `train:` block
     seeds: list[int] | None = None  # replicates of each cell: this grid's own seeds, else the study's
+    batch_sizes: list[int] | None = None  # one cell per batch size: this grid's own, else the study's
 
 
 @dataclass
@@ -49,11 +51,17 @@ class StudyConfig:
     # the dataset's policies, size: N}``.
     external: list[dict[str, Any]] = field(default_factory=list)
     seeds: list[int] | None = None  # replicates of every cell of a grid without its own ``seeds:``
+    batch_sizes: list[int] | None = None  # a batch-size axis of every grid without its own ``batch_sizes:``
+    # Packed training (``cxr_fast.packed``): auto, or K compatible runs per step; 1 trains each run alone.
+    pack: str | int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        grids = [{k: v for k, v in dataclasses.asdict(g).items() if k != "seeds" or v is not None} for g in self.grids]
+        axes = ("seeds", "batch_sizes")  # a study or grid without them: as before
+        grids = [{k: v for k, v in dataclasses.asdict(g).items() if k not in axes or v is not None} for g in self.grids]
         out = {"name": self.name, "train": dict(self.train), "grids": grids}
-        out = {**out, "seeds": list(self.seeds)} if self.seeds is not None else out  # a study without: as before
+        out = {**out, "seeds": list(self.seeds)} if self.seeds is not None else out
+        out = {**out, "batch_sizes": list(self.batch_sizes)} if self.batch_sizes is not None else out
+        out = {**out, "pack": self.pack} if self.pack != 1 else out
         return {**out, "external": [dict(e) for e in self.external]} if self.external else out
 
 
@@ -61,7 +69,7 @@ def parse_study(data: dict[str, Any], source: str = "study config") -> StudyConf
     """Validate a study mapping (from YAML); every problem is one line naming ``source`` and the key."""
     if not isinstance(data, dict):
         raise CxrError(f"{source}: expected a mapping with name, train and grids")
-    allowed = {"name", "train", "grids", "external", "seeds"}
+    allowed = {"name", "train", "grids", "external", "seeds", "batch_sizes", "pack"}
     unknown = sorted(map(str, set(data) - allowed))
     if unknown:
         raise CxrError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
@@ -73,9 +81,11 @@ def parse_study(data: dict[str, Any], source: str = "study config") -> StudyConf
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         raise CxrError(f"{source}: grid names must be unique, got {names}")
-    return _check_seeds(StudyConfig(name=_study_name(data.get("name"), source), grids=grids, train=train,
-                                    external=_external(data.get("external"), f"{source}: external"),
-                                    seeds=_seeds(data.get("seeds"), f"{source}: seeds")), source)
+    return _check_axes(StudyConfig(name=_study_name(data.get("name"), source), grids=grids, train=train,
+                                   external=_external(data.get("external"), f"{source}: external"),
+                                   seeds=_seeds(data.get("seeds"), f"{source}: seeds"),
+                                   batch_sizes=_batch_sizes(data.get("batch_sizes"), f"{source}: batch_sizes"),
+                                   pack=parse_pack(data.get("pack", 1), f"{source}: pack")), source)
 
 
 def _seeds(value: Any, where: str) -> list[int] | None:
@@ -89,6 +99,38 @@ def _seeds(value: Any, where: str) -> list[int] | None:
     if len(set(value)) != len(value):
         raise CxrError(f"{where} repeat a seed: {value}")
     return list(value)
+
+
+def _batch_sizes(value: Any, where: str) -> list[int] | None:
+    """A ``batch_sizes:`` list: a non-empty list of distinct batch sizes, each checked by the run schema."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise CxrError(f"{where} must be a non-empty list of batch sizes such as [8, 16, 32], got {value!r}")
+    for i, size in enumerate(value):
+        RunConfig.parse({"batch_size": size}, f"{where}[{i}]")
+    if len(set(value)) != len(value):
+        raise CxrError(f"{where} repeat a batch size: {value}")
+    return list(value)
+
+
+def grid_batch_sizes(cfg: StudyConfig, grid: GridSpec) -> list[int] | None:
+    """The batch sizes a grid's cells run at, one cell each: its own ``batch_sizes:``, else the study's; None: no
+    batch-size axis."""
+    return grid.batch_sizes if grid.batch_sizes is not None else cfg.batch_sizes
+
+
+def _check_axes(cfg: StudyConfig, where: str) -> StudyConfig:
+    """The seed axis's rule (``_check_seeds``), then the batch-size axis's: a grid with ``batch_sizes:`` takes a
+    ``batch_size:`` (a train block's, or ``--batch-size``) only when it is one of them, the cell's own run; any
+    other is refused in one line, since which of the two a cell ran with would be a guess."""
+    for g in _check_seeds(cfg, where).grids:
+        sizes, size = grid_batch_sizes(cfg, g), {**cfg.train, **g.train}.get("batch_size")
+        if sizes is not None and size is not None and size not in sizes:
+            raise CxrError(f"{where}: grid {g.name} has batch_sizes {sizes} and batch_size {size} in its train "
+                           f"settings; the batch_size may only be one of the batch_sizes (the cell's own run): "
+                           f"drop one")
+    return cfg
 
 
 def grid_seeds(cfg: StudyConfig, grid: GridSpec) -> list[int] | None:
@@ -196,7 +238,8 @@ def _parse_grid(g: Any, where: str) -> GridSpec:
             raise CxrError(f"{where}: {key} repeat a value: {values}")
     train = _check_train(g.get("train") or {}, f"{where}.train")
     return GridSpec(str(g["name"]), _canonical(labels), resolutions, [str(a) for a in archs], epochs, train,
-                    seeds=_seeds(g.get("seeds"), f"{where}: seeds"))
+                    seeds=_seeds(g.get("seeds"), f"{where}: seeds"),
+                    batch_sizes=_batch_sizes(g.get("batch_sizes"), f"{where}: batch_sizes"))
 
 
 def _canonical(labels: list[str]) -> list[str]:
@@ -218,8 +261,10 @@ def load_study_config(path: str | Path) -> StudyConfig:
     return parse_study(load_yaml(path), str(path))
 
 
-def apply_overrides(cfg: StudyConfig, epochs: int | None = None, **train: Any) -> StudyConfig:
-    """Flags beat the config: ``epochs`` replaces every grid's epochs, the rest the shared train block.
+def apply_overrides(cfg: StudyConfig, epochs: int | None = None, pack: str | int | None = None,
+                    **train: Any) -> StudyConfig:
+    """Flags beat the config: ``epochs`` replaces every grid's epochs, ``pack`` the study's, the rest the shared
+    train block.
 
     A flag also beats a grid's own ``train:`` override of the same setting, since the user asked for it.
     Each given value is checked by the run schema here, naming the flag's setting.
@@ -231,8 +276,9 @@ def apply_overrides(cfg: StudyConfig, epochs: int | None = None, **train: Any) -
     grids = [dataclasses.replace(g, epochs=epochs if epochs is not None else g.epochs,
                                  train={k: v for k, v in g.train.items() if k not in given})
              for g in cfg.grids]
-    return _check_seeds(dataclasses.replace(cfg, grids=grids, train={**cfg.train, **given},
-                                            external=[dict(e) for e in cfg.external]), "overrides")
+    return _check_axes(dataclasses.replace(cfg, grids=grids, train={**cfg.train, **given},
+                                           external=[dict(e) for e in cfg.external],
+                                           pack=cfg.pack if pack is None else parse_pack(pack)), "overrides")
 
 
 @dataclass
@@ -294,7 +340,10 @@ def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
     A cell named by two grids with the same settings runs once; with different settings it is an error,
     because both would claim the same run folder. A grid with seeds runs each cell once per seed: its smallest
     seed is the cell's own run (its id and settings, so adding seeds to a study keeps its finished runs), each other
-    seed a replicate tagged ``seed=N``, in its own run folder.
+    seed a replicate tagged ``seed=N``, in its own run folder. A grid with batch sizes runs each cell (and each of
+    its seeds) once per batch size: the batch size the cell runs at without the axis (its ``batch_size:``, else the
+    default), when listed, is the cell's own run; every other one a cell tagged ``batch_size=N``, so an untagged id
+    always means the batch size it meant before the axis.
     """
     names = [g.name for g in cfg.grids]
     if only:
@@ -307,15 +356,15 @@ def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
             continue
         settings = {**cfg.train, **g.train}
         overrides = {k: v for k, v in g.train.items() if cfg.train.get(k) != v}
-        runs = [(settings, overrides_tag(overrides))]  # (settings, tag) per seed, the cell's own run first
+        runs = [(settings, overrides)]  # (settings, what its tag names) per run, the cell's own run first
+        sizes = sorted(grid_batch_sizes(cfg, g) or [])
+        runs = _replicate(runs, "batch_size", sizes, settings.get("batch_size", _DEFAULTS["batch_size"].default))
         seeds = sorted(grid_seeds(cfg, g) or [])
-        if seeds and settings.get("seed", _DEFAULTS["seed"].default) != seeds[0]:
-            runs = [({**settings, "seed": seeds[0]}, runs[0][1])]
-        runs += [({**settings, "seed": s}, overrides_tag({**overrides, "seed": s})) for s in seeds[1:]]
+        runs = _replicate(runs, "seed", seeds, seeds[0] if seeds else None)
         for label in g.labels:
             for arch in g.archs:
-                for (own, tag), res in [(run, res) for run in runs for res in g.resolutions]:
-                    cell = Cell(label, res, arch, g.epochs, dict(own), [g.name], tag)
+                for (own, named), res in [(run, res) for run in runs for res in g.resolutions]:
+                    cell = Cell(label, res, arch, g.epochs, dict(own), [g.name], overrides_tag(named))
                     prior = cells.get(cell.cell_id)
                     if prior is None:
                         cells[cell.cell_id] = cell
@@ -325,6 +374,22 @@ def expand(cfg: StudyConfig, only: Sequence[str] | None = None) -> list[Cell]:
                     elif g.name not in prior.grids:
                         prior.grids.append(g.name)
     return list(cells.values())
+
+
+def _replicate(runs: list[tuple[dict[str, Any], dict[str, Any]]], key: str, values: list[Any],
+               own: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each run once per value of a replicate axis (seeds, batch sizes), in ``values``' order. ``own``, when
+    listed, is the run itself: its tag and id kept, its setting written only if it was not already that value;
+    every other value a copy whose tag names ``key=value``. No values: the runs as they are."""
+    if not values:
+        return runs
+    out = []
+    for settings, named in runs:
+        for value in ([own] if own in values else []) + [v for v in values if v != own]:
+            same = value == own and settings.get(key, _DEFAULTS[key].default) == value
+            out.append((settings if same else {**settings, key: value},
+                        named if value == own else {**named, key: value}))
+    return out
 
 
 def checked_cells(cfg: StudyConfig, only: Sequence[str] | None = None, study_dir: Path = Path(".")) -> list[Cell]:

@@ -23,7 +23,8 @@ RESULTS = "results.jsonl"
 METRIC_KEYS = ("auc", "auc_sd", "auc_status", "auc_sd_note", "accuracy", "n_pos", "n_neg", "n_val", "wall_s",
                "train_images_per_s", "pos_weight", "precision", "tf32", "graphs", "device", "loader", "recipe", "init",
                "weights_file", "weights_sha256", "split", "subsample_size", "seed", "val_leak_images",
-               "val_leak_share", "val_mm_per_px", "dataset", "dataset_version", "external")
+               "val_leak_share", "val_mm_per_px", "dataset", "dataset_version", "external", "pack",
+               "gpu_share", "batch_size")
 
 
 class ResultsStore:

@@ -4,10 +4,11 @@
 writing nothing, so a refused study leaves its folder as it was and ``--dry-run`` refuses exactly what a run
 would. ``run_cells`` then takes the folder's lock (one driver per study), decodes each dataset's images once
 into one shared store per dataset and format (``draw_subsamples`` draws each label's subsample once; the store
-holds their union, and each run of the label reads its subsample from it) and runs the cells through an executor (here, or on Ray). A kill loses at most the
-run in flight; its run folder resumes from its last epoch checkpoint on the next ``cxr-fast study``. Every
-resolution of a label uses the same subsample and validation images, so the report can compare resolutions
-with the paired DeLong test.
+holds their union, and each run of the label reads its subsample from it) and runs the cells through an
+executor (here, or on Ray). With ``pack:`` (``study.packing``) compatible cells run as packed jobs, K models in
+one step, each still its own run folder and results row. A kill loses at most the epoch in flight; each run
+folder resumes from its last epoch checkpoint on the next ``cxr-fast study``. Every resolution of a label uses
+the same subsample and validation images, so the report can compare resolutions with the paired DeLong test.
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ def train_cell(cfg: Any, init: Any = None, subsample: Any = None, external: Sequ
     if external:
         metrics = {**metrics, "external": [score_external(cfg.out, entry) for entry in external]}
     return metrics
+
+
+def train_pack(configs: Sequence[Any], inits: Sequence[Any], subsamples: Sequence[Any],
+               external: Sequence[dict] = ()) -> dict:
+    """A packed job's run function: K cells trained as one packed step (``train.packed_run``), each into its own
+    run folder, then each scored on each ``external`` dataset; ``{"runs": [metrics, ...]}`` in the cells' order.
+    Module-level so Ray can ship it to workers by reference."""
+    from cxr_fast.train.packed_run import run_packed
+
+    runs = run_packed(configs, progress=False, inits=inits, subsamples=subsamples)
+    if external:
+        runs = [{**m, "external": [score_external(c.out, e) for e in external]} for c, m in zip(configs, runs)]
+    return {"runs": runs}
 
 
 def score_external(run_dir: str, entry: dict) -> dict[str, Any]:
@@ -300,6 +314,7 @@ def run_cells(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any
     shared store.
     """
     from cxr_fast.executors import Job, LocalExecutor
+    from cxr_fast.study.packing import job_label, pack_jobs
     from cxr_fast.study.shared import shared_folders
 
     study_dir = Path(study_dir).resolve()  # Ray workers may run in another working directory
@@ -319,7 +334,8 @@ def run_cells(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any
         drawn = draw_subsamples(cells) if (real or prepare) and todo else {}  # all: a store holds their union
         if prepare and todo:
             prepare_stores(cells, todo, study_dir, drawn, quiet=not progress)
-        by_id = {c.cell_id: c for c in todo}
+        groups, notes = pack_jobs(todo, decided.config.pack if real else 1,
+                                  {c.cell_id: len(drawn[c.cell_id][1].part("train")[0]) for c in todo} if real else {})
 
         def inputs(cell: Cell) -> dict[str, Any]:
             if not real:
@@ -327,15 +343,36 @@ def run_cells(cfg: StudyConfig | StudyPlan, study_dir: str | Path, executor: Any
             return {"init": decided.inits.get(cell.cell_id), "subsample": drawn[cell.cell_id][1],
                     "external": decided.config.external}
 
-        jobs = [Job(c.cell_id, c.config, c.describe(), inputs(c)) for c in todo]
-        with StudyProgress(len(cells), len(cells) - len(todo), enabled=progress) as bar:
-            def on_done(job: Job, metrics: dict) -> None:
-                cell = by_id[job.key]
-                row = result_row(cell, metrics)
-                store.append(row)
-                bar.finished(cell, row)
+        def job(group: list[Cell]) -> Job:
+            if len(group) == 1:
+                return Job(group[0].cell_id, group[0].config, group[0].describe(), inputs(group[0]))
+            return Job(job_label(group), [c.config for c in group], "; ".join(c.describe() for c in group),
+                       {"inits": [decided.inits.get(c.cell_id) for c in group],
+                        "subsamples": [drawn[c.cell_id][1] for c in group], "external": decided.config.external},
+                       fn=train_pack)
 
-            executor.run(jobs, run_fn, on_done, on_start=lambda job: bar.started(by_id[job.key]),
+        jobs = [job(g) for g in groups]
+        members = {j.key: g for j, g in zip(jobs, groups)}
+        with StudyProgress(len(cells), len(cells) - len(todo), enabled=progress) as bar:
+            for note in notes:
+                bar.bar.print(f"note: {note}")
+            if any(len(g) > 1 for g in groups):
+                bar.bar.print(f"packed: {len(todo)} runs as {len(groups)} jobs (pack {decided.config.pack}: "
+                          f"{', '.join(str(len(g)) for g in groups)} runs each)")
+
+            def on_done(job: Job, metrics: dict) -> None:
+                group = members[job.key]
+                share = {"gpu_share": metrics["gpu_share"]} if "gpu_share" in metrics else {}  # the executor's
+                for cell, m in zip(group, [{**m, **share} for m in metrics["runs"]] if len(group) > 1 else [metrics]):
+                    row = result_row(cell, m)
+                    store.append(row)
+                    bar.finished(cell, row)
+
+            def on_start(job: Job) -> None:
+                for cell in members[job.key]:
+                    bar.started(cell)
+
+            executor.run(jobs, run_fn, on_done, on_start=on_start,
                          shared=shared_folders(todo, study_dir))  # a cluster checks its nodes see them
         ids = {c.cell_id for c in cells}
         rows = [r for cid, r in store.finished().items() if cid in ids]

@@ -35,9 +35,12 @@ def default_out(cfg: RunConfig) -> Path:
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Settings that differ between a saved run and this one, except those a resumed run may change
     (``RunConfig``'s ``resume_free`` role: the weights file's path may differ between machines, its sha256 is
-    compared)."""
+    compared). A setting the saved config lacks (added to cxr-fast since) counts as its default."""
     keys = sorted((set(saved) | set(current)) - set(RESUME_FREE))
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    fields = RunConfig.model_fields
+    # A setting added since the run was saved is absent from its config.yaml: the run used its default.
+    was = {k: saved[k] if k in saved else fields[k].default if k in fields else None for k in keys}
+    return [f"{k}: {was[k]!r} -> {current.get(k)!r}" for k in keys if was[k] != current.get(k)]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

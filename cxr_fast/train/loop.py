@@ -38,7 +38,7 @@ def peak_memory_mb(device: Any) -> float:
     return rss / MIB if sys.platform == "darwin" else rss * 1024 / MIB
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """The generators' states in tensors and plain numbers only, so a checkpoint loads with
     ``weights_only=True`` (numpy's own state tuple would need unpickling)."""
     import torch
@@ -52,7 +52,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])
@@ -62,7 +62,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _epoch_bar(enabled: bool) -> Any:
+def epoch_bar(enabled: bool) -> Any:
     """A bar per epoch with the running loss and images/s."""
     from cxr_fast.progress import Bar
 
@@ -133,21 +133,32 @@ def restore(parts: RunParts, checkpoint: dict[str, Any], log_path: Path) -> None
     parts.optimizer.load_state_dict(checkpoint["optimizer"])
     if parts.step.scaler is not None and checkpoint.get("scaler"):
         parts.step.scaler.load_state_dict(checkpoint["scaler"])
-    _set_rng_state(checkpoint["rng"])
+    set_rng_state(checkpoint["rng"])
     # Drop log lines of an epoch that was logged but not checkpointed before the kill.
     rows = [r for r in read_jsonl(log_path) if r.get("epoch", 0) <= checkpoint["epoch"]]
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _tensor_bytes(obj: Any) -> int:
+def tensor_bytes(obj: Any) -> int:
     """Bytes of the tensors in a checkpoint's state: what ``torch.save`` will need on disk, at least."""
     if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):
         return int(obj.nbytes)
     if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
+        return sum(tensor_bytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
+        return sum(tensor_bytes(v) for v in obj)
     return 0
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> float:
+    """Write a checkpoint atomically; the seconds it took. Into a Python file, so a full disk reaches
+    ``atomic_path`` as the OSError behind torch's RuntimeError."""
+    import torch
+
+    t0 = time.perf_counter()
+    with atomic_path(path, need=tensor_bytes(state)) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+    return time.perf_counter() - t0
 
 
 def check_same_images(plan: RunPlan, parts: RunParts) -> None:
@@ -164,7 +175,7 @@ def check_same_images(plan: RunPlan, parts: RunParts) -> None:
                        "the run started: rerun with --overwrite to train on the images as they are now", exit_code=1)
 
 
-def _diverged(epoch: int, loss: float, spread: float) -> CxrError:
+def diverged(epoch: int, loss: float, spread: float) -> CxrError:
     """Say what was observed: constant inputs, or a loss that left the finite range."""
     if spread == 0.0:
         return CxrError(f"training loss became {loss} at epoch {epoch}, and every training image was constant "
@@ -205,7 +216,7 @@ def train_epochs(cfg: RunConfig, plan: RunPlan, parts: RunParts, first_epoch: in
     out = plan.out
     n_batches = len(parts.train_loader) if cfg.max_batches is None else min(len(parts.train_loader), cfg.max_batches)
     fixed_shapes(device)  # one input shape for the whole run: cuDNN may pick its fastest algorithms once
-    with _epoch_bar(progress) as bar:
+    with epoch_bar(progress) as bar:
         for epoch in range(first_epoch, cfg.epochs):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -231,7 +242,7 @@ def train_epochs(cfg: RunConfig, plan: RunPlan, parts: RunParts, first_epoch: in
             clock.train_images += seen
             mean_loss = float(totals.loss_sum) / max(seen, 1)
             if not np.isfinite(mean_loss):
-                raise _diverged(epoch + 1, mean_loss, float(totals.spread))
+                raise diverged(epoch + 1, mean_loss, float(totals.spread))
             t1 = time.perf_counter()
             y, plain, _ = predict(step, parts.val_loader, tta=0, seed=cfg.seed, augmentation=parts.augmentation)
             clock.eval_s += time.perf_counter() - t1
@@ -243,15 +254,11 @@ def train_epochs(cfg: RunConfig, plan: RunPlan, parts: RunParts, first_epoch: in
             append_jsonl(out / LOG_NAME, row)
             state = {
                 "epoch": epoch + 1, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-                "scaler": step.scaler.state_dict() if step.scaler is not None else None, "rng": _rng_state(),
+                "scaler": step.scaler.state_dict() if step.scaler is not None else None, "rng": rng_state(),
                 "wall_s": clock.wall(), "train_time_s": clock.train_s, "train_images": clock.train_images,
                 "config": plan.current, "dropped": sorted(parts.dropped),
             }
-            t1 = time.perf_counter()
-            # Into a Python file, so a full disk reaches atomic_path as the OSError behind torch's RuntimeError.
-            with atomic_path(out / CHECKPOINT_NAME, need=_tensor_bytes(state)) as tmp, open(tmp, "wb") as fh:
-                torch.save(state, fh)
-            clock.checkpoint_s += time.perf_counter() - t1
+            clock.checkpoint_s += save_checkpoint(out / CHECKPOINT_NAME, state)
             shown = AUC_TIED if epoch_auc is None else f"{epoch_auc:.3f}"
             bar.print(f"epoch {epoch + 1}: loss {mean_loss:.4f}  val AUC {shown}  {row['images_per_s']:.1f} img/s")
             if on_epoch is not None:

@@ -73,7 +73,7 @@ def build_parts(cfg: RunConfig, device: Any, precision: str, quiet: bool = False
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = build_model(cfg.arch, cfg.recipe, weights=weights)
+    model = build_model(cfg.arch, cfg.recipe, weights=weights, head_bn_init=cfg.head_bn_init)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum)
     step = TrainStep(model, optimizer, pos_weight, precision, device, cfg.channels_last, recipe=cfg.recipe)
     aug = augmentation(cfg.recipe)

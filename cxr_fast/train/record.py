@@ -24,8 +24,11 @@ SCORE_SPACE = "log-odds"
 TTA_AVERAGE = "mean probability, taken in log space (log-odds of the mean)"
 
 
-def score_and_record(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Clock, setup_s: float) -> dict[str, Any]:
-    """Final TTA scoring, predictions.npz and metrics.json."""
+def score_and_record(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Clock, setup_s: float,
+                     predicted: tuple[Any, Any, Any] | None = None,
+                     pack: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Final TTA scoring, predictions.npz and metrics.json. ``predicted``: this run's (labels, plain, TTA) scores
+    when a packed job scored its K models at once (``train.packed_run``); ``pack``: that job, for the record."""
     import torch
 
     from cxr_fast.metrics import accuracy, score_auc
@@ -34,8 +37,10 @@ def score_and_record(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Cloc
     out, sub, device = plan.out, parts.sub, parts.step.device
     val_ids, val_targets = sub.part("val")
     t1 = time.perf_counter()
-    y, plain, scores = predict(parts.step, parts.val_loader, tta=cfg.tta, seed=cfg.seed, augmentation=parts.augmentation)
-    clock.eval_s += time.perf_counter() - t1
+    if predicted is None:
+        predicted = predict(parts.step, parts.val_loader, tta=cfg.tta, seed=cfg.seed, augmentation=parts.augmentation)
+        clock.eval_s += time.perf_counter() - t1
+    y, plain, scores = predicted
     if not np.array_equal(y, val_targets.astype(np.float64)):
         raise CxrError("the validation loader returned labels out of order; it must not shuffle in eval mode",
                        exit_code=1)
@@ -70,6 +75,7 @@ def score_and_record(cfg: RunConfig, plan: RunPlan, parts: RunParts, clock: Cloc
         "batch_size": cfg.batch_size, "out": str(out), **val_spacing(parts.dataset, val_ids, cfg.res),
         "dataset": parts.dataset.name, "dataset_version": parts.dataset.version,
         "data": parts.dataset.provenance(),  # its label table and the policies it was read under
+        "pack": pack or {"k": 1},  # trained alone, or as one of K models of a packed job (cxr_fast.packed)
     }
     write_json(out / METRICS_NAME, metrics)
     return metrics

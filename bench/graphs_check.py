@@ -87,7 +87,7 @@ def _measure_one(device: Any, arch: str, res: int, batch: int, steps: int, warmu
     torch.manual_seed(1)
     t = time.perf_counter()
     graphed(images, labels)  # the capture (warm-up steps undone), then its first replay
-    _sync(device)
+    sync_device(device)
     capture_s = time.perf_counter() - t
     graphed_s, graphed_loss = _timed(graphed, images, labels, warmup - 1, steps, device)
     with torch.no_grad():
@@ -99,23 +99,31 @@ def _measure_one(device: Any, arch: str, res: int, batch: int, steps: int, warmu
             "graphs": graphed.graphs}
 
 
-def _sync(device: Any) -> None:
+def sync_device(device: Any) -> None:
+    """``runtime.sync``, imported when first timed (torch stays out of gpu-check's start-up)."""
     from cxr_fast.runtime import sync
 
     sync(device)
 
 
-def _timed(step: Any, images: Any, labels: Any, warmup: int, steps: int, device: Any) -> tuple[float, float]:
-    """(seconds per step, the last loss): ``warmup`` steps, a sync, then ``steps`` steps and a sync."""
+def timed_steps(step: Any, images: Any, labels: Any, warmup: int, steps: int, device: Any) -> tuple[float, Any]:
+    """(seconds per step, the last step's output, None after no step): ``warmup`` steps, a sync, then ``steps``
+    steps and a sync. gpu-check's packed and shared sections time their steps with it too."""
     for _ in range(warmup):
         step(images, labels)
-    _sync(device)
+    sync_device(device)
     t = time.perf_counter()
-    loss = None
+    out = None
     for _ in range(steps):
-        loss = step(images, labels)
-    _sync(device)
-    return (time.perf_counter() - t) / max(1, steps), float(loss) if loss is not None else math.nan
+        out = step(images, labels)
+    sync_device(device)
+    return (time.perf_counter() - t) / max(1, steps), out
+
+
+def _timed(step: Any, images: Any, labels: Any, warmup: int, steps: int, device: Any) -> tuple[float, float]:
+    """``timed_steps`` with the last loss as a float."""
+    seconds, loss = timed_steps(step, images, labels, warmup, steps, device)
+    return seconds, float(loss) if loss is not None else math.nan
 
 
 def predicted(arch: str, res: int, batch: int, precision: str | None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cxr_fast.bench.graphs_check import sync_device, timed_steps
 from cxr_fast.errors import one_line
 from cxr_fast.vocabulary import ARCHS
 
@@ -109,7 +110,7 @@ def measure_packed_step(device: Any, arch: str, res: int, k: int, precision: str
     fixed_shapes(device)
     step = packed_step(arch, RECIPE, k, OPTIMIZER, str(device), precision, True)
     images, labels = stack_batches(batches(k, BATCH, res, device))
-    eager_s, losses = _timed(step, images, labels, warmup, steps, device)
+    eager_s, losses = timed_steps(step, images, labels, warmup, max(1, steps), device)
     kernels = count_device_ops(lambda: step(images, labels), device) if device.type == "cuda" else NOT_ON_GPU
     out: dict[str, Any] = {"precision": step.precision, "eager_ms": eager_s * 1e3, "kernels": kernels,
                            "losses_finite": bool(torch.isfinite(losses).all())}
@@ -118,29 +119,10 @@ def measure_packed_step(device: Any, arch: str, res: int, k: int, precision: str
         return {**out, "graphed_ms": None, "graphs": step.graphs}
     t = time.perf_counter()
     graphed(images, labels)  # the capture (its warm-up undone), then its first replay
-    _sync(device)
+    sync_device(device)
     out["capture_s"] = time.perf_counter() - t
-    graphed_s, _ = _timed(graphed, images, labels, max(0, warmup - 1), steps, device)
+    graphed_s, _ = timed_steps(graphed, images, labels, max(0, warmup - 1), max(1, steps), device)
     return {**out, "graphed_ms": graphed_s * 1e3, "graphs": graphed.graphs}
-
-
-def _sync(device: Any) -> None:
-    from cxr_fast.runtime import sync
-
-    sync(device)
-
-
-def _timed(step: Any, images: Any, labels: Any, warmup: int, steps: int, device: Any) -> tuple[float, Any]:
-    """(seconds per step, the last step's K losses): ``warmup`` steps, a sync, ``steps`` steps, a sync."""
-    for _ in range(warmup):
-        step(images, labels)
-    _sync(device)
-    t = time.perf_counter()
-    losses = None
-    for _ in range(max(1, steps)):
-        losses = step(images, labels)
-    _sync(device)
-    return (time.perf_counter() - t) / max(1, steps), losses
 
 
 def count_device_ops(fn: Callable[[], Any], device: Any) -> int:
@@ -151,11 +133,11 @@ def count_device_ops(fn: Callable[[], Any], device: Any) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.device(device).type == "cuda"
-    _sync(device)
+    sync_device(device)
     # The host's activity too on CUDA (kineto links kernels to their launches); only the device's rows are counted.
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
         fn()
-        _sync(device)
+        sync_device(device)
     want = DeviceType.CUDA if cuda else DeviceType.CPU
     return sum(1 for e in prof.events() if e.device_type == want)
 

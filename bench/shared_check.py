@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cxr_fast.bench.graphs_check import sync_device
 from cxr_fast.errors import CxrError, one_line
 
 NOT_GPU = "skipped: not on a GPU"
@@ -105,24 +106,18 @@ def _measure_one(device: Any, arch: str, res: int, k: int, batch: int, rounds: i
             "packed_ms": pack_s * 1e3, "concurrent_speedup": seq_s / conc_s, "packed_speedup": seq_s / pack_s}
 
 
-def _sync(device: Any) -> None:
-    from cxr_fast.runtime import sync
-
-    sync(device)
-
-
 def time_sequential(steps: Sequence[Any], data: Sequence[tuple[Any, Any]], rounds: int, warmup: int,
                     device: Any) -> float:
     """Seconds per round: each step once on its own batch, in turn, in this thread."""
     for _ in range(warmup):
         for step, (x, y) in zip(steps, data):
             step(x, y)
-    _sync(device)
+    sync_device(device)
     t = time.perf_counter()
     for _ in range(rounds):
         for step, (x, y) in zip(steps, data):
             step(x, y)
-    _sync(device)
+    sync_device(device)
     return (time.perf_counter() - t) / max(1, rounds)
 
 
@@ -157,7 +152,7 @@ def time_concurrent(steps: Sequence[Any], data: Sequence[tuple[Any, Any]], round
     t = time.perf_counter()
     for th in threads:
         th.join()
-    _sync(device)
+    sync_device(device)
     if errors:
         raise errors[0]
     return (time.perf_counter() - t) / max(1, rounds)

@@ -5,7 +5,6 @@ over its own seeds, never averaged with another batch size's. A study without th
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
@@ -15,10 +14,10 @@ import pytest
 import yaml
 
 from cxr_fast.errors import CxrError
-from cxr_fast.io import read_jsonl
 from cxr_fast.metrics import delong_auc_variance, paired_delong_test
 from cxr_fast.report.build import make_report
-from cxr_fast.study import RESULTS, apply_overrides, checked_cells, expand, parse_study, run_cells
+from cxr_fast.study import apply_overrides, checked_cells, expand, parse_study, run_cells
+from test_seeds import md_cells, read_csv, rows_of  # the study tests' readers of results and report tables
 
 REPO = Path(__file__).resolve().parents[1]
 N_VAL = 200
@@ -62,25 +61,10 @@ class BatchRun:
                 "accuracy": 0.5, "wall_s": 0.1, "train_images_per_s": 1.0}
 
 
-def rows_of(study: Path) -> list[dict]:
-    return read_jsonl(study / RESULTS)
-
-
 def batch_in(row: dict) -> int:
     """The batch size a row's cell id names; 8, the default and the cells' own run, where it names none."""
     match = re.search(r"batch_size=(\d+)", row["cell_id"])
     return int(match.group(1)) if match else 8
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def md_cells(md: str) -> dict[str, list[str]]:
-    """Markdown table rows keyed by their first cell ('64 × 64, batch 16'), cells stripped."""
-    return {cols[0]: cols[1:] for line in md.splitlines() if line.startswith("| ")
-            for cols in [[c.strip() for c in line.strip().strip("|").split("|")]]}
 
 
 # ---------------------------------------------------------------------------------------------- cells

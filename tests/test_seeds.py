@@ -76,7 +76,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def md_cells(md: str) -> dict[str, list[str]]:
-    """Markdown table rows keyed by their first cell ('64 × 64'), cells stripped."""
+    """Markdown table rows keyed by their first cell ('64 × 64', '64 × 64, batch 16'), cells stripped."""
     return {cols[0]: cols[1:] for line in md.splitlines() if line.startswith("| ")
             for cols in [[c.strip() for c in line.strip().strip("|").split("|")]]}
 
